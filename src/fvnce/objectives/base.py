@@ -1,0 +1,255 @@
+"""Shared machinery of the objectives: importance log-weights, exact enumeration over
+discrete latents, the output record and its diagnostics.
+
+Log importance weight (never formed as a ratio of densities):
+
+    log w(x, z) = log p~(x, z) - log q(z | x) - log p_n(x),   E_q w = r(x) = p~(x) / p_n(x).
+
+With ``k`` samples, ``log r_k = logsumexp_j log w_j - log k``.  With a discrete encoder
+whose support is small, expectations over ``q`` are taken exactly by summing over its
+states: ``E_q l(w) = sum_s exp(log q_s) l(w_s)``, with states of zero probability
+masked *before* ``l`` is applied so that ``0 * inf`` never appears, in the value or in
+the gradient.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor
+from torch.distributions import Bernoulli, Categorical, Distribution, Independent, OneHotCategorical
+
+from ..errors import ConfigError, NonFiniteLossError
+
+__all__ = [
+    "LogWeights",
+    "Objective",
+    "ObjectiveOutput",
+    "calibrate_log_normaliser",
+    "effective_sample_size",
+    "enumerate_states",
+    "log_weights",
+]
+
+#: largest number of latent states summed over exactly
+MAX_ENUMERATION = 4096
+
+
+@dataclass
+class LogWeights:
+    """Importance log-weights of one batch of points.
+
+    ``log_w`` has shape ``(S, N)``: ``S`` importance samples (or enumerated states) for
+    each of ``N`` points.  ``log_q_weight`` is ``None`` for sampled latents and holds
+    ``log q(s | x)`` for enumerated ones.  ``log_joint`` and ``log_q`` are kept so that
+    a non-finite loss can be traced to the model or the encoder.
+    """
+
+    log_w: Tensor
+    log_joint: Tensor
+    log_q: Tensor
+    log_q_weight: Tensor | None = None
+
+    @property
+    def enumerated(self) -> bool:
+        return self.log_q_weight is not None
+
+    def log_ratio(self) -> Tensor:
+        """Per point: ``log r_k`` (sampled) or ``log E_q w`` exactly (enumerated)."""
+        if self.enumerated:
+            return torch.logsumexp(self.log_q_weight + self.log_w, dim=0)
+        return torch.logsumexp(self.log_w, dim=0) - math.log(self.log_w.shape[0])
+
+    def expect(self, loss: Callable[[Tensor], Tensor]) -> Tensor:
+        """Per point: ``loss(log r_k)`` for sampled latents, ``E_q loss(log w)`` exactly
+        for enumerated ones."""
+        if not self.enumerated:
+            return loss(self.log_ratio())
+        alive = self.log_q_weight > -math.inf
+        safe_t = torch.where(alive, self.log_w, torch.zeros_like(self.log_w))
+        terms = torch.where(alive, torch.exp(self.log_q_weight) * loss(safe_t), torch.zeros_like(safe_t))
+        return terms.sum(dim=0)
+
+    def split(self, n_first: int) -> tuple["LogWeights", "LogWeights"]:
+        """Split along the point dimension into the first ``n_first`` points and the rest."""
+        def cut(t, sl):
+            return None if t is None else t[:, sl]
+        a, b = slice(None, n_first), slice(n_first, None)
+        return (LogWeights(cut(self.log_w, a), cut(self.log_joint, a), cut(self.log_q, a), cut(self.log_q_weight, a)),
+                LogWeights(cut(self.log_w, b), cut(self.log_joint, b), cut(self.log_q, b), cut(self.log_q_weight, b)))
+
+
+def enumerate_states(q: Distribution) -> Tensor | None:
+    """All latent states of a small discrete ``q`` with shape ``(S, *batch, *event)``,
+    or ``None`` when ``q`` is continuous or its support is too large to enumerate."""
+    base, n_event = q, 0
+    if isinstance(q, Independent):
+        base, n_event = q.base_dist, q.reinterpreted_batch_ndims
+    if isinstance(base, (Categorical, OneHotCategorical)) and n_event == 0:
+        return q.enumerate_support(expand=True)
+    if isinstance(base, Bernoulli) and n_event <= 1:
+        d = base.batch_shape[-1] if n_event == 1 else 1
+        if 2 ** d > MAX_ENUMERATION:
+            return None
+        if n_event == 0:
+            return q.enumerate_support(expand=True)
+        bits = torch.tensor(list(itertools.product((0.0, 1.0), repeat=d)), dtype=base.logits.dtype,
+                            device=base.logits.device)  # (S, d)
+        view = (bits.shape[0],) + (1,) * (len(q.batch_shape)) + (d,)
+        return bits.view(view).expand((bits.shape[0],) + tuple(q.batch_shape) + (d,))
+    return None
+
+
+def log_weights(model, encoder, x: Tensor, log_pn: Tensor | float, k: int = 1, *,
+                detach_encoder: bool = False) -> LogWeights:
+    """Importance log-weights ``log w`` of the points ``x`` under ``q = encoder(x)``.
+
+    Continuous latents are drawn by reparameterisation (``k`` per point); small
+    discrete ones are enumerated (then ``k`` must be 1).  ``detach_encoder`` stops
+    gradients into the encoder (samples and ``log q`` become constants), as the
+    importance-sampled noise term of VNCE requires.
+    """
+    q = encoder(x)
+    states = enumerate_states(q)
+    if states is not None:
+        if k != 1:
+            raise ConfigError(f"k={k} importance samples need a reparameterisable (continuous) encoder; "
+                              "discrete latents are summed over exactly, which is the k=1 bound")
+        log_q = q.log_prob(states)
+        if detach_encoder:
+            log_q = log_q.detach()
+        log_joint = model.log_joint(x, states)
+        log_w = log_joint - log_q - log_pn
+        return LogWeights(log_w, log_joint, log_q, log_q_weight=log_q)
+    if detach_encoder:
+        z = q.sample((k,))
+        log_q = q.log_prob(z).detach()
+    else:
+        if not q.has_rsample:
+            raise ConfigError(f"encoder returned {type(q).__name__}, which has neither rsample nor a small "
+                              "enumerable support; use a Gaussian encoder or a categorical/Bernoulli "
+                              f"one with at most {MAX_ENUMERATION} states")
+        z = q.rsample((k,))
+        log_q = q.log_prob(z)
+    log_joint = model.log_joint(x, z)
+    log_w = log_joint - log_q - log_pn
+    return LogWeights(log_w, log_joint, log_q)
+
+
+def effective_sample_size(log_w: Tensor) -> Tensor:
+    """Kish effective sample size ``(sum w)^2 / sum w^2`` of a flat set of log-weights."""
+    log_w = log_w.detach().reshape(-1)
+    return torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0))
+
+
+@dataclass
+class ObjectiveOutput:
+    """What an objective returns for one batch.
+
+    ``loss`` is the scalar to minimise; ``data_terms`` (B,) and ``noise_terms``
+    (nu * B,) the per-example values whose means make it (``noise_terms`` is None for
+    objectives without a noise side); ``diagnostics`` detached floats; ``parts`` the
+    raw tensors that let :meth:`check_finite` name a failing term.
+    """
+
+    loss: Tensor
+    data_terms: Tensor
+    noise_terms: Tensor | None
+    diagnostics: dict[str, float] = field(default_factory=dict)
+    parts: dict[str, Tensor] = field(default_factory=dict, repr=False)
+
+    def check_finite(self) -> None:
+        """Raise :class:`NonFiniteLossError` naming the first non-finite term."""
+        if bool(torch.isfinite(self.loss)):
+            return
+        found = []
+        for name, t in self.parts.items():
+            if t is not None and not bool(torch.isfinite(t).all()):
+                bad = t[~torch.isfinite(t)]
+                found.append(f"{name} ({bad.numel()} non-finite of {t.numel()}, e.g. {bad.reshape(-1)[0].item()})")
+        for name, t in (("data-side loss", self.data_terms), ("noise-side loss", self.noise_terms)):
+            if t is not None and not bool(torch.isfinite(t).all()):
+                found.append(name)
+        where = "; ".join(found) if found else "the loss itself"
+        hint = ""
+        if any("noise" in f for f in found) and not any("log q" in f or "log p~" in f for f in found):
+            hint = " - the noise-side exponentials overflowed: use exp_mode='linear' or a noise closer to the data"
+        raise NonFiniteLossError(f"non-finite loss ({self.loss.item()}) in {where}{hint}")
+
+
+class Objective:
+    """Base class of the objectives: ``objective(model, encoder, x, noise)``.
+
+    ``x`` is a ``(B, D)`` batch of data, ``noise`` a Distribution with ``sample`` and
+    ``log_prob`` (ignored by objectives without a noise side), ``x_log_pn`` an optional
+    precomputed ``noise.log_prob(x)``.
+    """
+
+    name: str = "objective"
+    #: whether the objective draws noise samples
+    uses_noise: bool = True
+    #: whether the objective needs an encoder q(z|x)
+    uses_encoder: bool = True
+
+    def __call__(self, model, encoder, x: Tensor, noise: Distribution | None = None,
+                 x_log_pn: Tensor | None = None) -> ObjectiveOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def check_model(self, model) -> None:
+        """Raise :class:`ConfigError` when ``model`` cannot be trained by this objective."""
+
+    def config(self) -> dict:
+        """Plain-data description from which :func:`fvnce.objectives.make_objective` rebuilds it."""
+        return {"name": self.name}
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
+        return f"{type(self).__name__}({inner})"
+
+
+def _validate_positive_int(name: str, value, owner: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{owner}: {name} must be a positive integer, got {name}={value!r}")
+    return value
+
+
+def _noise_diagnostics(data_lr: Tensor, noise_lr: Tensor | None, nu: float, model,
+                       noise_lw: LogWeights | None) -> dict[str, float]:
+    """Shared diagnostics: mean log ratios, data-vs-noise accuracy of the Bayes
+    classifier ``log r > log nu``, ESS of the noise-side weights, log-normaliser."""
+    d = {"data_log_ratio": data_lr.detach().mean().item()}
+    c = model.c
+    d["log_normaliser"] = float(c.detach()) if c is not None else 0.0
+    if noise_lr is None:
+        return d
+    thr = math.log(nu)
+    correct = (data_lr.detach() > thr).float().sum() + (noise_lr.detach() <= thr).float().sum()
+    d["noise_log_ratio"] = noise_lr.detach().mean().item()
+    d["accuracy"] = (correct / (data_lr.numel() + noise_lr.numel())).item()
+    d["ess_fraction"] = (effective_sample_size(noise_lr) / noise_lr.numel()).item()
+    return d
+
+
+@torch.no_grad()
+def calibrate_log_normaliser(model, encoder, noise: Distribution, n: int = 1024, k: int = 1) -> float:
+    """Set an unnormalised model's log-normaliser so that the noise-side mean of the
+    (importance-sampled) ratio is one: ``c <- c + log mean_{y ~ p_n} r(y)``.
+
+    Power rules give the log-normaliser vanishing gradients when it starts far off; this
+    closed-form start avoids that.  Returns the shift applied (0 for normalised models).
+    """
+    if model.c is None:
+        return 0.0
+    y = noise.sample((n,))
+    lw = log_weights(model, encoder, y, noise.log_prob(y), k)
+    lr = lw.log_ratio()
+    lr = lr[torch.isfinite(lr)]
+    if lr.numel() == 0:
+        return 0.0
+    shift = (torch.logsumexp(lr, 0) - math.log(lr.numel())).item()
+    model.log_normaliser.add_(shift)
+    return shift
