@@ -127,7 +127,10 @@ class ScoringRule:
             for side, fn in (("data side l1", self.data_loss), ("noise side l0", self.noise_loss)):
                 g = fn(t)
                 (g1,) = torch.autograd.grad(g.sum(), t, create_graph=True)
-                (g2,) = torch.autograd.grad(g1.sum(), t)
+                if g1.requires_grad:
+                    (g2,) = torch.autograd.grad(g1.sum(), t, allow_unused=True, materialize_grads=True)
+                else:  # g' constant in t (a loss linear in log r)
+                    g2 = torch.zeros_like(g1)
                 curv = (g2 - g1).detach()
                 scale = g2.detach().abs() + g1.detach().abs() + 1e-300
                 bad = curv < -1e-7 * scale

@@ -1,1 +1,124 @@
-"""Models."""
+"""Latent-variable models and the registry that pairs each with a default encoder.
+
+``make_model(name, x_dim, **options) -> (model, encoder)``; ``encoder`` is ``None`` for
+models trained without one.  Adding a model = one file + one entry in ``MODELS``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable, Sequence
+
+from torch import nn
+
+from ..encoders import BernoulliEncoder, CategoricalEncoder, ConvGaussianEncoder, GaussianEncoder
+from ..errors import ConfigError
+from .base import LatentVariableModel
+from .energy import EnergyTiltedVAE, MLPEnergy
+from .linear_gaussian import LinearGaussian
+from .mixture import TwoGaussianMixture
+from .rbm import RBM
+from .vae import VAE
+from .wrap import FromLogJoint, FromVAE
+
+__all__ = [
+    "EnergyTiltedVAE",
+    "FromLogJoint",
+    "FromVAE",
+    "LatentVariableModel",
+    "LinearGaussian",
+    "MLPEnergy",
+    "MODELS",
+    "RBM",
+    "TwoGaussianMixture",
+    "VAE",
+    "make_model",
+]
+
+
+def _encoder(x_dim: int, z_dim: int, hidden: Sequence[int], image_shape, arch: str) -> nn.Module:
+    if arch == "conv":
+        return ConvGaussianEncoder(image_shape, z_dim)
+    return GaussianEncoder(x_dim, z_dim, tuple(reversed(tuple(hidden))))
+
+
+def _vae(x_dim: int, z_dim: int = 8, hidden: Sequence[int] = (128, 256), likelihood: str = "bernoulli",
+         image_shape: Sequence[int] | None = None):
+    """Normalised VAE, MLP decoder and encoder."""
+    return VAE(x_dim, z_dim, hidden, likelihood), _encoder(x_dim, z_dim, hidden, None, "mlp")
+
+
+def _conv_vae(x_dim: int, z_dim: int = 8, likelihood: str = "bernoulli", image_shape: Sequence[int] | None = None):
+    """Normalised VAE with convolutional decoder and encoder (needs image_shape)."""
+    if image_shape is None:
+        raise ConfigError("model 'conv_vae' needs image data (an image_shape)")
+    return VAE(x_dim, z_dim, likelihood=likelihood, arch="conv", image_shape=image_shape), \
+        _encoder(x_dim, z_dim, (), image_shape, "conv")
+
+
+def _tilted_vae(x_dim: int, z_dim: int = 8, hidden: Sequence[int] = (128, 256), likelihood: str = "bernoulli",
+                tilt_hidden: Sequence[int] = (128,), image_shape: Sequence[int] | None = None):
+    """Unnormalised: a VAE joint times exp(g(x)) with a learnable log-normaliser."""
+    base = VAE(x_dim, z_dim, hidden, likelihood)
+    return EnergyTiltedVAE(base, x_dim, tilt_hidden), _encoder(x_dim, z_dim, hidden, None, "mlp")
+
+
+def _mlp_energy(x_dim: int, z_dim: int = 4, hidden: Sequence[int] = (128, 128), lam: float = 0.05,
+                image_shape: Sequence[int] | None = None):
+    """Unnormalised: an MLP energy E(x, z) with Gaussian confinement."""
+    return MLPEnergy(x_dim, z_dim, hidden, lam), GaussianEncoder(x_dim, z_dim, tuple(hidden))
+
+
+def _rbm(x_dim: int, h_dim: int = 8, visible: str = "bernoulli", image_shape: Sequence[int] | None = None):
+    """Unnormalised RBM; its hidden units are summed over exactly under a Bernoulli encoder."""
+    return RBM(x_dim, h_dim, visible), BernoulliEncoder(x_dim, h_dim)
+
+
+def _gb_rbm(x_dim: int, h_dim: int = 8, image_shape: Sequence[int] | None = None):
+    """Gaussian-Bernoulli RBM for continuous data."""
+    return _rbm(x_dim, h_dim, "gaussian")
+
+
+def _two_gaussians(x_dim: int = 1, theta: float = 1.0, sigma1: float = 4.0,
+                   image_shape: Sequence[int] | None = None):
+    """The unnormalised 1-D two-Gaussian mixture of the VNCE paper."""
+    if x_dim != 1:
+        raise ConfigError(f"model 'two_gaussians' is one-dimensional, data has {x_dim} features")
+    return TwoGaussianMixture(theta, sigma1), CategoricalEncoder(1, 2, hidden=(16,))
+
+
+def _linear_gaussian(x_dim: int, z_dim: int = 2, sigma: float = 0.5, normalised: bool = True,
+                     image_shape: Sequence[int] | None = None):
+    """Linear-Gaussian factor analysis model (exact marginal and posterior)."""
+    return LinearGaussian(x_dim, z_dim, sigma, normalised), GaussianEncoder(x_dim, z_dim, ())
+
+
+MODELS: dict[str, Callable] = {
+    "vae": _vae,
+    "conv_vae": _conv_vae,
+    "tilted_vae": _tilted_vae,
+    "mlp_energy": _mlp_energy,
+    "rbm": _rbm,
+    "gb_rbm": _gb_rbm,
+    "two_gaussians": _two_gaussians,
+    "linear_gaussian": _linear_gaussian,
+}
+
+
+def model_options(name: str) -> list[str]:
+    """The options a registered model accepts (besides x_dim)."""
+    return [p for p in inspect.signature(MODELS[name]).parameters if p != "x_dim"]
+
+
+def make_model(name: str, x_dim: int, **options):
+    """Build ``(model, encoder)`` by registry name; unknown names and options raise ConfigError."""
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
+    valid = model_options(name)
+    bad = [k for k in options if k not in valid]
+    if bad:
+        raise ConfigError(f"model {name!r} has no option {bad[0]!r}; its options: {', '.join(valid)}")
+    try:
+        return MODELS[name](x_dim, **options)
+    except ValueError as exc:
+        raise ConfigError(f"model {name!r}: {exc}") from None

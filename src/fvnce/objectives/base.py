@@ -32,6 +32,7 @@ __all__ = [
     "calibrate_log_normaliser",
     "effective_sample_size",
     "enumerate_states",
+    "estimate_log_ratio",
     "log_weights",
 ]
 
@@ -105,18 +106,20 @@ def enumerate_states(q: Distribution) -> Tensor | None:
 
 
 def log_weights(model, encoder, x: Tensor, log_pn: Tensor | float, k: int = 1, *,
-                detach_encoder: bool = False) -> LogWeights:
+                detach_encoder: bool = False, exact_limit: bool = False) -> LogWeights:
     """Importance log-weights ``log w`` of the points ``x`` under ``q = encoder(x)``.
 
     Continuous latents are drawn by reparameterisation (``k`` per point); small
     discrete ones are enumerated (then ``k`` must be 1).  ``detach_encoder`` stops
     gradients into the encoder (samples and ``log q`` become constants), as the
-    importance-sampled noise term of VNCE requires.
+    importance-sampled noise term of VNCE requires.  ``exact_limit`` accepts ``k > 1``
+    with enumerated latents, for estimators whose ``k -> inf`` limit is what exact
+    summation gives (IWAE: ``log p(x)``).
     """
     q = encoder(x)
     states = enumerate_states(q)
     if states is not None:
-        if k != 1:
+        if k != 1 and not exact_limit:
             raise ConfigError(f"k={k} importance samples need a reparameterisable (continuous) encoder; "
                               "discrete latents are summed over exactly, which is the k=1 bound")
         log_q = q.log_prob(states)
@@ -138,6 +141,14 @@ def log_weights(model, encoder, x: Tensor, log_pn: Tensor | float, k: int = 1, *
     log_joint = model.log_joint(x, z)
     log_w = log_joint - log_q - log_pn
     return LogWeights(log_w, log_joint, log_q)
+
+
+def estimate_log_ratio(model, encoder, x: Tensor, log_pn: Tensor, k: int = 1) -> Tensor:
+    """``log r(x)``: exact through the closed-form marginal when there is no encoder,
+    otherwise the ``k``-sample importance estimate (exact for enumerated latents)."""
+    if encoder is None:
+        return model.log_unnormalised_marginal(x) - log_pn
+    return log_weights(model, encoder, x, log_pn, k).log_ratio()
 
 
 def effective_sample_size(log_w: Tensor) -> Tensor:
@@ -217,19 +228,26 @@ def _validate_positive_int(name: str, value, owner: str) -> int:
     return value
 
 
-def _noise_diagnostics(data_lr: Tensor, noise_lr: Tensor | None, nu: float, model,
-                       noise_lw: LogWeights | None) -> dict[str, float]:
-    """Shared diagnostics: mean log ratios, data-vs-noise accuracy of the Bayes
-    classifier ``log r > log nu``, ESS of the noise-side weights, log-normaliser."""
+def require_normalised(name: str, model) -> None:
+    if not model.normalised:
+        raise ConfigError(f"{name} needs a normalised model; {type(model).__name__} is unnormalised "
+                          "(its bound would ignore the log-normaliser): use fvnce, nce or vnce")
+
+
+def _noise_diagnostics(data_lr: Tensor, noise_lr: Tensor | None, model) -> dict[str, float]:
+    """Shared diagnostics: mean log ratios, balanced data-vs-noise accuracy of the
+    classifier ``log r > 0`` (the Bayes rule for equal priors), the effective sample
+    size fraction of the noise-side ratios (the importance weights behind log Z), and
+    the current log-normaliser."""
     d = {"data_log_ratio": data_lr.detach().mean().item()}
     c = model.c
     d["log_normaliser"] = float(c.detach()) if c is not None else 0.0
     if noise_lr is None:
         return d
-    thr = math.log(nu)
-    correct = (data_lr.detach() > thr).float().sum() + (noise_lr.detach() <= thr).float().sum()
+    hit_data = (data_lr.detach() > 0).float().mean()
+    hit_noise = (noise_lr.detach() <= 0).float().mean()
     d["noise_log_ratio"] = noise_lr.detach().mean().item()
-    d["accuracy"] = (correct / (data_lr.numel() + noise_lr.numel())).item()
+    d["accuracy"] = (0.5 * (hit_data + hit_noise)).item()
     d["ess_fraction"] = (effective_sample_size(noise_lr) / noise_lr.numel()).item()
     return d
 
@@ -244,9 +262,8 @@ def calibrate_log_normaliser(model, encoder, noise: Distribution, n: int = 1024,
     """
     if model.c is None:
         return 0.0
-    y = noise.sample((n,))
-    lw = log_weights(model, encoder, y, noise.log_prob(y), k)
-    lr = lw.log_ratio()
+    y = noise.sample((n,)).to(model.c.dtype)
+    lr = estimate_log_ratio(model, encoder, y, noise.log_prob(y).to(y.dtype), k)
     lr = lr[torch.isfinite(lr)]
     if lr.numel() == 0:
         return 0.0

@@ -1,0 +1,108 @@
+"""Fully variational noise-contrastive estimation (Zach 2023, arXiv:2304.02473).
+
+For an admissible rule (``l1`` and ``l0`` both convex in ``r``) and ``r = E_q w``,
+
+    L_FV = E_{x ~ p_d} E_{z_1..k ~ q(.|x)} l1(r_k(x)) + E_{y ~ p_n} E_{z_1..k ~ q(.|y)} l0(r_k(y))
+         >= E_{p_d} l1(r) + E_{p_n} l0(r),        r_k = (1/k) sum_j w(., z_j),
+
+and the bound tightens monotonically in ``k`` (the IWAE argument, on both sides).  ``nu``
+noise samples per data point are drawn; data and noise points go through the encoder
+and the model in one batched pass.  Discrete latents with few states are summed over
+exactly.  For a normalised model with the KL rule the noise term has expectation
+exactly 1 for any noise and encoder, and ``noise_term="auto"`` uses that value: the
+objective is then ``-ELBO + 1 + E log p_n`` (the VAE).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError
+from ..rules import ScoringRule, scoring_rule
+from .base import Objective, ObjectiveOutput, _noise_diagnostics, _validate_positive_int, log_weights
+
+__all__ = ["FVNCE"]
+
+NOISE_TERMS = ("auto", "estimate")
+
+
+def _make_rule(rule, exp_mode: str, tau: float, params: dict, owner: str) -> ScoringRule:
+    if isinstance(rule, ScoringRule):
+        if params:
+            raise ConfigError(f"{owner}: rule parameters {sorted(params)} given with a rule object")
+        return rule
+    try:
+        return scoring_rule(rule, exp_mode=exp_mode, tau=tau, **params)
+    except ValueError as exc:
+        raise ConfigError(f"{owner}: {exc}") from None
+
+
+def draw_noise(noise, n: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    """``n`` noise samples in ``like``'s dtype and device, with their log-densities."""
+    y = noise.sample((n,)).to(dtype=like.dtype, device=like.device)
+    return y, noise.log_prob(y).to(like.dtype)
+
+
+class FVNCE(Objective):
+    """Fully variational NCE with any admissible scoring rule.
+
+    Parameters: ``rule`` (name or :class:`~fvnce.rules.ScoringRule`; ``kl``, ``power``,
+    ``shifted_log`` or a generic rule), its parameters (``alpha``, ``c``), ``k``
+    importance samples per point, ``nu`` noise samples per data point, ``exp_mode`` and
+    ``tau`` for the stabilised exponentials, ``noise_term`` (``auto`` or ``estimate``).
+    """
+
+    name = "fvnce"
+
+    def __init__(self, rule="kl", k: int = 1, nu: int = 1, exp_mode: str = "exact", tau: float = 20.0,
+                 noise_term: str = "auto", **rule_params) -> None:
+        self.rule = _make_rule(rule, exp_mode, tau, rule_params, "fvnce")
+        bad = self.rule.convexity_violations()
+        if bad:
+            raise ConfigError("fvnce refuses this rule: " + "; ".join(bad)
+                              + " - a fully variational bound needs both sides convex (use it with nce or vnce)")
+        self.k = _validate_positive_int("k", k, "fvnce")
+        self.nu = _validate_positive_int("nu", nu, "fvnce")
+        if noise_term not in NOISE_TERMS:
+            raise ConfigError(f"fvnce: noise_term must be one of {NOISE_TERMS}, got {noise_term!r}")
+        self.noise_term = noise_term
+
+    def config(self) -> dict:
+        return {"name": self.name, "rule": self.rule.config(), "k": self.k, "nu": self.nu,
+                "noise_term": self.noise_term}
+
+    def skips_noise(self, model) -> bool:
+        """Whether the noise term is replaced by its exact expectation 1 (normalised model, KL rule)."""
+        return self.noise_term == "auto" and model.normalised and self.rule.name == "kl"
+
+    def __call__(self, model, encoder, x: Tensor, noise=None, x_log_pn: Tensor | None = None) -> ObjectiveOutput:
+        if noise is None:
+            raise ConfigError("fvnce needs a noise distribution")
+        b = x.shape[0]
+        if x_log_pn is None:
+            x_log_pn = noise.log_prob(x).to(x.dtype)
+        if self.skips_noise(model):
+            lw_d, lw_n = log_weights(model, encoder, x, x_log_pn, self.k), None
+        else:
+            y, y_log_pn = draw_noise(noise, self.nu * b, x)
+            lw = log_weights(model, encoder, torch.cat([x, y]), torch.cat([x_log_pn, y_log_pn]), self.k)
+            lw_d, lw_n = lw.split(b)
+        data_terms = lw_d.expect(self.rule.data_loss)
+        if lw_n is None:
+            noise_terms, noise_mean = None, torch.ones((), dtype=x.dtype, device=x.device)
+        else:
+            noise_terms = lw_n.expect(self.rule.noise_loss)
+            noise_mean = noise_terms.mean()
+        loss = data_terms.mean() + noise_mean
+        diag = _noise_diagnostics(lw_d.log_ratio(), None if lw_n is None else lw_n.log_ratio(), model)
+        diag["data_loss"] = data_terms.detach().mean().item()
+        diag["noise_loss"] = noise_mean.detach().item()
+        parts = {"data-side model log-density log p~(x,z)": lw_d.log_joint,
+                 "data-side encoder log-density log q(z|x)": lw_d.log_q,
+                 "data-side log-ratio": lw_d.log_w}
+        if lw_n is not None:
+            parts.update({"noise-side model log-density log p~(y,z)": lw_n.log_joint,
+                          "noise-side encoder log-density log q(z|y)": lw_n.log_q,
+                          "noise-side log-ratio": lw_n.log_w})
+        return ObjectiveOutput(loss, data_terms, noise_terms, diag, parts)

@@ -1,0 +1,59 @@
+"""Noise-contrastive estimation for fully observed unnormalised models
+(Gutmann & Hyvarinen 2010, 2012), with any proper scoring rule.
+
+    L = E_{p_d} l1(r(x)) + E_{p_n} l0(r(y)),   r = p~(x) / p_n(x),
+
+with the model's closed-form (latent-free, or latents summed analytically) marginal
+``log p~(x) = log phi(x) - c`` and a learnable log-normaliser ``c``.  The default rule
+is the logistic loss with ``nu`` noise samples per data point (classic NCE).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError
+from .base import Objective, ObjectiveOutput, _noise_diagnostics, _validate_positive_int
+from .fvnce import _make_rule, draw_noise
+
+__all__ = ["NCE"]
+
+
+class NCE(Objective):
+    name = "nce"
+    uses_encoder = False
+
+    def __init__(self, rule="logistic", nu: int = 1, exp_mode: str = "exact", tau: float = 20.0, **rule_params) -> None:
+        self.nu = _validate_positive_int("nu", nu, "nce")
+        if rule == "logistic":
+            rule_params.setdefault("nu", float(self.nu))
+        self.rule = _make_rule(rule, exp_mode, tau, rule_params, "nce")
+
+    def config(self) -> dict:
+        return {"name": self.name, "rule": self.rule.config(), "nu": self.nu}
+
+    def check_model(self, model) -> None:
+        if not model.has("log_unnormalised_marginal"):
+            raise ConfigError(f"nce needs a model with a closed-form marginal over its latents; "
+                              f"{type(model).__name__} has none: use fvnce or vnce")
+        if model.c is None:
+            raise ConfigError("nce needs an unnormalised model with a learnable log-normaliser")
+
+    def __call__(self, model, encoder, x: Tensor, noise=None, x_log_pn: Tensor | None = None) -> ObjectiveOutput:
+        if noise is None:
+            raise ConfigError("nce needs a noise distribution")
+        b = x.shape[0]
+        if x_log_pn is None:
+            x_log_pn = noise.log_prob(x).to(x.dtype)
+        y, y_log_pn = draw_noise(noise, self.nu * b, x)
+        log_phi = model.log_unnormalised_marginal(torch.cat([x, y]))
+        lr = log_phi - torch.cat([x_log_pn, y_log_pn])
+        lr_d, lr_n = lr[:b], lr[b:]
+        data_terms, noise_terms = self.rule.data_loss(lr_d), self.rule.noise_loss(lr_n)
+        loss = data_terms.mean() + noise_terms.mean()
+        diag = _noise_diagnostics(lr_d, lr_n, model)
+        diag["data_loss"] = data_terms.detach().mean().item()
+        diag["noise_loss"] = noise_terms.detach().mean().item()
+        parts = {"data-side model log-density log p~(x)": log_phi[:b], "noise-side model log-density log p~(y)": log_phi[b:]}
+        return ObjectiveOutput(loss, data_terms, noise_terms, diag, parts)
