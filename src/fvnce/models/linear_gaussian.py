@@ -67,7 +67,8 @@ class LinearGaussian(LatentVariableModel):
         prec = eye + self.W.T @ self.W / s2
         cov = torch.linalg.inv(prec)
         mean = (x - self.b) @ self.W @ cov.T / s2
-        return MultivariateNormal(mean, covariance_matrix=cov.expand(*x.shape[:-1], k, k))
+        tril = torch.linalg.cholesky(cov)
+        return MultivariateNormal(mean, scale_tril=tril.expand(*x.shape[:-1], k, k))
 
     @torch.no_grad()
     def sample(self, n: int) -> Tensor:

@@ -37,7 +37,8 @@ def make_objective(name: str, **params) -> Objective:
     if isinstance(params.get("rule"), dict):  # from a saved config
         rule = dict(params.pop("rule"))
         params["rule"] = rule.pop("name")
-        params.update(rule)
+        for key, value in rule.items():  # the logistic rule's nu mirrors the objective's
+            params.setdefault(key, value)
     try:
         return OBJECTIVES[name](**params)
     except TypeError as exc:
