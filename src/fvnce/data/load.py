@@ -1,0 +1,287 @@
+"""From a :class:`DataSpec` to a :class:`Dataset`; re-reading user files at scoring time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fvnce.data.builtin import BUILTIN
+from fvnce.data.files import SUPPORTED_EXTENSIONS, _check_path, _from_frame, _list_names, _read_frame, read_raw
+from fvnce.data.preprocess import MISSING_ADVICE, Preprocessor, _nonfinite_message
+from fvnce.data.spec import DataSpec, Dataset, RawTable
+from fvnce.errors import DataError
+
+__all__ = ["MIN_TRAIN_ROWS", "load_dataset", "prepare_scoring_data", "split_indices"]
+
+MIN_TRAIN_ROWS = 10
+
+
+def split_indices(
+    n: int,
+    is_anomaly: np.ndarray | None,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Reproducible train/val/test row indices (each sorted).
+
+    Normal rows are split by the fractions; anomalous rows never enter train and are split
+    between val and test in proportion val_fraction : test_fraction, each getting at least
+    one when there are two or more (and both fractions are positive).
+    """
+    rng = np.random.default_rng([int(seed), 0])
+    anom = np.zeros(n, dtype=bool) if is_anomaly is None else np.asarray(is_anomaly, dtype=bool)
+    normal_idx = rng.permutation(np.flatnonzero(~anom))
+    anom_idx = rng.permutation(np.flatnonzero(anom))
+    m = len(normal_idx)
+    n_val = int(round(val_fraction * m))
+    n_test = int(round(test_fraction * m))
+    if m >= 3:
+        n_val = max(n_val, 1 if val_fraction > 0 else 0)
+        n_test = max(n_test, 1 if test_fraction > 0 else 0)
+    n_val = min(n_val, m)
+    n_test = min(n_test, m - n_val)
+    val = normal_idx[:n_val]
+    test = normal_idx[n_val : n_val + n_test]
+    train = normal_idx[n_val + n_test :]
+    k = len(anom_idx)
+    total = val_fraction + test_fraction
+    if k and total > 0:
+        k_val = int(round(k * val_fraction / total))
+        if k >= 2 and val_fraction > 0 and test_fraction > 0:
+            k_val = min(max(k_val, 1), k - 1)
+        val = np.concatenate([val, anom_idx[:k_val]])
+        test = np.concatenate([test, anom_idx[k_val:]])
+    return np.sort(train), np.sort(val), np.sort(test)
+
+
+def _load_raw(spec: DataSpec) -> RawTable:
+    src = spec.source
+    if src in BUILTIN:
+        raw = BUILTIN[src](spec)
+        if spec.label is not None and spec.label != raw.label_name:
+            raise DataError(
+                f"built-in set {src!r} has "
+                + (f"label column {raw.label_name!r}" if raw.label_name else "no labels")
+                + f"; do not give label {spec.label!r}"
+            )
+        if spec.features is not None:
+            missing = [f for f in spec.features if f not in raw.names]
+            if missing:
+                raise DataError(
+                    f"feature column(s) {_list_names(missing)} not in built-in set {src!r}; "
+                    f"columns are: {_list_names(raw.names)}"
+                )
+            pos = {n: i for i, n in enumerate(raw.names)}
+            idx = [pos[f] for f in spec.features]
+            raw.X = raw.X[:, idx]
+            raw.names = list(spec.features)
+            if raw.image_shape is not None and len(idx) != int(np.prod(raw.image_shape)):
+                raw.image_shape = None
+        return raw
+    p = Path(src).expanduser()
+    if not p.exists() and p.suffix.lower() not in SUPPORTED_EXTENSIONS and "/" not in src and "\\" not in src:
+        raise DataError(
+            f"unknown data set {src!r}: built-in sets are {', '.join(BUILTIN)}; "
+            f"or give a path to a {', '.join(SUPPORTED_EXTENSIONS)} file"
+        )
+    return read_raw(src, features=spec.features, label=spec.label)
+
+
+def _distinct(values: np.ndarray, limit: int = 10) -> str:
+    uniq, counts = np.unique(values, return_counts=True)
+    order = np.argsort(-counts, kind="stable")
+    shown = ", ".join(f"{str(uniq[i])!r} ({int(counts[i])})" for i in order[:limit])
+    if len(uniq) > limit:
+        shown += f", ... ({len(uniq)} distinct)"
+    return shown
+
+
+def load_dataset(spec: DataSpec) -> Dataset:
+    """Load, clean, split and preprocess the data described by ``spec``."""
+    import torch
+
+    if not isinstance(spec, DataSpec):
+        spec = DataSpec.from_dict(spec) if isinstance(spec, dict) else DataSpec(source=str(spec))
+    raw = _load_raw(spec)
+    where = raw.source or spec.source
+    notes = list(raw.notes)
+    X, labels = raw.X, raw.labels
+
+    # -------- subsample (max_rows)
+    if spec.max_rows is not None and len(X) > spec.max_rows:
+        rng = np.random.default_rng([spec.seed, 1])
+        keep = np.sort(rng.choice(len(X), size=spec.max_rows, replace=False))
+        notes.append(f"subsampled {spec.max_rows} of {len(X)} rows (max_rows)")
+        X = X[keep]
+        labels = None if labels is None else labels[keep]
+
+    # -------- which rows are normal
+    is_anom = None
+    label_name = raw.label_name
+    if labels is not None:
+        normal = spec.normal if spec.normal is not None else raw.default_normal
+        if normal is None:
+            if spec.source in BUILTIN:
+                labels = None  # e.g. digits without --normal: train on every class, no anomaly labels
+            else:
+                raise DataError(
+                    f"label column {label_name!r} given but no normal value: pass --normal "
+                    f"(normal=...) with one of: {_distinct(labels)}"
+                )
+        if labels is not None:
+            values = set(np.unique(labels).tolist())
+            if normal not in values:
+                alias = raw.normal_aliases.get(normal.lower().strip())
+                if alias is not None and alias in values:
+                    normal = alias
+                elif normal.strip() in values:
+                    normal = normal.strip()
+                else:
+                    raise DataError(
+                        f"normal value {normal!r} not in label column {label_name!r} of {where}; "
+                        f"values are: {_distinct(labels)}"
+                    )
+            is_anom = labels != normal
+            notes.append(
+                f"label {label_name!r}: normal = {normal!r}; {int((~is_anom).sum())} normal, "
+                f"{int(is_anom.sum())} anomalous row(s)"
+            )
+
+    # -------- missing values
+    if X.dtype.kind == "f":
+        bad_rows = ~np.isfinite(X).all(axis=1)
+        if bad_rows.any():
+            if spec.missing == "error":
+                raise DataError(_nonfinite_message(X, raw.names, where, MISSING_ADVICE))
+            if spec.missing == "drop":
+                X = X[~bad_rows]
+                is_anom = None if is_anom is None else is_anom[~bad_rows]
+                notes.append(f"dropped {int(bad_rows.sum())} row(s) with missing values")
+                if len(X) == 0:
+                    raise DataError(f"every row of {where} has missing values; nothing left after dropping them")
+
+    # -------- split
+    train_idx, val_idx, test_idx = split_indices(len(X), is_anom, spec.val_fraction, spec.test_fraction, spec.seed)
+    if len(train_idx) < MIN_TRAIN_ROWS:
+        n_normal = len(X) if is_anom is None else int((~is_anom).sum())
+        raise DataError(
+            f"too few rows in {where}: {len(train_idx)} normal training row(s) after splitting "
+            f"({n_normal} normal row(s) in all, val_fraction {spec.val_fraction:g}, test_fraction "
+            f"{spec.test_fraction:g}); need at least {MIN_TRAIN_ROWS}"
+        )
+    if is_anom is not None and is_anom.any():
+        nv, nt = int(is_anom[val_idx].sum()), int(is_anom[test_idx].sum())
+        if nv == 0 or nt == 0:
+            notes.append(f"only {int(is_anom.sum())} anomalous row(s): val has {nv}, test has {nt}")
+
+    # -------- binarisation decision
+    scale, threshold = raw.scale, raw.binarize_threshold
+    binarize = spec.binarize if spec.binarize is not None else raw.default_binarize
+    Xtr = X[train_idx]
+    if spec.binarize is None and not binarize and spec.source not in BUILTIN and X.dtype.kind == "f":
+        finite = Xtr[np.isfinite(Xtr)]
+        if finite.size and np.isin(finite, (0.0, 1.0)).all():
+            binarize = True
+            notes.append("every feature is 0/1: treated as binary data (no standardisation)")
+    if binarize and spec.source not in BUILTIN:
+        with np.errstate(all="ignore"):
+            top = float(np.nanmax(np.where(np.isfinite(Xtr), Xtr, np.nan))) if Xtr.size else 1.0
+        scale = top if np.isfinite(top) and top > 1.0 else 1.0
+        threshold = 0.5
+        if scale != 1.0:
+            notes.append(f"binarised at half the training maximum: value > {0.5 * scale:g}")
+
+    pre = Preprocessor.fit(
+        Xtr,
+        raw.names,
+        transform=spec.transform,
+        missing=spec.missing,
+        scale=scale,
+        binarize=bool(binarize),
+        threshold=threshold,
+        image_shape=raw.image_shape,
+        label=label_name,
+        where=f"the training rows of {where}",
+    )
+    notes.extend(pre.notes)
+
+    def prep(idx):
+        return torch.from_numpy(pre.transform(X[idx], where=where))
+
+    def lab(idx):
+        if is_anom is None:
+            return None
+        return torch.from_numpy(is_anom[idx].astype(np.float32))
+
+    return Dataset(
+        train=prep(train_idx),
+        val=prep(val_idx),
+        test=prep(test_idx),
+        val_labels=lab(val_idx),
+        test_labels=lab(test_idx),
+        feature_names=list(raw.names),
+        image_shape=raw.image_shape,
+        binary=bool(binarize),
+        preprocessor=pre,
+        spec=spec,
+        notes=notes,
+    )
+
+
+def prepare_scoring_data(
+    path,
+    preprocessor,
+    *,
+    label: str | None = None,
+    missing: str | None = None,
+    return_labels: bool = False,
+):
+    """Re-read a user file at scoring time and apply the recorded preprocessing.
+
+    ``preprocessor`` is a :class:`Preprocessor` or its ``state()`` dict. The file's
+    columns must equal the training columns (any order; the training label column and
+    ``label`` may also be present); ``.npy`` files have no names and must have the same
+    number of columns (or images of the training shape). Row order is kept; rows with
+    missing values raise DataError unless ``missing="impute"`` (training medians).
+    Returns float32 (N, D), or ``(X, labels)`` with ``return_labels`` (labels as str or None).
+    """
+    pre = preprocessor if isinstance(preprocessor, Preprocessor) else Preprocessor.from_state(preprocessor)
+    names = pre.feature_names
+    d = len(names)
+    p, ext = _check_path(path)
+    where = str(path)
+    labels = None
+    if ext == ".npy":
+        raw = read_raw(path, label=label)
+        if raw.image_shape is not None and pre.image_shape is not None and raw.image_shape != pre.image_shape:
+            shp = "x".join(map(str, pre.image_shape))
+            raise DataError(
+                f"{where} holds images of shape {raw.image_shape[0]}x{raw.image_shape[1]}; "
+                f"the model was trained on {shp} images (expected (N, {shp.replace('x', ', ')}) or (N, {d}))"
+            )
+        if raw.X.shape[1] != d:
+            what = f"images of shape {'x'.join(map(str, pre.image_shape))}" if pre.image_shape else "rows"
+            raise DataError(
+                f"{where} has {raw.X.shape[1]} column(s) per row; the model was trained on {d} ({what})"
+            )
+        X, labels = raw.X, raw.labels
+    else:
+        df = _read_frame(p, ext, where)
+        cols = [str(c) for c in df.columns]
+        allowed = {c for c in (pre.label, label) if c is not None}
+        missing_cols = [n for n in names if n not in cols]
+        extra = [c for c in cols if c not in names and c not in allowed]
+        if missing_cols or extra:
+            parts = []
+            if missing_cols:
+                parts.append(f"missing {len(missing_cols)} column(s) {_list_names(missing_cols, 10)}")
+            if extra:
+                parts.append(f"{len(extra)} extra column(s) {_list_names(extra, 10)}")
+            raise DataError(f"columns of {where} do not match the training columns: " + "; ".join(parts))
+        use_label = label if label is not None else None
+        raw = _from_frame(df, where, names, use_label)
+        X, labels = raw.X, raw.labels
+    out = pre.transform(X, where=where, missing=missing)
+    return (out, labels) if return_labels else out

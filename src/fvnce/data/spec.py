@@ -1,0 +1,161 @@
+"""Plain-data description of a data set (:class:`DataSpec`) and what loading returns."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fvnce.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from fvnce.data.preprocess import Preprocessor
+
+__all__ = ["DataSpec", "Dataset", "RawTable", "TRANSFORMS", "MISSING_MODES"]
+
+TRANSFORMS = ("auto", "standardize", "yeo-johnson", "none")
+MISSING_MODES = ("error", "drop", "impute")
+
+
+@dataclass
+class DataSpec:
+    """What to load and how to prepare it; saved as plain data in run directories.
+
+    ``source`` is a built-in name (see :data:`fvnce.data.BUILTIN`) or a path to a
+    ``.csv``, ``.npy`` or ``.parquet`` file. ``normal`` is compared as a string with the
+    label column: rows with another label are anomalies (kept out of training, split
+    between validation and test). ``binarize=None`` uses the data set's default (True
+    for the image sets). ``missing``: what to do with NaN/inf values ("error", "drop"
+    the rows, or "impute" the training median).
+    """
+
+    source: str = "digits"
+    features: list[str] | None = None
+    label: str | None = None
+    normal: str | None = None
+    binarize: bool | None = None
+    transform: str = "auto"
+    missing: str = "error"
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    seed: int = 0
+    max_rows: int | None = None
+
+    def __post_init__(self) -> None:
+        self.source = str(self.source)
+        if self.features is not None:
+            if isinstance(self.features, str):
+                self.features = [self.features]
+            self.features = [str(f) for f in self.features]
+            if not self.features:
+                raise ConfigError("features: empty list; leave it unset to use all numeric columns")
+        if self.label is not None:
+            self.label = str(self.label)
+        if self.normal is not None:
+            self.normal = str(self.normal)
+        if self.transform not in TRANSFORMS:
+            raise ConfigError(
+                f"transform: unknown value {self.transform!r}; choose one of {', '.join(TRANSFORMS)}"
+            )
+        if self.missing not in MISSING_MODES:
+            raise ConfigError(
+                f"missing: unknown value {self.missing!r}; choose one of {', '.join(MISSING_MODES)}"
+            )
+        for name in ("val_fraction", "test_fraction"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) < 1.0:
+                raise ConfigError(f"{name}: must be a number in [0, 1), got {v!r}")
+            setattr(self, name, float(v))
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ConfigError(
+                f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:g}; "
+                "must be below 0.9 to leave rows for training"
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
+            raise ConfigError(f"seed: must be an integer, got {self.seed!r}")
+        self.seed = int(self.seed)
+        if self.max_rows is not None:
+            if isinstance(self.max_rows, bool) or not isinstance(self.max_rows, (int, np.integer)) or self.max_rows < 1:
+                raise ConfigError(f"max_rows: must be a positive integer, got {self.max_rows!r}")
+            self.max_rows = int(self.max_rows)
+        if self.binarize is not None and not isinstance(self.binarize, (bool, np.bool_)):
+            raise ConfigError(f"binarize: must be true, false or unset, got {self.binarize!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        if d["features"] is not None:
+            d["features"] = list(d["features"])
+        if d["binarize"] is not None:
+            d["binarize"] = bool(d["binarize"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DataSpec:
+        if not isinstance(d, dict):
+            raise ConfigError(f"data spec: expected a mapping, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(
+                f"data spec: unknown key(s) {', '.join(unknown)}; known keys are {', '.join(sorted(known))}"
+            )
+        return cls(**d)
+
+
+@dataclass
+class Dataset:
+    """What training and evaluation consume. All tensors are float32 of shape (N, D).
+
+    ``train`` holds normal rows only; ``val`` and ``test`` hold normal and (where the data
+    has labels) anomalous rows, with ``val_labels``/``test_labels`` 1 = anomaly, 0 = normal
+    (None when the data has no labels).
+    """
+
+    train: torch.Tensor
+    val: torch.Tensor
+    test: torch.Tensor
+    val_labels: torch.Tensor | None
+    test_labels: torch.Tensor | None
+    feature_names: list[str]
+    image_shape: tuple[int, ...] | None
+    binary: bool
+    preprocessor: Preprocessor
+    spec: DataSpec
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def dim(self) -> int:
+        return int(self.train.shape[1])
+
+    def summary(self) -> str:
+        def n_anom(lab):
+            return 0 if lab is None else int(lab.sum().item())
+
+        return (
+            f"{self.spec.source}: {self.dim} features, train {len(self.train)}, "
+            f"val {len(self.val)} ({n_anom(self.val_labels)} anomalies), "
+            f"test {len(self.test)} ({n_anom(self.test_labels)} anomalies)"
+            + (", binary" if self.binary else "")
+        )
+
+
+@dataclass
+class RawTable:
+    """Internal: raw rows as read from a file or a built-in set, before any preparation."""
+
+    X: np.ndarray  # (N, D); float64 for tables, may be uint8 for image sets
+    names: list[str]
+    labels: np.ndarray | None = None  # (N,) array of str
+    label_name: str | None = None
+    source: str = ""  # for messages: the path or the built-in name
+    image_shape: tuple[int, ...] | None = None
+    scale: float = 1.0  # raw values are divided by this before anything else
+    default_binarize: bool = False
+    binarize_threshold: float = 0.5  # in scaled units; value > threshold -> 1
+    default_normal: str | None = None
+    normal_aliases: dict[str, str] = field(default_factory=dict)  # e.g. class name -> "0"
+    notes: list[str] = field(default_factory=list)
