@@ -1,0 +1,564 @@
+"""The training loop: reproducibility, exact resume (in-process, after SIGKILL, after
+SIGTERM/SIGINT), metrics, best-validation checkpoint, divergence handling, config."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch.distributions import Independent, Normal
+
+from fvnce.checkpoint import load_checkpoint
+from fvnce.errors import CheckpointError, ConfigError, FvnceError, NonFiniteLossError
+from fvnce.models import make_model
+from fvnce.objectives import ObjectiveOutput, make_objective
+from fvnce.train import DivergenceError, TrainConfig, Trainer, TrainingInterrupted
+
+TESTS_DIR = Path(__file__).resolve().parent
+REQUIRED_TRAIN_KEYS = {"step", "loss", "data_loss", "noise_loss", "lr", "elapsed"}
+
+
+# -- a tiny problem (also imported by the subprocess scripts) ---------------------------
+def make_data(n: int = 200, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    a = torch.tensor([[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [0.0, 0.3, 0.4]], dtype=torch.float64)
+    return torch.randn(n, 3, generator=g, dtype=torch.float64) @ a + torch.tensor([1.0, -1.0, 0.5],
+                                                                                   dtype=torch.float64)
+
+
+def make_noise_for(x: torch.Tensor, scale: float = 1.5):
+    return Independent(Normal(x.mean(0), scale * x.std(0)), 1)
+
+
+def make_problem(init_seed: int = 0, objective: str = "fvnce", **obj_params):
+    torch.manual_seed(init_seed)
+    model, encoder = make_model("linear_gaussian", 3, z_dim=2, normalised=False)
+    model.double()
+    if encoder is not None:
+        encoder.double()
+    obj = make_objective(objective, **(obj_params or {"rule": "kl"}))
+    return model, encoder, obj
+
+
+def cfg(**kw) -> TrainConfig:
+    base = dict(steps=40, batch_size=32, lr=1e-2, checkpoint_every=10, eval_every=10, log_every=5,
+                progress=False, device="cpu")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def params_of(model, encoder):
+    out = dict(("model." + k, v) for k, v in model.state_dict().items())
+    if encoder is not None:
+        out.update(("encoder." + k, v) for k, v in encoder.state_dict().items())
+    return out
+
+
+def assert_same_params(a, b):
+    pa, pb = params_of(*a), params_of(*b)
+    assert pa.keys() == pb.keys()
+    for k in pa:
+        assert torch.equal(pa[k], pb[k]), k
+
+
+def read_metrics(run_dir) -> list[dict]:
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def strip_time(recs):
+    return [{k: v for k, v in r.items() if k != "elapsed"} for r in recs]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: intra-op threads only add contention on a loaded 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def quiet(msg):
+    pass
+
+
+def run_reference(tmp_path, name="ref", steps=40, **kw):
+    model, encoder, obj = make_problem()
+    x = make_data()
+    tr = Trainer(model, encoder, obj, make_noise_for(x), cfg(steps=steps, **kw), tmp_path / name, log=quiet)
+    res = tr.fit(x[:160], x[160:])
+    return (model, encoder), res
+
+
+# -- configuration ----------------------------------------------------------------------
+def test_config_defaults_round_trip():
+    c = TrainConfig()
+    assert c.total_steps(1000) == 2000 and c.batch_size == 128 and c.lr == 1e-3 and c.grad_clip == 10.0
+    assert TrainConfig.from_dict(c.to_dict()) == c
+    assert TrainConfig(epochs=3, batch_size=10).total_steps(95) == 30
+    json.dumps(c.to_dict())
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"steps": 0}, r"steps must be a positive integer or None, got steps=0"),
+    ({"steps": 1.5}, r"steps=1.5"),
+    ({"epochs": -1}, r"epochs must be a positive integer or None, got epochs=-1"),
+    ({"steps": 10, "epochs": 2}, r"either steps or epochs, not both"),
+    ({"batch_size": 0}, r"batch_size must be a positive integer, got batch_size=0"),
+    ({"lr": 0.0}, r"lr must be a positive number, got lr=0.0"),
+    ({"lr": float("nan")}, r"lr=nan"),
+    ({"weight_decay": -1e-3}, r"weight_decay must be a non-negative number"),
+    ({"grad_clip": 0}, r"grad_clip must be a positive number or None"),
+    ({"seed": -3}, r"seed must be a non-negative integer, got seed=-3"),
+    ({"log_every": 0}, r"log_every=0"),
+    ({"eval_every": True}, r"eval_every=True"),
+    ({"checkpoint_every": -5}, r"checkpoint_every=-5"),
+    ({"max_retries": -1}, r"max_retries=-1"),
+    ({"explode_log_ratio": 0}, r"explode_log_ratio=0"),
+    ({"device": "gpu9"}, r"device='gpu9'"),
+    ({"progress": "yes"}, r"progress='yes'"),
+])
+def test_config_validation(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig(**kw)
+
+
+def test_config_from_dict_unknown_key():
+    with pytest.raises(ConfigError, match=r"unknown training option\(s\) 'learning_rate'"):
+        TrainConfig.from_dict({"learning_rate": 0.1})
+
+
+def test_epoch_order_is_a_permutation_and_regenerable():
+    model, encoder, obj = make_problem()
+    tr = Trainer(model, encoder, obj, None, TrainConfig(epochs=2, batch_size=7, progress=False), log=quiet)
+    idx = torch.cat([tr._batch_index(s, 50) for s in range(8)])  # ceil(50/7) = 8 steps per epoch
+    assert torch.equal(torch.sort(idx).values, torch.arange(50))
+    idx2 = torch.cat([tr._batch_index(s, 50) for s in range(8, 16)])
+    assert torch.equal(torch.sort(idx2).values, torch.arange(50)) and not torch.equal(idx, idx2)
+    tr2 = Trainer(*make_problem(), None, TrainConfig(epochs=2, batch_size=7, progress=False), log=quiet)
+    assert torch.equal(tr2._batch_index(9, 50), tr._batch_index(9, 50))
+
+
+# -- learning ---------------------------------------------------------------------------
+def test_loss_decreases_and_files(tmp_path):
+    model, encoder, obj = make_problem()
+    x = make_data(400)
+    c0 = float(model.c.detach())
+    tr = Trainer(model, encoder, obj, make_noise_for(x), cfg(steps=300, lr=2e-2, eval_every=50,
+                                                             checkpoint_every=100), tmp_path, log=quiet)
+    res = tr.fit(x[:320], x[320:])
+    assert res.step == 300 and res.retries == 0
+    losses = [h["loss"] for h in res.history if "loss" in h]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
+    assert float(model.c.detach()) != c0  # calibrated then learned
+    # the learned marginal is close to the data covariance
+    emp = torch.cov(x.T)
+    assert torch.allclose(model.marginal().covariance_matrix.detach(), emp, atol=0.35)
+
+    recs = read_metrics(tmp_path)
+    train_recs = [r for r in recs if "loss" in r]
+    val_recs = [r for r in recs if "val_loss" in r]
+    assert [r["step"] for r in train_recs] == [1] + list(range(5, 301, 5))
+    assert [r["step"] for r in val_recs] == list(range(50, 301, 50))
+    for r in train_recs:
+        assert REQUIRED_TRAIN_KEYS <= r.keys()
+        assert {"accuracy", "data_log_ratio", "noise_log_ratio", "ess_fraction", "log_normaliser"} <= r.keys()
+        assert all(isinstance(r[k], (int, float)) for k in REQUIRED_TRAIN_KEYS)
+    # best validation checkpoint
+    best = min(val_recs, key=lambda r: r["val_loss"])
+    assert res.best_val == pytest.approx(best["val_loss"]) and res.best_step == best["step"]
+    b = load_checkpoint(tmp_path / "best.pt")
+    assert b["step"] == res.best_step and b["val_loss"] == res.best_val
+    assert set(b["model"]) == set(model.state_dict())
+    ck = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ck["step"] == 300 and ck["retries"] == 0 and ck["lr"] == 2e-2
+    assert ck["config"]["steps"] == 300 and ck["best_val"] == res.best_val
+    assert ck["rule"] == {"exp_mode": "exact", "tau": 20.0}
+    for k, v in model.state_dict().items():
+        assert torch.equal(ck["model"][k], v)
+
+
+def test_nce_without_encoder_and_registry_noise(tmp_path):
+    from fvnce.noise import make_noise
+
+    torch.manual_seed(0)
+    model, _ = make_model("linear_gaussian", 3, z_dim=2, normalised=False)
+    model.double()
+    x = make_data(300)
+    noise = make_noise("diag_gaussian", x)
+    tr = Trainer(model, None, make_objective("nce"), noise, cfg(steps=150, lr=2e-2), tmp_path, log=quiet)
+    res = tr.fit(x)
+    losses = [h["loss"] for h in res.history if "loss" in h]
+    assert res.step == 150 and losses[-1] < losses[0]
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["encoder"] is None
+
+
+def test_progress_bar_on_stderr(capsys):
+    model, encoder, obj = make_problem()
+    x = make_data(64)
+    Trainer(model, encoder, obj, make_noise_for(x), cfg(steps=12, progress=True), log=quiet).fit(x)
+    err = capsys.readouterr().err
+    assert "12/12" in err and "loss=" in err and "acc=" in err
+    model, encoder, obj = make_problem()
+    Trainer(model, encoder, obj, make_noise_for(x), cfg(steps=12, progress=False), log=quiet).fit(x)
+    assert "12/12" not in capsys.readouterr().err
+
+
+# -- reproducibility and resume -----------------------------------------------------------
+def test_same_seed_bitwise_identical(tmp_path):
+    a, ra = run_reference(tmp_path, "a")
+    b, rb = run_reference(tmp_path, "b")
+    assert_same_params(a, b)
+    assert strip_time(ra.history) == strip_time(rb.history)
+    c, _ = run_reference(tmp_path, "c", seed=1)
+    assert not torch.equal(a[0].W, c[0].W)
+
+
+@pytest.mark.parametrize("stop_at", [20, 23])
+def test_resume_in_process_is_exact(tmp_path, stop_at):
+    ref, ref_res = run_reference(tmp_path)
+
+    x = make_data()
+    model, encoder, obj = make_problem()
+
+    def stop(trainer, rec):
+        if trainer.step == stop_at:
+            trainer.request_stop()
+
+    tr = Trainer(model, encoder, obj, make_noise_for(x), cfg(), tmp_path / "run", log=quiet)
+    with pytest.raises(TrainingInterrupted, match=rf"^training interrupted at step {stop_at}; "
+                                                  rf"checkpoint saved in .*run; resume with --resume$") as info:
+        tr.fit(x[:160], x[160:], callback=stop)
+    assert isinstance(info.value, FvnceError) and info.value.step == stop_at
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == stop_at
+
+    # fresh objects with a different initialisation: everything must come from the checkpoint
+    model2, encoder2, obj2 = make_problem(init_seed=123)
+    tr2 = Trainer(model2, encoder2, obj2, make_noise_for(x), cfg(), tmp_path / "run", log=quiet)
+    res = tr2.fit(x[:160], x[160:], resume=True)
+    assert res.step == 40
+    assert_same_params(ref, (model2, encoder2))
+    assert res.best_val == ref_res.best_val and res.best_step == ref_res.best_step
+    assert strip_time(read_metrics(tmp_path / "run")) == strip_time(read_metrics(tmp_path / "ref"))
+    assert strip_time(res.history) == strip_time(ref_res.history)
+
+
+def test_resume_can_extend_training(tmp_path):
+    ref, _ = run_reference(tmp_path, "ref", steps=40)
+    x = make_data()
+    model, encoder, obj = make_problem()
+    Trainer(model, encoder, obj, make_noise_for(x), cfg(steps=30), tmp_path / "run", log=quiet).fit(
+        x[:160], x[160:])
+    model2, encoder2, obj2 = make_problem(init_seed=5)
+    res = Trainer(model2, encoder2, obj2, make_noise_for(x), cfg(steps=40), tmp_path / "run",
+                  log=quiet).fit(x[:160], x[160:], resume=True)
+    assert res.step == 40
+    assert_same_params(ref, (model2, encoder2))
+
+
+def test_resume_errors(tmp_path):
+    x = make_data()
+    model, encoder, obj = make_problem()
+    with pytest.raises(CheckpointError, match="nothing to resume: no checkpoint.pt in"):
+        Trainer(model, encoder, obj, make_noise_for(x), cfg(), tmp_path / "empty", log=quiet).fit(x, resume=True)
+    with pytest.raises(ConfigError, match="resume=True needs a run directory"):
+        Trainer(model, encoder, obj, make_noise_for(x), cfg(), None, log=quiet).fit(x, resume=True)
+    Trainer(model, encoder, obj, make_noise_for(x), cfg(steps=10), tmp_path / "r", log=quiet).fit(x)
+    with pytest.raises(CheckpointError, match="trained with seed=0, this run has seed=4"):
+        Trainer(*make_problem(), make_noise_for(x), cfg(seed=4), tmp_path / "r", log=quiet).fit(x, resume=True)
+    with pytest.raises(CheckpointError, match="trained on 200 rows, this training set has 100"):
+        Trainer(*make_problem(), make_noise_for(x), cfg(), tmp_path / "r", log=quiet).fit(x[:100], resume=True)
+    torch.manual_seed(0)
+    other, other_enc = make_model("linear_gaussian", 3, z_dim=1, normalised=False)
+    with pytest.raises(CheckpointError, match="does not match this model"):
+        Trainer(other.double(), other_enc.double(), make_objective("fvnce"), make_noise_for(x), cfg(),
+                tmp_path / "r", log=quiet).fit(x, resume=True)
+
+
+def test_signal_handlers_restored(tmp_path):
+    before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+    run_reference(tmp_path, steps=5)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+# -- subprocesses: SIGKILL, SIGTERM, SIGINT -------------------------------------------------
+# The runs start together (their interpreter start-up dominates) and each is
+# stopped once its first checkpoint exists; each test then resumes in-process and must
+# end bit-for-bit where one uninterrupted run ends.
+SUB_STEPS = 60
+SCRIPT = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {tests!r})
+    import torch
+    torch.set_num_threads(1)
+    import test_train as T
+    from fvnce.train import Trainer, TrainingInterrupted
+    x = T.make_data()
+    model, encoder, obj = T.make_problem()
+    tr = Trainer(model, encoder, obj, T.make_noise_for(x), T.cfg(steps={steps}, checkpoint_every=5),
+                 {run_dir!r}, log=T.quiet)
+    try:
+        tr.fit(x[:160], x[160:], callback=lambda trainer, rec: time.sleep(0.02))
+    except TrainingInterrupted as exc:
+        print(exc, file=sys.stderr, flush=True)
+        sys.exit(2)
+    print("FINISHED", flush=True)
+""")
+SIGNALS = {"SIGKILL": signal.SIGKILL, "SIGTERM": signal.SIGTERM}
+
+
+@pytest.fixture(scope="module")
+def interrupted_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("signals")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    procs = {}
+    try:
+        for name in SIGNALS:
+            run_dir = root / name
+            script = root / f"{name}.py"
+            script.write_text(SCRIPT.format(tests=str(TESTS_DIR), run_dir=str(run_dir), steps=SUB_STEPS))
+            procs[name] = (run_dir, subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                                                     stderr=subprocess.PIPE, text=True, env=env))
+        pending, t0 = set(procs), time.monotonic()
+        while pending:
+            for name in sorted(pending):
+                run_dir, proc = procs[name]
+                if (run_dir / "checkpoint.pt").exists():
+                    time.sleep(0.03)  # stop somewhere after the first checkpoint
+                    proc.send_signal(SIGNALS[name])
+                    pending.discard(name)
+                elif proc.poll() is not None:
+                    pending.discard(name)  # ended early: reported by the test
+            if time.monotonic() - t0 > 120:
+                break
+            time.sleep(0.005)
+        results = {}
+        for name, (run_dir, proc) in procs.items():
+            out, err = proc.communicate(timeout=120)
+            results[name] = (run_dir, proc.returncode, out, err)
+        yield results
+    finally:
+        for _, proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture(scope="module")
+def sub_reference(tmp_path_factory):
+    root = tmp_path_factory.mktemp("subref")
+    with torch.random.fork_rng():
+        ref, _ = run_reference(root, "ref", steps=SUB_STEPS, checkpoint_every=5)
+    return ref, root / "ref"
+
+
+def _resume_and_compare(run_dir, sub_reference):
+    ref, ref_dir = sub_reference
+    x = make_data()
+    model, encoder, obj = make_problem(init_seed=99)
+    res = Trainer(model, encoder, obj, make_noise_for(x), cfg(steps=SUB_STEPS, checkpoint_every=5), run_dir,
+                  log=quiet).fit(x[:160], x[160:], resume=True)
+    assert res.step == SUB_STEPS
+    assert_same_params(ref, (model, encoder))
+    assert strip_time(read_metrics(run_dir)) == strip_time(read_metrics(ref_dir))
+
+
+def test_sigkill_then_resume_is_exact(interrupted_runs, sub_reference):
+    run_dir, rc, out, err = interrupted_runs["SIGKILL"]
+    assert rc == -signal.SIGKILL, (out, err)
+    saved = load_checkpoint(run_dir / "checkpoint.pt")["step"]
+    assert 5 <= saved < SUB_STEPS and saved % 5 == 0
+    assert [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")] == []
+    _resume_and_compare(run_dir, sub_reference)
+
+
+def test_sigterm_subprocess_saves_checkpoint_then_resume(interrupted_runs, sub_reference):
+    run_dir, rc, out, err = interrupted_runs["SIGTERM"]
+    assert rc == 2, (out, err)
+    assert "FINISHED" not in out
+    last = err.strip().splitlines()[-1]
+    m = re.fullmatch(rf"training interrupted at step (\d+); checkpoint saved in {re.escape(str(run_dir))}; "
+                     r"resume with --resume", last)
+    assert m, err
+    step = int(m.group(1))
+    assert 5 <= step < SUB_STEPS
+    assert load_checkpoint(run_dir / "checkpoint.pt")["step"] == step
+    assert max(r["step"] for r in read_metrics(run_dir)) <= step
+    _resume_and_compare(run_dir, sub_reference)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_real_signal_in_process_then_resume(tmp_path, sig):
+    """The handler turns a signal delivered mid-step into a checkpoint after that step."""
+    ref, _ = run_reference(tmp_path)
+    x = make_data()
+    model, encoder, obj = make_problem()
+
+    def send(trainer, rec):
+        if trainer.step == 13:
+            os.kill(os.getpid(), sig)
+
+    before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+    tr = Trainer(model, encoder, obj, make_noise_for(x), cfg(), tmp_path / "run", log=quiet)
+    with pytest.raises(TrainingInterrupted, match=r"^training interrupted at step 13; checkpoint saved in"):
+        tr.fit(x[:160], x[160:], callback=send)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 13
+    model2, encoder2, obj2 = make_problem(init_seed=7)
+    Trainer(model2, encoder2, obj2, make_noise_for(x), cfg(), tmp_path / "run", log=quiet).fit(
+        x[:160], x[160:], resume=True)
+    assert_same_params(ref, (model2, encoder2))
+
+
+# -- stabilisation -----------------------------------------------------------------------
+def test_divergence_with_bad_noise_retries_then_raises(tmp_path):
+    torch.manual_seed(0)
+    model, encoder = make_model("linear_gaussian", 3, z_dim=2, normalised=False)
+    model.double(), encoder.double()
+    obj = make_objective("fvnce", rule="power", alpha=2.0, exp_mode="exact")
+    x = make_data()
+    bad_noise = Independent(Normal(x.mean(0), torch.full((3,), 1e-3, dtype=torch.float64)), 1)
+    logs = []
+    tr = Trainer(model, encoder, obj, bad_noise, cfg(steps=30, max_retries=3), tmp_path, log=logs.append)
+    with pytest.raises(DivergenceError) as info:
+        tr.fit(x)
+    msg = str(info.value)
+    assert isinstance(info.value, NonFiniteLossError) and "\n" not in msg
+    assert msg.startswith("training diverged at step 1 after 3 retries: ")
+    assert "data_log_ratio" in msg or "data-side" in msg
+    assert msg.endswith("the noise is probably too far from the data: try a noise closer to it "
+                        "(e.g. --noise flow or kde) or exp_mode linear")
+    events = [r for r in read_metrics(tmp_path) if r.get("event") == "retry"]
+    assert [e["retry"] for e in events] == [1, 2, 3]
+    assert "non-finite loss" in events[0]["reason"] and "data-side" in events[0]["reason"]
+    assert [e["lr"] for e in events] == [5e-3, 2.5e-3, 1.25e-3]
+    assert [e["grad_clip"] for e in events] == [5.0, 2.5, 1.25]
+    assert [(e["exp_mode"], e["tau"]) for e in events] == [("linear", 10.0), ("linear", 5.0), ("linear", 2.5)]
+    assert obj.rule.exp_mode == "linear" and obj.rule.tau == 2.5
+    assert sum("rolled back to step 0 (retry" in line for line in logs) == 3
+
+
+class FaultyObjective:
+    """Wraps an objective; on the listed calls returns a NaN loss ("nan") or a finite
+    loss whose gradient is NaN ("grad")."""
+
+    def __init__(self, inner, faults):
+        self.inner, self.faults, self.calls = inner, dict(faults), 0
+        self.uses_noise, self.uses_encoder = inner.uses_noise, inner.uses_encoder
+        self.rule = inner.rule
+
+    def __call__(self, model, encoder, x, noise=None, x_log_pn=None):
+        if not torch.is_grad_enabled():  # validation passes are not training steps
+            return self.inner(model, encoder, x, noise, x_log_pn=x_log_pn)
+        self.calls += 1
+        out = self.inner(model, encoder, x, noise, x_log_pn=x_log_pn)
+        kind = self.faults.pop(self.calls, None)
+        if kind == "nan":
+            bad = out.data_terms.clone()
+            bad[0] = float("nan")
+            return ObjectiveOutput(bad.mean() + out.loss * 0, bad, out.noise_terms, out.diagnostics,
+                                   {"injected data term": bad})
+        if kind == "grad":
+            return ObjectiveOutput(_NaNGrad.apply(out.loss), out.data_terms, out.noise_terms, out.diagnostics,
+                                   out.parts)
+        return out
+
+
+class _NaNGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, t):
+        return t.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * float("nan")
+
+
+@pytest.mark.parametrize("kind, reason", [("nan", "non-finite loss"), ("grad", "non-finite gradient")])
+def test_single_fault_rolls_back_and_recovers(tmp_path, kind, reason):
+    model, encoder, inner = make_problem()
+    obj = FaultyObjective(inner, {17: kind})  # call 17 = step 17 (checkpoints every 10)
+    x = make_data()
+    logs = []
+    tr = Trainer(model, encoder, obj, make_noise_for(x), cfg(steps=40), tmp_path, log=logs.append)
+    res = tr.fit(x[:160], x[160:])
+    assert res.step == 40 and res.retries == 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    recs = read_metrics(tmp_path)
+    (ev,) = [r for r in recs if r.get("event") == "retry"]
+    assert ev["step"] == 10 and ev["failed_step"] == 17 and reason in ev["reason"]
+    assert ev["lr"] == 5e-3 and ev["exp_mode"] == "linear" and ev["tau"] == 10.0
+    # the metrics stay consistent: the rolled-back steps 11..16 appear once
+    train_steps = [r["step"] for r in recs if "loss" in r]
+    assert train_steps == sorted(set(train_steps))
+    ck = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ck["retries"] == 1 and ck["lr"] == 5e-3 and ck["grad_clip"] == 5.0
+    assert ck["rule"] == {"exp_mode": "linear", "tau": 10.0}
+    assert any("rolled back to step 10" in line for line in logs)
+
+
+def test_retry_state_survives_resume(tmp_path):
+    """A run that retried and was then interrupted resumes with the tightened settings
+    and ends exactly where the uninterrupted run ends."""
+    x = make_data()
+
+    def build():
+        model, encoder, inner = make_problem()
+        return model, encoder, FaultyObjective(inner, {7: "nan"})
+
+    m1, e1, o1 = build()
+    Trainer(m1, e1, o1, make_noise_for(x), cfg(), tmp_path / "ref", log=quiet).fit(x[:160], x[160:])
+
+    m2, e2, o2 = build()
+
+    def stop(trainer, rec):
+        if trainer.step == 25:
+            trainer.request_stop()
+
+    with pytest.raises(TrainingInterrupted):
+        Trainer(m2, e2, o2, make_noise_for(x), cfg(), tmp_path / "run", log=quiet).fit(x[:160], x[160:],
+                                                                                          callback=stop)
+    m3, e3, inner3 = make_problem(init_seed=3)  # no faults left to inject after the resume point
+    res = Trainer(m3, e3, inner3, make_noise_for(x), cfg(), tmp_path / "run", log=quiet).fit(
+        x[:160], x[160:], resume=True)
+    assert res.retries == 1 and inner3.rule.exp_mode == "linear" and inner3.rule.tau == 10.0
+    assert_same_params((m1, e1), (m3, e3))
+
+
+def test_max_retries_zero_raises_at_first_failure(tmp_path):
+    model, encoder, inner = make_problem()
+    obj = FaultyObjective(inner, {3: "nan"})
+    x = make_data()
+    with pytest.raises(DivergenceError, match=r"^training diverged at step 3 after 0 retries: non-finite loss"
+                                              r".*injected data term"):
+        Trainer(model, encoder, obj, make_noise_for(x), cfg(max_retries=0), None, log=quiet).fit(x)
+
+
+# -- small pieces ---------------------------------------------------------------------
+def test_epochs_and_float32_data_without_run_dir():
+    model, encoder, obj = make_problem()
+    x = make_data(160).float()  # converted to the model's float64
+    res = Trainer(model, encoder, obj, make_noise_for(x.double()), cfg(steps=None, epochs=2, batch_size=50),
+                  None, log=quiet).fit(x)
+    assert res.step == 8 and res.best_val is None and res.run_dir is None
+    assert [h["step"] for h in res.history] == [1, 5, 8]
+
+
+def test_truncate_metrics_drops_later_and_cut_lines(tmp_path):
+    from fvnce.train import _truncate_metrics
+
+    p = tmp_path / "metrics.jsonl"
+    p.write_text('{"step": 1, "loss": 2.0}\n{"step": 5, "val_loss": 1.0}\n{"step": 6, "loss": 1.5}\n{"step": 7, "lo')
+    kept = _truncate_metrics(p, 5)
+    assert kept == [{"step": 1, "loss": 2.0}, {"step": 5, "val_loss": 1.0}]
+    assert [json.loads(line) for line in p.read_text().splitlines()] == kept
