@@ -43,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import load_checkpoint, save_checkpoint
+from .objectives.base import calibrate_log_normaliser
 from .errors import CheckpointError, ConfigError, FvnceError, NonFiniteLossError
 
 __all__ = [
@@ -632,16 +633,7 @@ class Trainer:
             return
         if not getattr(self.objective, "uses_noise", True) or self.noise is None:
             return
-        if self.encoder is not None:
-            from .objectives.base import calibrate_log_normaliser
-
-            shift = calibrate_log_normaliser(model, self.encoder, self.noise)
-        else:  # encoder-free objectives (nce): closed-form marginal
-            y = self.noise.sample((1024,))
-            lr = model.log_unnormalised_marginal(y) - self.noise.log_prob(y)
-            lr = lr[torch.isfinite(lr)]
-            shift = 0.0 if lr.numel() == 0 else (torch.logsumexp(lr, 0) - math.log(lr.numel())).item()
-            model.log_normaliser.add_(shift)
+        shift = calibrate_log_normaliser(model, self.encoder, self.noise)
         self.log(f"fvnce: calibrated the log-normaliser (shift {shift:+.4g}, c = {float(model.c):.4g})")
 
     # -- main loop -------------------------------------------------------------------
