@@ -1,0 +1,385 @@
+"""The ``fvnce`` command line (also ``python -m fvnce``).
+
+Subcommands: ``train``, ``evaluate``, ``score``, ``sample``, ``poc``, ``report``.
+Bad input ends with a one-line ``fvnce: error: ...`` on stderr and exit code 2;
+an interrupted training run exits with 130 after saving a checkpoint.  Nothing runs at
+import time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error message (no usage dump) and exit code 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(EXIT_BAD_INPUT, f"fvnce: error: {message} (see '{self.prog} --help')\n")
+
+
+def _log_fn(quiet: bool):
+    def log(msg: str) -> None:
+        if not quiet:
+            print(msg, file=sys.stderr, flush=True)
+    return log
+
+
+def _data_args(p: argparse.ArgumentParser, required: bool = False, default: str | None = "digits") -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", required=required, default=None if required else default, metavar="D",
+                   help="built-in name (digits, fashion-mnist, breast-cancer, rings, spirals, gaussians) or a "
+                        ".csv/.npy/.parquet file")
+    g.add_argument("--features", metavar="COLS", help="comma-separated feature columns (default: all numeric)")
+    g.add_argument("--label", metavar="COL", help="label column; rows whose label differs from --normal are anomalies")
+    g.add_argument("--normal", metavar="VALUE", help="label value of normal rows (others: kept out of training, "
+                                                      "used in evaluation)")
+    g.add_argument("--transform", choices=["auto", "standardize", "yeo-johnson", "none"], default=None,
+                   help="continuous preprocessing (default auto: Yeo-Johnson on heavy-tailed columns, then standardise)")
+    b = g.add_mutually_exclusive_group()
+    b.add_argument("--binarize", dest="binarize", action="store_true", default=None, help="binarise image data")
+    b.add_argument("--no-binarize", dest="binarize", action="store_false", help="keep image data continuous")
+    m = g.add_mutually_exclusive_group()
+    m.add_argument("--drop-missing", action="store_true", help="drop rows with NaN/inf values")
+    m.add_argument("--impute", action="store_true", help="replace NaN/inf by the training median")
+    g.add_argument("--max-rows", type=int, metavar="N", help="use a random subset of N rows")
+    g.add_argument("--split-seed", type=int, metavar="S", help="seed of the train/val/test split (default: --seed)")
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and objective")
+    g.add_argument("--objective", choices=["fvnce", "elbo", "iwae", "nce", "vnce"], default=None)
+    g.add_argument("--rule", choices=["kl", "power", "shifted_log", "logistic"], default=None,
+                   help="scoring rule (fvnce: kl, power, shifted_log; nce/vnce also logistic)")
+    g.add_argument("--alpha", type=float, help="power rule exponent, 1 <= alpha <= 2 for fvnce")
+    g.add_argument("--shift", type=float, metavar="C", help="shifted_log rule constant c >= 0")
+    g.add_argument("--k", type=int, help="importance samples per point")
+    g.add_argument("--nu", type=int, help="noise samples per data point")
+    g.add_argument("--exp-mode", choices=["exact", "clip", "linear"], default=None,
+                   help="noise-side exponential (default linear: stable, no longer a strict bound)")
+    g.add_argument("--tau", type=float, help="log-ratio threshold of --exp-mode clip/linear (default 10)")
+    g.add_argument("--noise", metavar="NAME", help="noise distribution name or module:callable plug-in "
+                                                   "(runs your code: only name modules you trust)")
+    g.add_argument("--model", metavar="NAME", help="model name (default auto)")
+    g.add_argument("--z-dim", type=int, help="latent dimension")
+    t = p.add_argument_group("training")
+    s = t.add_mutually_exclusive_group()
+    s.add_argument("--steps", type=int, help="optimiser steps")
+    s.add_argument("--epochs", type=int, help="passes over the training data")
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    t.add_argument("--grad-clip", type=float, help="gradient-norm clipping (default 10)")
+    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fvnce", description="Fully variational noise-contrastive estimation: train, "
+                                               "evaluate and compare latent-variable models and anomaly detectors.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    p = sub.add_parser("train", help="train one model into a run directory")
+    _data_args(p)
+    _train_args(p)
+    p.add_argument("--config", metavar="FILE.toml", help="TOML file with run settings (flags override it)")
+    p.add_argument("--out", required=True, metavar="RUN_DIR")
+    p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
+
+    p = sub.add_parser("evaluate", help="evaluate a run on its held-out data (or --data FILE)")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--data", metavar="FILE", help="evaluate on this file instead (preprocessed as in training)")
+    p.add_argument("--k", type=int, help="importance samples for the log-likelihood")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("score", help="write one anomaly score per input row (higher = more anomalous)")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--data", required=True, metavar="FILE")
+    p.add_argument("--out", required=True, metavar="SCORES.csv")
+    p.add_argument("--k", type=int, help="importance samples per row")
+    p.add_argument("--impute", action="store_true", help="replace missing values by training medians")
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("sample", help="draw samples from a trained model")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--out", required=True, metavar="FILE", help=".npy, or .png grid for image data")
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("poc", help="proof of concept: every noise x rule, baselines, report")
+    _data_args(p, default=None)
+    p.add_argument("--noises", metavar="a,b,c", help="noise candidates (default by data type); built-in names or "
+                                                    "module:callable plug-ins")
+    p.add_argument("--rules", metavar="r1,r2", default="kl,power:1.5",
+                   help="FVNCE rules, e.g. kl,power:1.5,shifted_log:2 (default kl,power:1.5)")
+    p.add_argument("--budget", default="default", help="quick, default, long, or steps per run")
+    p.add_argument("--model", metavar="NAME", default="auto")
+    p.add_argument("--z-dim", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--no-baselines", action="store_true")
+    p.add_argument("--out", default="poc_out", metavar="DIR")
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("report", help="(re)build the HTML report of a poc or run directory")
+    p.add_argument("path", metavar="DIR")
+    p.add_argument("--out", metavar="FILE.html")
+    return parser
+
+
+# --- helpers turning flags into configurations ----------------------------------------------
+
+def _data_spec(args, base=None):
+    from .data import DataSpec
+
+    d = dict(base.to_dict()) if base is not None else {}
+    if args.data is not None:
+        d["source"] = args.data
+    if args.features:
+        d["features"] = [c.strip() for c in args.features.split(",") if c.strip()]
+    for key in ("label", "normal", "transform", "binarize", "max_rows"):
+        v = getattr(args, key, None)
+        if v is not None:
+            d[key] = v
+    if args.drop_missing:
+        d["missing"] = "drop"
+    elif args.impute:
+        d["missing"] = "impute"
+    seed = args.split_seed if args.split_seed is not None else getattr(args, "seed", None)
+    if seed is not None:
+        d["seed"] = seed
+    return DataSpec.from_dict(d) if d else DataSpec()
+
+
+def _read_toml(path: str) -> dict:
+    from .errors import ConfigError
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _run_config(args):
+    from .errors import ConfigError
+    from .runs import RunConfig
+    from .train import TrainConfig
+
+    base = RunConfig.from_dict(_read_toml(args.config)) if args.config else RunConfig(
+        objective_options={"exp_mode": "linear", "tau": 10.0})
+    cfg = base
+    if args.objective:
+        cfg.objective = args.objective
+    opts = dict(cfg.objective_options)
+    if args.rule:
+        opts["rule"] = args.rule
+    if args.alpha is not None:
+        if opts.get("rule", "kl") != "power":
+            raise ConfigError("--alpha is the power rule's parameter: add --rule power")
+        opts["alpha"] = args.alpha
+    if args.shift is not None:
+        if opts.get("rule") != "shifted_log":
+            raise ConfigError("--shift is the shifted_log rule's parameter: add --rule shifted_log")
+        opts["c"] = args.shift
+    for key in ("k", "nu", "tau"):
+        v = getattr(args, key)
+        if v is not None:
+            opts[key] = v
+    if args.exp_mode:
+        opts["exp_mode"] = args.exp_mode
+    if cfg.objective in ("elbo", "iwae"):
+        bad = [k for k in opts if k not in ("k",)]
+        if any(k in ("rule", "alpha", "c", "nu") for k in bad):
+            raise ConfigError(f"objective {cfg.objective!r} has no scoring rule, noise samples or rule parameters "
+                              f"(got {', '.join(sorted(bad))})")
+        opts = {k: v for k, v in opts.items() if k == "k"}
+    cfg.objective_options = opts
+    if args.model:
+        cfg.model = args.model
+    if args.z_dim is not None:
+        cfg.model_options = {**cfg.model_options, "z_dim": args.z_dim}
+    if args.noise:
+        cfg.noise = args.noise
+    train = cfg.train.to_dict()
+    for key in ("steps", "epochs", "batch_size", "lr", "grad_clip", "seed", "device"):
+        v = getattr(args, key)
+        if v is not None:
+            train[key] = v
+            if key == "steps":
+                train["epochs"] = None
+            if key == "epochs":
+                train["steps"] = None
+    train["progress"] = not args.quiet and sys.stderr.isatty()
+    cfg.train = TrainConfig.from_dict(train)
+    cfg.data = _data_spec(args, cfg.data)
+    cfg.validate()
+    return cfg
+
+
+# --- subcommands ----------------------------------------------------------------------------
+
+def _cmd_train(args) -> int:
+    from .runs import evaluate_run, train_run
+
+    log = _log_fn(args.quiet)
+    if args.resume:
+        result, dataset = train_run(None, args.out, resume=True, log=log,
+                                    progress=not args.quiet and sys.stderr.isatty())
+    else:
+        cfg = _run_config(args)
+        result, dataset = train_run(cfg, args.out, log=log)
+    log(f"fvnce: trained {result.step} steps in {result.elapsed:.1f} s -> {args.out}")
+    if not args.no_eval:
+        ev = evaluate_run(args.out, dataset=dataset)
+        log("fvnce: " + _headline(ev))
+    return 0
+
+
+def _headline(ev: dict) -> str:
+    parts = []
+    if ev.get("log_likelihood") is not None:
+        kind = " (estimate)" if ev.get("log_likelihood_kind") == "estimate" else ""
+        parts.append(f"test log-likelihood {ev['log_likelihood']:.3f} nats{kind}")
+    if ev.get("noise_accuracy") is not None:
+        parts.append(f"noise accuracy {ev['noise_accuracy']:.3f}")
+    if ev.get("auroc") is not None:
+        parts.append(f"AUROC {ev['auroc']:.3f}")
+    if ev.get("fpr_at_95_tpr") is not None:
+        parts.append(f"FPR@95TPR {ev['fpr_at_95_tpr']:.3f}")
+    return ", ".join(parts) or "evaluated"
+
+
+def _cmd_evaluate(args) -> int:
+    from .runs import evaluate_run
+
+    if args.k is not None and args.k < 1:
+        from .errors import ConfigError
+        raise ConfigError(f"--k must be a positive integer, got {args.k}")
+    ev = evaluate_run(args.run_dir, data_file=args.data, k=args.k, write=args.data is None)
+    if args.json:
+        keep = {k: v for k, v in ev.items() if k not in ("scores", "roc")}
+        print(json.dumps(keep))
+    else:
+        print(_headline(ev))
+    return 0
+
+
+def _cmd_score(args) -> int:
+    from .runs import score_file
+
+    n = score_file(args.run_dir, args.data, args.out, k=args.k, missing="impute" if args.impute else None)
+    _log_fn(args.quiet)(f"fvnce: wrote {n} scores to {args.out}")
+    return 0
+
+
+def _cmd_sample(args) -> int:
+    from .runs import sample_run
+
+    method = sample_run(args.run_dir, args.n, args.out)
+    _log_fn(args.quiet)(f"fvnce: wrote {args.n} samples ({method}) to {args.out}")
+    return 0
+
+
+def _cmd_poc(args) -> int:
+    from .data import DataSpec
+    from .poc import PocConfig, run_poc
+    from .train import TrainConfig
+
+    if args.data is None and args.normal is None and args.label is None:
+        spec = _data_spec(args, DataSpec(source="digits", normal="0"))
+    else:
+        if args.data is None:
+            args.data = "digits"
+        spec = _data_spec(args)
+    budget = int(args.budget) if str(args.budget).isdigit() else args.budget
+    train = {"progress": False, "seed": args.seed}
+    if args.lr is not None:
+        train["lr"] = args.lr
+    if args.batch_size is not None:
+        train["batch_size"] = args.batch_size
+    cfg = PocConfig(data=spec, rules=[r for r in args.rules.split(",") if r.strip()], budget=budget,
+                    noises=[n.strip() for n in args.noises.split(",") if n.strip()] if args.noises else None,
+                    model=args.model, model_options={"z_dim": args.z_dim} if args.z_dim else {},
+                    train=TrainConfig.from_dict({**TrainConfig().to_dict(), **train}),
+                    baselines=not args.no_baselines)
+    summary = run_poc(cfg, args.out, log=_log_fn(args.quiet), progress=not args.quiet and sys.stderr.isatty())
+    rec = summary.get("recommended")
+    log = _log_fn(args.quiet)
+    log(f"fvnce: poc finished in {summary['wall_time_s']:.0f} s; report: {Path(args.out) / 'report.html'}")
+    if rec:
+        log(f"fvnce: recommended {rec['run']} ({rec['criterion']})")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from .report import build_report
+
+    path = build_report(args.path, args.out)
+    print(path)
+    return 0
+
+
+COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "score": _cmd_score, "sample": _cmd_sample,
+            "poc": _cmd_poc, "report": _cmd_report}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from . import __version__
+        print(__version__)
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    from .errors import FvnceError
+    from .train import TrainingInterrupted
+
+    try:
+        return COMMANDS[args.command](args)
+    except TrainingInterrupted as exc:
+        print(f"fvnce: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except FvnceError as exc:
+        print(f"fvnce: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("fvnce: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (OSError, MemoryError) as exc:  # disk full, permissions: still one line
+        print(f"fvnce: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(text.split())
+
+
+def _entry() -> None:  # pragma: no cover - console script wrapper
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,442 @@
+"""Run directories: one training run from data to evaluation, on disk.
+
+Data flow: data spec -> :func:`fvnce.data.load_dataset` -> noise fitted on the training
+split -> model + objective -> :class:`fvnce.train.Trainer` -> run directory ->
+:func:`evaluate_run` -> report.  A run directory holds
+
+    config.json        everything needed to rebuild model, noise and data (plain JSON)
+    preprocess.json    the fitted preprocessing, re-applied at scoring time
+    noise.pt           the fitted noise (tensors and plain data only)
+    checkpoint.pt      latest training state; best.pt the best-validation parameters
+    metrics.jsonl      training curves
+    evaluation.json    metrics on validation and test data; samples.npy model samples
+
+Every file is written atomically.  Nothing here prints; callers pass ``log``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from . import __version__
+from .checkpoint import atomic_write_bytes, atomic_write_json, atomic_torch_save, load_checkpoint
+from .data import DataSpec, Dataset, load_dataset, prepare_scoring_data
+from .data.preprocess import Preprocessor
+from .errors import CheckpointError, ConfigError, DataError
+from .models import MODELS, make_model
+from .noise import NOISES, load_noise, make_noise
+from .objectives import OBJECTIVES, make_objective
+from .train import TrainConfig, Trainer
+
+__all__ = ["RunConfig", "LoadedRun", "evaluate_run", "load_run", "sample_run", "score_file", "train_run"]
+
+CONFIG_NAME = "config.json"
+PREPROCESS_NAME = "preprocess.json"
+NOISE_NAME = "noise.pt"
+EVALUATION_NAME = "evaluation.json"
+SAMPLES_NAME = "samples.npy"
+
+
+def _default_noise(binary: bool) -> str:
+    return "marginals" if binary else "full_gaussian"
+
+
+@dataclass
+class RunConfig:
+    """Everything a training run needs besides the data values themselves.
+
+    ``model="auto"`` picks a VAE for ``elbo``/``iwae`` and its energy-tilted
+    (unnormalised) version for the noise-contrastive objectives, with a Bernoulli
+    decoder for binary data and a Gaussian one otherwise.  ``noise="auto"`` picks the
+    product of marginals for binary data and a full-covariance Gaussian otherwise.
+    """
+
+    data: DataSpec = field(default_factory=DataSpec)
+    objective: str = "fvnce"
+    objective_options: dict[str, Any] = field(default_factory=dict)
+    model: str = "auto"
+    model_options: dict[str, Any] = field(default_factory=dict)
+    noise: str = "auto"
+    noise_options: dict[str, Any] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval_k: int = 64
+
+    def validate(self) -> None:
+        """Check names and options before any data is read or file written."""
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"unknown objective {self.objective!r}; valid objectives: {', '.join(OBJECTIVES)}")
+        make_objective(self.objective, **self.objective_options)
+        if self.model != "auto" and self.model not in MODELS:
+            raise ConfigError(f"unknown model {self.model!r}; valid models: auto, {', '.join(MODELS)}")
+        if self.noise != "auto" and ":" not in self.noise and self.noise not in NOISES:
+            raise ConfigError(f"unknown noise {self.noise!r}; valid noises: auto, {', '.join(sorted(NOISES))}, "
+                              "or module:callable")
+        if isinstance(self.eval_k, bool) or not isinstance(self.eval_k, int) or self.eval_k < 1:
+            raise ConfigError(f"eval_k must be a positive integer, got {self.eval_k!r}")
+
+    def resolved_model(self, binary: bool) -> tuple[str, dict]:
+        opts = dict(self.model_options)
+        name = self.model
+        if name == "auto":
+            name = "vae" if self.objective in ("elbo", "iwae") else "tilted_vae"
+        if name in ("vae", "tilted_vae", "conv_vae"):
+            opts.setdefault("likelihood", "bernoulli" if binary else "gaussian")
+        return name, opts
+
+    def resolved_noise(self, binary: bool) -> str:
+        return _default_noise(binary) if self.noise == "auto" else self.noise
+
+    def to_dict(self) -> dict:
+        return {"data": self.data.to_dict(), "objective": self.objective,
+                "objective_options": dict(self.objective_options), "model": self.model,
+                "model_options": _jsonable(self.model_options), "noise": self.noise,
+                "noise_options": _jsonable(self.noise_options), "train": self.train.to_dict(), "eval_k": self.eval_k}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(d) - known)
+        if bad:
+            raise ConfigError(f"unknown configuration key {bad[0]!r}; valid keys: {', '.join(sorted(known))}")
+        d = dict(d)
+        if "data" in d:
+            d["data"] = DataSpec.from_dict(d["data"]) if isinstance(d["data"], dict) else d["data"]
+        if "train" in d:
+            d["train"] = TrainConfig.from_dict(d["train"]) if isinstance(d["train"], dict) else d["train"]
+        return cls(**d)
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+# --- building blocks ----------------------------------------------------------------------
+
+def _build(config: RunConfig, x_dim: int, image_shape, binary: bool):
+    name, opts = config.resolved_model(binary)
+    if image_shape is not None:
+        opts.setdefault("image_shape", tuple(image_shape))
+    model, encoder = make_model(name, x_dim, **opts)
+    objective = make_objective(config.objective, **config.objective_options)
+    objective.check_model(model)
+    if not objective.uses_encoder:
+        encoder = None
+    return name, opts, model, encoder, objective
+
+
+def _check_noise_support(noise, binary: bool, model_name: str, opts: dict) -> None:
+    discrete_model = opts.get("likelihood") == "bernoulli" or model_name == "rbm"
+    if discrete_model and not getattr(noise, "discrete", False):
+        raise ConfigError(f"noise {noise.name!r} is a continuous density but the model ({model_name}, binary "
+                          "data) is a probability mass function, so their ratio is meaningless; use a discrete "
+                          "noise for binary data: marginals, gmm or kde")
+    if not discrete_model and getattr(noise, "discrete", False):
+        raise ConfigError(f"noise {noise.name!r} is discrete but the model is a density; use a continuous noise")
+
+
+def train_run(config: RunConfig, run_dir: str | Path, *, resume: bool = False, dataset: Dataset | None = None,
+              noise=None, log: Callable[[str], None] = lambda m: None, progress: bool | None = None):
+    """Train one run into ``run_dir`` (created only once every input has been checked).
+
+    ``dataset`` and ``noise`` may be passed to share them between runs (the proof of
+    concept does).  With ``resume=True`` the run's own saved configuration is used.
+    Returns ``(trainer_result, dataset)``.
+    """
+    run_dir = Path(run_dir)
+    if resume:
+        saved = _read_config(run_dir)
+        config = RunConfig.from_dict(saved["run"])
+        if progress is not None:
+            config.train.progress = progress
+    config.validate()
+    if progress is not None:
+        config.train.progress = progress
+    if dataset is None:
+        dataset = load_dataset(config.data)
+    for note in dataset.notes:
+        log(f"fvnce: note: {note}")
+    torch.manual_seed(config.train.seed)
+    name, opts, model, encoder, objective = _build(config, dataset.dim, dataset.image_shape, dataset.binary)
+    if resume:
+        noise = load_noise(torch.load(run_dir / NOISE_NAME, weights_only=True), data=dataset.train)
+    elif noise is None:
+        noise = make_noise(config.resolved_noise(dataset.binary), dataset.train, seed=config.train.seed,
+                           **config.noise_options)
+    for w in getattr(noise, "warnings", []):
+        log(f"fvnce: note: {w}")
+    _check_noise_support(noise, dataset.binary, name, opts)
+
+    if not resume:
+        if run_dir.exists() and any(run_dir.iterdir()):
+            if not (run_dir / CONFIG_NAME).exists():
+                raise ConfigError(f"output directory {run_dir} exists and is not an fvnce run; choose a new --out")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in (EVALUATION_NAME, SAMPLES_NAME, "report.html"):
+            (run_dir / stale).unlink(missing_ok=True)
+        atomic_write_json(run_dir / CONFIG_NAME, _config_record(config, dataset, name, opts, objective, noise))
+        atomic_write_json(run_dir / PREPROCESS_NAME, dataset.preprocessor.state())
+        atomic_torch_save(noise.state(), run_dir / NOISE_NAME)
+    trainer = Trainer(model, encoder, objective, noise, config.train, run_dir=run_dir, log=log)
+    result = trainer.fit(dataset.train, dataset.val, resume=resume)
+    return result, dataset
+
+
+def _config_record(config: RunConfig, dataset: Dataset, model_name: str, model_opts: dict, objective, noise) -> dict:
+    return {
+        "fvnce_version": __version__,
+        "run": config.to_dict(),
+        "data": config.data.to_dict(),
+        "model": {"name": model_name, "options": _jsonable(model_opts)},
+        "objective": objective.config(),
+        "noise": {"name": noise.name, "options": _jsonable(config.noise_options)},
+        "train": config.train.to_dict(),
+        "x_dim": dataset.dim,
+        "image_shape": list(dataset.image_shape) if dataset.image_shape else None,
+        "binary": bool(dataset.binary),
+        "feature_names": list(dataset.feature_names),
+    }
+
+
+def _read_config(run_dir: Path) -> dict:
+    path = run_dir / CONFIG_NAME
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory not found: {run_dir}")
+    if not path.exists():
+        raise CheckpointError(f"{run_dir} is not an fvnce run directory (no {CONFIG_NAME})")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(cfg, dict) or "run" not in cfg:
+            raise ValueError("missing 'run' section")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is corrupt: {exc}") from None
+    return cfg
+
+
+# --- loading a trained run ------------------------------------------------------------------
+
+@dataclass
+class LoadedRun:
+    """A trained run rebuilt from its directory (on the CPU, in evaluation mode)."""
+
+    run_dir: Path
+    record: dict
+    config: RunConfig
+    model: torch.nn.Module
+    encoder: torch.nn.Module | None
+    objective: Any
+    noise: Any
+    preprocessor: Preprocessor
+    weights: str
+
+    @property
+    def image_shape(self):
+        return tuple(self.record["image_shape"]) if self.record.get("image_shape") else None
+
+
+def load_run(run_dir: str | Path, *, weights: str = "best", dataset: Dataset | None = None) -> LoadedRun:
+    """Rebuild model, encoder, noise and preprocessing from a run directory.
+
+    ``weights="best"`` takes the best-validation parameters when the run kept them, else
+    the latest checkpoint.  Plug-in noises are re-created from the training data.
+    """
+    run_dir = Path(run_dir)
+    record = _read_config(run_dir)
+    config = RunConfig.from_dict(record["run"])
+    try:
+        pre = Preprocessor.from_state(json.loads((run_dir / PREPROCESS_NAME).read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise CheckpointError(f"{run_dir} is incomplete: {PREPROCESS_NAME} is missing") from None
+    except ValueError as exc:
+        raise CheckpointError(f"{run_dir / PREPROCESS_NAME} is corrupt: {exc}") from None
+    _, _, model, encoder, objective = _build(config, record["x_dim"], record.get("image_shape"), record["binary"])
+    path = run_dir / "best.pt"
+    used = "best"
+    if weights != "best" or not path.exists():
+        path, used = run_dir / "checkpoint.pt", "last"
+    ckpt = load_checkpoint(path)
+    try:
+        model.load_state_dict(ckpt["model"])
+        if encoder is not None and ckpt.get("encoder") is not None:
+            encoder.load_state_dict(ckpt["encoder"])
+    except (KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"{path} does not match the run's model: {str(exc).splitlines()[0]}") from None
+    noise_path = run_dir / NOISE_NAME
+    if not noise_path.exists():
+        raise CheckpointError(f"{run_dir} is incomplete: {NOISE_NAME} is missing")
+    try:
+        noise_state = torch.load(noise_path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # corrupt or crafted file: never executed
+        raise CheckpointError(f"cannot read {noise_path}: {str(exc).splitlines()[0][:200]}") from None
+    data = None
+    if isinstance(noise_state, dict) and noise_state.get("name") == "plugin":
+        data = (dataset or load_dataset(config.data)).train
+    noise = load_noise(noise_state, data=data)
+    model.eval()
+    if encoder is not None:
+        encoder.eval()
+    return LoadedRun(run_dir, record, config, model, encoder, objective, noise, pre, used)
+
+
+# --- evaluation -------------------------------------------------------------------------------
+
+def _split_metrics(run: LoadedRun, x: torch.Tensor, labels, log_z, k: int, n_samples_acc: int = 2000):
+    from . import evaluate as ev
+
+    x = x.to(next(run.model.parameters()).dtype)
+    out: dict[str, Any] = {}
+    ll = ev.log_likelihood(run.model, run.encoder, x, k=k, log_z=log_z)
+    normal = torch.ones(len(x), dtype=torch.bool) if labels is None else (labels == 0)
+    out["log_likelihood"] = float(ll[normal].mean()) if bool(normal.any()) else None
+    xn = x[normal][:n_samples_acc]
+    out["noise_accuracy"] = ev.noise_accuracy(run.model, run.encoder, xn, run.noise) if len(xn) else None
+    scores = ev.anomaly_scores(run.model, run.encoder, x, k=k)
+    out["_scores"] = scores
+    if labels is not None:
+        m = ev.anomaly_metrics(scores.numpy(), labels.numpy())
+        out.update({key: m[key] for key in ("auroc", "auprc", "fpr_at_95_tpr")})
+        out["_roc"] = m.get("roc")
+    else:
+        out.update({"auroc": None, "auprc": None, "fpr_at_95_tpr": None, "_roc": None})
+    return out
+
+
+def evaluate_run(run_dir: str | Path, *, dataset: Dataset | None = None, data_file: str | None = None,
+                 k: int | None = None, n_samples: int = 64, write: bool = True) -> dict:
+    """Evaluate a trained run on its validation and test splits (or on ``data_file``,
+    preprocessed as in training) and write ``evaluation.json`` and ``samples.npy``.
+
+    Metrics: log-likelihood in nats per example (an IWAE bound for normalised models,
+    an importance-sampling estimate through log Z for unnormalised ones), balanced
+    data-vs-noise accuracy, and where labels exist AUROC, AUPRC and the false-alarm rate
+    at 95% detection, the anomaly score being the negative estimated log-density.
+    """
+    from . import evaluate as ev
+
+    t0 = time.perf_counter()
+    run = load_run(run_dir, dataset=dataset)
+    k = k or run.config.eval_k
+    torch.manual_seed(run.config.train.seed + 1)
+    log_z = None
+    if not run.model.normalised:
+        log_z = ev.estimate_log_partition(run.model, run.encoder, run.noise)
+    result: dict[str, Any] = {"fvnce_version": __version__, "weights": run.weights,
+                              "log_likelihood_kind": "iwae_bound" if run.model.normalised else "estimate",
+                              "log_z": None if log_z is None else {"log_z": log_z.log_z, "ess_fraction": log_z.ess_fraction,
+                                                                   "proposal": log_z.proposal}}
+    if data_file is not None:
+        x, raw_labels = prepare_scoring_data(data_file, run.preprocessor, label=run.config.data.label,
+                                             return_labels=True)
+        labels = _labels_from(raw_labels, run.config.data.normal)
+        test = _split_metrics(run, torch.as_tensor(x), labels, log_z, k)
+        val = None
+    else:
+        if dataset is None:
+            dataset = load_dataset(run.config.data)
+        test = _split_metrics(run, dataset.test, dataset.test_labels, log_z, k)
+        val = _split_metrics(run, dataset.val, dataset.val_labels, log_z, k)
+    scores, roc = test.pop("_scores"), test.pop("_roc")
+    result.update(test)
+    result["roc"] = roc
+    if data_file is None and dataset.test_labels is not None:
+        lab = dataset.test_labels.bool()
+        result["scores"] = {"normal": scores[~lab].tolist(), "anomaly": scores[lab].tolist()}
+    else:
+        result["scores"] = None
+    if val is not None:
+        val.pop("_scores"), val.pop("_roc")
+        result["val"] = val
+    result["samples_file"], result["sampling_method"] = None, None
+    if n_samples > 0:
+        try:
+            samples, method = ev.sample(run.model, run.encoder, n_samples, noise=run.noise)
+            result["samples_file"], result["sampling_method"] = SAMPLES_NAME, method
+            if write:
+                _atomic_npy(Path(run_dir) / SAMPLES_NAME, samples.detach().cpu().numpy())
+        except NotImplementedError:
+            pass
+    result["wall_time_s"] = time.perf_counter() - t0
+    if write:
+        atomic_write_json(Path(run_dir) / EVALUATION_NAME, _finite_json(result))
+    return _finite_json(result)
+
+
+def _labels_from(raw_labels, normal) -> torch.Tensor | None:
+    if raw_labels is None or normal is None:
+        return None
+    return torch.as_tensor(np.asarray([str(v) != str(normal) for v in raw_labels], dtype=np.int64))
+
+
+def _finite_json(obj):
+    """Replace NaN/inf floats by None so the JSON is standard."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_json(v) for v in obj]
+    return obj
+
+
+def _atomic_npy(path: Path, array: np.ndarray) -> None:
+    import io
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+# --- scoring and sampling ------------------------------------------------------------------
+
+def score_file(run_dir: str | Path, data_file: str, out: str | Path, *, k: int | None = None,
+               missing: str | None = None) -> int:
+    """Write one anomaly score per row of ``data_file`` (same order) to the CSV ``out``.
+
+    The score is the negative estimated log-density (higher = more anomalous).  Returns
+    the number of rows written.
+    """
+    from . import evaluate as ev
+
+    run = load_run(run_dir)
+    x = prepare_scoring_data(data_file, run.preprocessor, missing=missing)
+    torch.manual_seed(run.config.train.seed + 2)
+    xt = torch.as_tensor(x).to(next(run.model.parameters()).dtype)
+    scores = ev.anomaly_scores(run.model, run.encoder, xt, k=k or run.config.eval_k).numpy()
+    lines = ["row,score"] + [f"{i},{s:.9g}" for i, s in enumerate(scores)]
+    from .checkpoint import atomic_write_text
+    atomic_write_text(Path(out), "\n".join(lines) + "\n")
+    return len(scores)
+
+
+def sample_run(run_dir: str | Path, n: int, out: str | Path) -> str:
+    """Draw ``n`` model samples into ``out``: ``.npy`` (in model space), or ``.png``
+    (an image grid; image data only).  Returns the sampling method used."""
+    from . import evaluate as ev
+
+    out = Path(out)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"--n must be a positive integer, got {n!r}")
+    if out.suffix not in (".npy", ".png"):
+        raise ConfigError(f"sample output must end in .npy or .png, got {out.name!r}")
+    run = load_run(run_dir)
+    if out.suffix == ".png" and run.image_shape is None:
+        raise ConfigError("a .png grid needs image data; this run's data are not images: use .npy")
+    torch.manual_seed(run.config.train.seed + 3)
+    try:
+        samples, method = ev.sample(run.model, run.encoder, n, noise=run.noise)
+    except NotImplementedError as exc:
+        raise ConfigError(f"this model cannot be sampled: {exc}") from None
+    arr = samples.detach().cpu().numpy()
+    if out.suffix == ".npy":
+        _atomic_npy(out, arr)
+    else:
+        from .report.plots import image_grid_png
+        atomic_write_bytes(out, image_grid_png(arr, run.image_shape, f"{n} samples ({method})"))
+    return method

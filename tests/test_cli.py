@@ -1,0 +1,149 @@
+"""Command-line smoke tests on tiny data, in temporary folders."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fvnce.cli import main
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    """A small CSV: 3 correlated heavy-ish features, a label column with 'ok' and 'bad'."""
+    rng = np.random.default_rng(0)
+    n = 240
+    z = rng.normal(size=(n, 1))
+    x = np.hstack([z + 0.3 * rng.normal(size=(n, 1)), 2 * z + 0.3 * rng.normal(size=(n, 1)),
+                   np.exp(0.5 * rng.normal(size=(n, 1)))])
+    label = np.array(["ok"] * n, dtype=object)
+    bad = rng.choice(n, 30, replace=False)
+    x[bad] += rng.normal(0, 4, size=(30, 3))
+    label[bad] = "bad"
+    path = tmp_path_factory.mktemp("data") / "sensors.csv"
+    with open(path, "w") as fh:
+        fh.write("temp,pressure,vibration,status\n")
+        for row, lab in zip(x, label):
+            fh.write(",".join(f"{v:.6f}" for v in row) + f",{lab}\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(table, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "run"
+    rc = main(["train", "--data", str(table), "--label", "status", "--normal", "ok", "--objective", "fvnce",
+               "--rule", "power", "--alpha", "1.5", "--k", "2", "--noise", "full_gaussian", "--steps", "60",
+               "--batch-size", "64", "--z-dim", "2", "--seed", "1", "--out", str(run), "--quiet"])
+    assert rc == 0
+    return run
+
+
+def test_train_writes_a_complete_run(trained):
+    for name in ("config.json", "preprocess.json", "noise.pt", "checkpoint.pt", "metrics.jsonl", "evaluation.json"):
+        assert (trained / name).exists(), name
+    cfg = json.loads((trained / "config.json").read_text())
+    assert cfg["objective"]["rule"]["name"] == "power" and cfg["objective"]["rule"]["alpha"] == 1.5
+    assert cfg["objective"]["k"] == 2 and cfg["noise"]["name"] == "full_gaussian"
+    assert cfg["feature_names"] == ["temp", "pressure", "vibration"]
+
+
+def test_evaluate_json(trained, capsys):
+    assert main(["evaluate", str(trained), "--json", "--k", "8"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("log_likelihood", "noise_accuracy", "auroc", "auprc", "fpr_at_95_tpr"):
+        assert key in out
+    assert 0 <= out["auroc"] <= 1 and 0 <= out["noise_accuracy"] <= 1
+    assert out["log_likelihood_kind"] == "estimate"
+
+
+def test_score_keeps_row_order(trained, table, tmp_path):
+    out = tmp_path / "scores.csv"
+    assert main(["score", str(trained), "--data", str(table), "--out", str(out), "--quiet"]) == 0
+    lines = out.read_text().strip().splitlines()
+    assert lines[0] == "row,score" and len(lines) == 241
+    rows = [int(line.split(",")[0]) for line in lines[1:]]
+    assert rows == list(range(240))
+    scores = np.array([float(line.split(",")[1]) for line in lines[1:]])
+    assert np.isfinite(scores).all()
+    labels = np.array([r.split(",")[-1] for r in table.read_text().splitlines()[1:]])
+    assert scores[labels == "bad"].mean() > scores[labels == "ok"].mean()
+
+
+def test_sample_npy(trained, tmp_path):
+    out = tmp_path / "s.npy"
+    assert main(["sample", str(trained), "--n", "10", "--out", str(out), "--quiet"]) == 0
+    arr = np.load(out)
+    assert arr.shape == (10, 3) and np.isfinite(arr).all()
+
+
+def test_sample_png_needs_images(trained, tmp_path, capsys):
+    assert main(["sample", str(trained), "--n", "4", "--out", str(tmp_path / "s.png")]) == 2
+    assert "needs image data" in capsys.readouterr().err
+    assert not (tmp_path / "s.png").exists()
+
+
+def test_image_run_sample_png(tmp_path):
+    run = tmp_path / "img"
+    assert main(["train", "--data", "digits", "--objective", "elbo", "--steps", "20", "--max-rows", "300",
+                 "--out", str(run), "--quiet", "--no-eval"]) == 0
+    out = tmp_path / "grid.png"
+    assert main(["sample", str(run), "--n", "16", "--out", str(out), "--quiet"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_resume_continues(table, tmp_path):
+    run = tmp_path / "r"
+    base = ["train", "--data", str(table), "--label", "status", "--normal", "ok", "--steps", "30",
+            "--out", str(run), "--quiet", "--no-eval"]
+    assert main(base) == 0
+    assert main(["train", "--out", str(run), "--resume", "--quiet", "--no-eval"]) == 0
+
+
+def test_poc_end_to_end_reduced(tmp_path):
+    out = tmp_path / "poc"
+    rc = main(["poc", "--data", "digits", "--normal", "1", "--max-rows", "600", "--budget", "30",
+               "--noises", "marginals,kde,gmm", "--rules", "kl,power:1.5", "--out", str(out), "--quiet"])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    fv = [r for r in summary["runs"] if r["objective"] == "fvnce"]
+    assert len(fv) == 6 and {r["noise"] for r in fv} == {"marginals", "kde", "gmm"}
+    assert {r["rule"] for r in fv} == {"kl", "power"}
+    assert any(r["objective"] == "elbo" for r in summary["runs"])
+    assert summary["baselines"][0]["name"] == "isolation_forest"
+    for r in summary["runs"]:
+        assert {"objective", "rule", "noise", "metrics"} <= set(r)
+        if r["status"] == "ok":
+            assert {"auroc", "auprc", "fpr_at_95_tpr", "log_likelihood", "noise_accuracy"} <= set(r["metrics"])
+    rec = summary["recommended"]
+    assert rec["run"] in {r["name"] for r in fv} and "validation" in rec["criterion"]
+    assert (out / "report.html").exists()
+
+
+def test_python_dash_m_and_help():
+    res = subprocess.run([sys.executable, "-m", "fvnce", "--help"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0
+    for cmd in ("train", "evaluate", "score", "sample", "poc", "report"):
+        assert cmd in res.stdout
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["train", "--data", "nope.csv", "--out", "X"], "file not found"),
+    (["train", "--objective", "fvnce", "--rule", "power", "--alpha", "2.5", "--out", "X"], "alpha=2.5"),
+    (["train", "--k", "-1", "--out", "X"], "k must be a positive integer"),
+    (["train", "--noise", "bogus", "--out", "X"], "valid noises"),
+    (["train", "--model", "bogus", "--out", "X"], "valid models"),
+    (["train", "--rule", "bogus", "--out", "X"], "invalid choice"),
+    (["train", "--steps", "-5", "--out", "X"], "steps"),
+    (["evaluate", "not_a_run"], "run directory not found"),
+    (["poc", "--rules", "logistic", "--out", "X"], "noise side"),
+])
+def test_bad_input_one_line_exit_2(argv, fragment, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        sys.exit(main(argv))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and fragment in err and "Traceback" not in err
+    assert not (tmp_path / "X").exists()
