@@ -162,8 +162,8 @@ def train_run(config: RunConfig, run_dir: str | Path, *, resume: bool = False, d
         config.train.progress = progress
     if dataset is None:
         dataset = load_dataset(config.data)
-    for note in dataset.notes:
-        log(f"fvnce: note: {note}")
+        for note in dataset.notes:
+            log(f"fvnce: note: {note}")
     torch.manual_seed(config.train.seed)
     name, opts, model, encoder, objective = _build(config, dataset.dim, dataset.image_shape, dataset.binary)
     if resume:
@@ -298,7 +298,7 @@ def _split_metrics(run: LoadedRun, x: torch.Tensor, labels, log_z, k: int, n_sam
     out["log_likelihood"] = float(ll[normal].mean()) if bool(normal.any()) else None
     xn = x[normal][:n_samples_acc]
     out["noise_accuracy"] = ev.noise_accuracy(run.model, run.encoder, xn, run.noise) if len(xn) else None
-    scores = ev.anomaly_scores(run.model, run.encoder, x, k=k)
+    scores = -ll  # the anomaly score: negative estimated log-density (log Z only shifts it)
     out["_scores"] = scores
     if labels is not None:
         m = ev.anomaly_metrics(scores.numpy(), labels.numpy())

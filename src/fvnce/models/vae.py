@@ -98,3 +98,11 @@ class VAE(LatentVariableModel):
         z = self.prior(p).sample((n,))
         px = self.decode(z)
         return px.mean if mean else px.sample()
+
+    @torch.no_grad()
+    def sample_joint(self, n: int) -> tuple[Tensor, Tensor]:
+        """Exact joint samples ``(x, z) ~ p(z) p(x | z)``: ``x`` is ``(n, D)``, ``z`` is
+        ``(n, z_dim)`` (used as importance proposal by :mod:`fvnce.evaluate`)."""
+        p = next(self.parameters())
+        z = self.prior(p).sample((n,))
+        return self.decode(z).sample(), z

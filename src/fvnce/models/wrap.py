@@ -56,6 +56,13 @@ class FromVAE(LatentVariableModel):
         z = self.prior(p).sample((n,))
         return self.decoder(z).sample()
 
+    @torch.no_grad()
+    def sample_joint(self, n: int) -> tuple[Tensor, Tensor]:
+        """Exact joint samples ``(x, z) ~ p(z) p(x | z)`` (``x`` is ``(n, D)``)."""
+        p = next(self.parameters())
+        z = self.prior(p).sample((n,))
+        return self.decoder(z).sample(), z
+
 
 class FromLogJoint(LatentVariableModel):
     """Wraps ``module.log_joint(x, z)`` (or ``module(x, z)``) as a model."""
