@@ -1,0 +1,237 @@
+"""Figures for the report, each returned as PNG bytes.
+
+Only :class:`matplotlib.figure.Figure` objects are used (rendered by the Agg canvas), so
+pyplot's global state and the user's chosen backend are never touched.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from .load import finite
+
+__all__ = [
+    "image_grid_png",
+    "roc_curve",
+    "roc_png",
+    "scatter_limits",
+    "scatter_png",
+    "score_hist_png",
+    "training_png",
+]
+
+_DPI = 100
+_MAX_POINTS = 2000
+_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+           "#7f7f7f", "#bcbd22", "#17becf"]
+
+
+def _label(text: str, limit: int = 40) -> str:
+    """Plain text for matplotlib: no mathtext (``$``), bounded length."""
+    text = str(text).replace("\n", " ")
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text.replace("$", r"\$")
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=_DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=_DPI, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _thin(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if len(steps) > _MAX_POINTS:
+        idx = np.linspace(0, len(steps) - 1, _MAX_POINTS).round().astype(int)
+        return steps[idx], values[idx]
+    return steps, values
+
+
+def _series(records: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+    pts = [(finite(r.get("step")), finite(r.get(key))) for r in records if key in r]
+    pts = [(s, v) for s, v in pts if s is not None and v is not None]
+    if not pts:
+        return np.empty(0), np.empty(0)
+    arr = np.asarray(pts, dtype=float)
+    return _thin(arr[:, 0], arr[:, 1])
+
+
+def training_png(records: Sequence[dict], title: str) -> bytes | None:
+    """Loss terms (left) and noise accuracy (right) against step; retries as dotted lines."""
+    loss_keys = [("loss", "total loss", "#444444"), ("data_loss", "data term", _COLORS[0]),
+                 ("noise_loss", "noise term", _COLORS[1]), ("val_loss", "validation loss", _COLORS[3])]
+    curves = [(k, lab, c, *_series(records, k)) for k, lab, c in loss_keys]
+    curves = [c for c in curves if len(c[3])]
+    acc = _series(records, "accuracy")
+    if not curves and not len(acc[0]):
+        return None
+    retries = sorted({s for r in records if r.get("event") == "retry"
+                      and (s := finite(r.get("step"))) is not None})
+    fig = _figure(8.0, 3.0)
+    ax1, ax2 = fig.subplots(1, 2)
+    for key, lab, color, x, y in curves:
+        style = dict(marker="o", ms=3) if key == "val_loss" else {}
+        ax1.plot(x, y, label=lab, color=color, lw=1.2 if key != "loss" else 0.8, **style)
+    ax1.set_title("Loss terms (lower is better)", fontsize=9)
+    if len(acc[0]):
+        ax2.plot(acc[0], acc[1], color=_COLORS[2], lw=1.2, label="noise accuracy")
+        ax2.axhline(0.5, color="#999999", lw=0.8, ls="--", label="chance (50%)")
+        ax2.set_ylim(-0.02, 1.02)
+        ax2.set_title("Noise accuracy (data vs noise)", fontsize=9)
+    else:
+        ax2.text(0.5, 0.5, "no noise accuracy\nfor this objective", ha="center", va="center",
+                 transform=ax2.transAxes, fontsize=9, color="#666666")
+        ax2.set_xticks([])
+        ax2.set_yticks([])
+    for ax in (ax1, ax2):
+        for i, s in enumerate(retries):
+            ax.axvline(s, color=_COLORS[3], ls=":", lw=1.2, label="retry" if i == 0 else None)
+        ax.set_xlabel("training step", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax, loc in ((ax1, "upper right"), (ax2, "lower right")):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc=loc)
+    fig.suptitle(_label(title, 70), fontsize=10)
+    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.16, top=0.8, wspace=0.22)
+    return _png(fig)
+
+
+def roc_curve(normal: Sequence[float], anomaly: Sequence[float]) -> tuple[list, list] | None:
+    """ROC (fpr, tpr) of scores where higher means more anomalous; None if a class is empty."""
+    neg = np.asarray([v for v in normal if finite(v) is not None], dtype=float)
+    pos = np.asarray([v for v in anomaly if finite(v) is not None], dtype=float)
+    if not len(neg) or not len(pos):
+        return None
+    thresholds = np.unique(np.concatenate([neg, pos]))[::-1]
+    neg_s, pos_s = np.sort(neg), np.sort(pos)
+    fpr = 1.0 - np.searchsorted(neg_s, thresholds, side="left") / len(neg)
+    tpr = 1.0 - np.searchsorted(pos_s, thresholds, side="left") / len(pos)
+    return [0.0, *fpr.tolist()], [0.0, *tpr.tolist()]
+
+
+def roc_png(curves: Sequence[tuple[str, Sequence[float], Sequence[float], bool]]) -> bytes | None:
+    """All ROC curves on one plot; ``curves`` = (label, fpr, tpr, bold)."""
+    usable = []
+    for label, fpr, tpr, bold in curves:
+        pts = [(finite(a), finite(b)) for a, b in zip(fpr or [], tpr or [])]
+        pts = [p for p in pts if p[0] is not None and p[1] is not None]
+        if pts:
+            usable.append((label, np.asarray(pts), bold))
+    if not usable:
+        return None
+    fig = _figure(6.0, 5.0)
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="#aaaaaa", ls="--", lw=0.8, label="random guessing")
+    for i, (label, pts, bold) in enumerate(usable):
+        ax.plot(pts[:, 0], pts[:, 1], color=_COLORS[i % len(_COLORS)], lw=3.0 if bold else 1.0,
+                label=_label(label, 45), zorder=3 if bold else 2)
+    ax.axhline(0.95, color="#cccccc", lw=0.6, ls=":")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_xlabel("false-alarm rate (share of normal items flagged)", fontsize=9)
+    ax.set_ylabel("detection rate (share of anomalies caught)", fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.11, top=0.97)
+    return _png(fig)
+
+
+def score_hist_png(normal: Sequence[float], anomaly: Sequence[float], title: str) -> bytes | None:
+    """Overlaid histograms of anomaly scores for normal and anomalous test items."""
+    neg = np.asarray([v for v in normal if finite(v) is not None], dtype=float)
+    pos = np.asarray([v for v in anomaly if finite(v) is not None], dtype=float)
+    if not len(neg) and not len(pos):
+        return None
+    both = np.concatenate([neg, pos])
+    lo, hi = np.percentile(both, [0.5, 99.5])
+    if not hi > lo:
+        lo, hi = both.min() - 0.5, both.max() + 0.5
+    bins = np.linspace(lo, hi, 41)
+    fig = _figure(5.0, 3.2)
+    ax = fig.subplots()
+    if len(neg):
+        ax.hist(np.clip(neg, lo, hi), bins=bins, density=True, alpha=0.55, color=_COLORS[0],
+                label=f"normal (n={len(neg)})")
+    if len(pos):
+        ax.hist(np.clip(pos, lo, hi), bins=bins, density=True, alpha=0.55, color=_COLORS[3],
+                label=f"anomalous (n={len(pos)})")
+    ax.set_xlabel("anomaly score (higher = more unusual)", fontsize=8)
+    ax.set_ylabel("density", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.set_title(_label(title, 60), fontsize=9)
+    ax.legend(fontsize=7, loc="upper right")
+    fig.subplots_adjust(left=0.13, right=0.97, bottom=0.15, top=0.9)
+    return _png(fig)
+
+
+def image_grid_png(samples: np.ndarray, shape: Sequence[int], title: str,
+                   max_images: int = 36) -> bytes | None:
+    """Grid of greyscale images (rows of ``samples`` reshaped to ``shape``); None if impossible."""
+    h, w = int(shape[0]), int(shape[1])
+    if samples.ndim != 2 or samples.shape[1] != h * w or not len(samples):
+        return None
+    imgs = np.nan_to_num(samples[:max_images].reshape(-1, h, w), nan=0.0, posinf=0.0, neginf=0.0)
+    n = len(imgs)
+    cols = min(n, max(1, math.ceil(math.sqrt(n))))
+    rows = math.ceil(n / cols)
+    lo, hi = float(imgs.min()), float(imgs.max())
+    if 0.0 <= lo and hi <= 1.0:
+        lo, hi = 0.0, 1.0
+    pad = max(1, h // 8)
+    mosaic = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad), lo + 0.6 * (hi - lo))
+    for i, img in enumerate(imgs):
+        r, c = divmod(i, cols)
+        y, x = pad + r * (h + pad), pad + c * (w + pad)
+        mosaic[y:y + h, x:x + w] = img
+    fig = _figure(3.2, 3.2 * mosaic.shape[0] / mosaic.shape[1] + 0.35)
+    ax = fig.add_axes((0.02, 0.02, 0.96, 0.96 - 0.35 / fig.get_figheight()))
+    ax.imshow(mosaic, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
+    ax.set_axis_off()
+    fig.suptitle(_label(title, 40), fontsize=9, y=0.995, va="top")
+    return _png(fig)
+
+
+def scatter_png(samples: np.ndarray, title: str, limits: tuple[float, float, float, float] | None
+                ) -> bytes | None:
+    """Scatter plot of 2-D samples."""
+    if samples.ndim != 2 or samples.shape[1] != 2:
+        return None
+    pts = samples[np.isfinite(samples).all(axis=1)]
+    if not len(pts):
+        return None
+    fig = _figure(3.6, 3.6)
+    ax = fig.subplots()
+    ax.scatter(pts[:, 0], pts[:, 1], s=7, alpha=0.6, color=_COLORS[0], linewidths=0)
+    if limits is not None:
+        ax.set_xlim(limits[0], limits[1])
+        ax.set_ylim(limits[2], limits[3])
+    ax.set_title(_label(title, 40), fontsize=9)
+    ax.tick_params(labelsize=7)
+    fig.subplots_adjust(left=0.14, right=0.96, bottom=0.1, top=0.9)
+    return _png(fig)
+
+
+def scatter_limits(arrays: Sequence[np.ndarray]) -> tuple[float, float, float, float] | None:
+    """Shared axis limits (robust percentiles) so scatter plots of several runs compare."""
+    pts = [a[np.isfinite(a).all(axis=1)] for a in arrays if a.ndim == 2 and a.shape[1] == 2]
+    pts = [p for p in pts if len(p)]
+    if not pts:
+        return None
+    allp = np.concatenate(pts)
+    lo = np.percentile(allp, 0.5, axis=0)
+    hi = np.percentile(allp, 99.5, axis=0)
+    span = np.maximum(hi - lo, 1e-6) * 0.08
+    return (float(lo[0] - span[0]), float(hi[0] + span[0]), float(lo[1] - span[1]),
+            float(hi[1] + span[1]))

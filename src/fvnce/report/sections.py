@@ -1,0 +1,229 @@
+"""Report sections shared by the POC report and the single-run report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from . import plots
+from .html import DASH, esc, fmt_num, fmt_pct, img
+from .load import RunFiles, finite
+
+__all__ = ["Entry", "glossary", "headline", "ll_cell", "roc_section", "rule_label", "samples_section",
+           "training_section"]
+
+
+@dataclass
+class Entry:
+    """One curve source for the ROC / training / samples sections."""
+
+    name: str
+    run: RunFiles | None = None  # None for baselines
+    roc: dict | None = None
+    scores: dict | None = None
+    auroc: Any = None
+    recommended: bool = False
+
+
+def rule_label(rule: Any, params: Any = None) -> str:
+    """Plain-text rule name with its numeric parameters, e.g. ``power (alpha=0.5)``."""
+    if isinstance(rule, dict):
+        params = {k: v for k, v in rule.items() if k in ("alpha", "c")}
+        rule = rule.get("name")
+    if not rule:
+        return DASH
+    if isinstance(params, dict) and params:
+        inner = ", ".join(f"{k}={v:g}" if finite(v) is not None else f"{k}={v}"
+                          for k, v in sorted(params.items()))
+        return f"{rule} ({inner})"
+    return str(rule)
+
+
+def ll_cell(value: Any, kind: Any) -> str:
+    """Log-likelihood with an "(estimate)" marker when it is not a proper bound."""
+    text = fmt_num(value, 2)
+    if text != DASH and kind == "estimate":
+        text += ' <span class="small">(estimate)</span>'
+    return text
+
+
+def _section(anchor: str, title: str, explain: str, body: str) -> str:
+    return (f'<section id="{anchor}"><h2>{esc(title)}</h2>'
+            f'<p class="explain">{explain}</p>{body}</section>')
+
+
+def training_section(entries: Sequence[Entry]) -> str:
+    figs, missing = [], []
+    for e in entries:
+        recs = e.run.metrics if e.run is not None else []
+        png = plots.training_png(recs, e.name) if recs else None
+        if png is None:
+            missing.append(e.name)
+            continue
+        retries = [r for r in recs if r.get("event") == "retry"]
+        caption = ""
+        if retries:
+            items = "".join(f"<li>step {esc(r.get('step'))}: {esc(r.get('reason', ''))}</li>"
+                            for r in retries[:10])
+            more = f"<li>… and {len(retries) - 10} more</li>" if len(retries) > 10 else ""
+            caption = (f"<figcaption>Training was restarted {len(retries)} time(s) "
+                       f"(dotted red lines):<ul>{items}{more}</ul></figcaption>")
+        figs.append(f"<figure>{img(png, f'Training curves of {e.name}')}{caption}</figure>")
+    body = f'<div class="grid wide">{"".join(figs)}</div>' if figs else ""
+    if missing:
+        body += ('<p class="note">No training log (metrics.jsonl) for: '
+                 + ", ".join(f"<b>{esc(n)}</b>" for n in missing) + ".</p>")
+    explain = ("How each model learned. Left: the training loss and its two parts &mdash; the "
+               "<i>data term</i> (how well the model explains real data) and the <i>noise term</i> "
+               "(how well it rejects artificial noise) &mdash; plus the loss on validation data; "
+               "curves that flatten out mean training converged. Right: how often the model "
+               "tells real data from noise (50% is guessing). Dotted red lines mark automatic "
+               "restarts after a numerical problem.")
+    return _section("training", "Training curves", explain, body)
+
+
+def _roc_of(e: Entry) -> tuple[list, list] | None:
+    if isinstance(e.roc, dict) and e.roc.get("fpr") and e.roc.get("tpr"):
+        return list(e.roc["fpr"]), list(e.roc["tpr"])
+    if isinstance(e.scores, dict):
+        return plots.roc_curve(e.scores.get("normal") or [], e.scores.get("anomaly") or [])
+    return None
+
+
+def _hist(e: Entry, what: str) -> str:
+    if not isinstance(e.scores, dict):
+        return ""
+    png = plots.score_hist_png(e.scores.get("normal") or [], e.scores.get("anomaly") or [],
+                               f"{what}: {e.name}")
+    return f"<figure>{img(png, f'Score histogram of {e.name}')}</figure>" if png else ""
+
+
+def roc_section(entries: Sequence[Entry], has_labels: bool, no_label_reason: str = "",
+                single: bool = False) -> str:
+    title = "Detection quality: ROC curves and score distributions"
+    if not has_labels:
+        reason = no_label_reason or (
+            "The test data has no anomaly labels, so it is unknown which items are truly "
+            "anomalous; detection quality (ROC curves, AUROC, false-alarm rates) therefore "
+            "cannot be measured and this section is empty. Supply labelled test data to see it.")
+        return _section("roc", title, esc(reason), "")
+    curves = []
+    for e in entries:
+        roc = _roc_of(e)
+        if roc is not None:
+            label = e.name + (f" (AUROC {finite(e.auroc):.3f})" if finite(e.auroc) is not None else "")
+            curves.append((label, roc[0], roc[1], e.recommended))
+    parts = []
+    png = plots.roc_png(curves) if curves else None
+    if png:
+        parts.append(f"<figure>{img(png, 'ROC curves of all runs and baselines')}"
+                     "<figcaption>Each curve shows, for every possible alarm threshold, the share "
+                     "of anomalies caught (up) against the share of normal items wrongly flagged "
+                     "(right). Higher and further left is better"
+                     + ("." if single else "; the bold line is the recommended configuration.")
+                     + "</figcaption></figure>")
+    else:
+        parts.append('<p class="note">No ROC data was found in the evaluation files.</p>')
+    rec = next((e for e in entries if e.recommended), None)
+    base = next((e for e in entries if e.run is None and isinstance(e.scores, dict)), None)
+    hists = (_hist(rec, "Scores" if single else "Recommended") if rec else "") + (_hist(base, "For comparison") if base else "")
+    if hists:
+        parts.append("<h3>Score distributions</h3><p class=\"explain\">Anomaly scores of normal "
+                     "(blue) and anomalous (red) test items. The less the two overlap, the "
+                     "easier it is to set a threshold that catches anomalies without false "
+                     f"alarms.</p><div class=\"grid\">{hists}</div>")
+    explain = ("How well each configuration separates anomalies from normal items on the held-out "
+               "test data.")
+    return _section("roc", title, explain, "".join(parts))
+
+
+def samples_section(entries: Sequence[Entry], image_shape: Any, dim: Any) -> str:
+    title = "Samples generated by the models"
+    explain = ("Examples the trained models generate. If they look like real data, the model "
+               "has learned what &ldquo;normal&rdquo; looks like.")
+    have = [(e.name, e.run.samples) for e in entries
+            if e.run is not None and e.run.samples is not None and len(e.run.samples)]
+    shape = image_shape if (isinstance(image_shape, (list, tuple)) and len(image_shape) == 2
+                            and all(finite(v) for v in image_shape)) else None
+    d = int(finite(dim)) if finite(dim) is not None else None
+    if d is None and have:
+        d = int(have[0][1].shape[1])
+    if shape is None and d != 2:
+        dtext = f"{d}-dimensional" if d is not None else "this kind of"
+        return _section("samples", title, explain,
+                        f'<p class="note">Samples are not shown for {esc(dtext)} data (only image '
+                        "data and 2-D data can be drawn).</p>")
+    figs, missing = [], [e.name for e in entries if e.run is not None
+                         and (e.run.samples is None or not len(e.run.samples))]
+    limits = plots.scatter_limits([s for _, s in have]) if shape is None else None
+    for name, s in have:
+        if shape is not None:
+            png = plots.image_grid_png(s, shape, name)
+        else:
+            png = plots.scatter_png(s, name, limits)
+        if png is None:
+            missing.append(f"{name} (samples have an unexpected shape {tuple(s.shape)})")
+        else:
+            figs.append(f"<figure>{img(png, f'Samples of {name}')}</figure>")
+    body = f'<div class="grid">{"".join(figs)}</div>' if figs else ""
+    if missing:
+        body += ('<p class="note">No samples for: '
+                 + ", ".join(f"<b>{esc(n)}</b>" for n in missing) + ".</p>")
+    return _section("samples", title, explain, body)
+
+
+def glossary() -> str:
+    items = [
+        ("AUROC (area under the ROC curve)",
+         "The probability that a randomly chosen anomalous item gets a higher anomaly score "
+         "than a randomly chosen normal item. 1.0 is perfect, 0.5 is guessing."),
+        ("AUPRC (area under the precision-recall curve)",
+         "Like AUROC but focused on the anomalies; it is more informative when anomalies are "
+         "rare. Its value for random guessing equals the share of anomalies."),
+        ("FPR@95TPR (false alarms at 95% detection)",
+         "Set the alarm threshold so that 95% of anomalies are caught; this is the share of "
+         "normal items that would then be flagged by mistake. Lower is better."),
+        ("Log-likelihood (nats per example)",
+         "How probable the model finds the held-out test data; higher (closer to zero) is "
+         "better. Values marked \u201c(estimate)\u201d come from a model whose normalising "
+         "constant had to be estimated, so they are approximate; other values are lower bounds."),
+        ("Noise accuracy",
+         "How often the model tells real data apart from artificial noise. Around 50% means it "
+         "cannot; close to 100% means the task was easy (the noise may be too unlike the data "
+         "to teach much)."),
+        ("Noise distribution",
+         "The artificial \u201cfake data\u201d the model learns to reject during training. Noise "
+         "that resembles the data more closely usually teaches the model more."),
+        ("Rule",
+         "The scoring rule used to compare data and noise during training (for example "
+         "kl, power, shifted_log or logistic). Different rules weigh mistakes differently and "
+         "can be more or less stable."),
+        ("Validation vs test data",
+         "Validation data is used to choose between configurations; test data is kept apart "
+         "and only used to report the final figures, so they are not flattered by the choice."),
+    ]
+    body = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in items)
+    return _section("glossary", "How to read this report",
+                    "Short explanations of the terms used above.",
+                    f'<dl class="glossary">{body}</dl>')
+
+
+def headline(auroc: Any, fpr95: Any, ll: Any, ll_kind: Any) -> str:
+    """Three headline figures for a manager."""
+    cards = []
+    a = finite(auroc)
+    cards.append(f"<div>Detection quality (AUROC)<b>{fmt_num(a, 3)}</b>"
+                 + (f"An anomalous item outranks a normal one {100 * a:.1f}% of the time."
+                    if a is not None else "Not available (no anomaly labels in the test data).")
+                 + "</div>")
+    f = finite(fpr95)
+    cards.append(f"<div>False alarms at 95% detection<b>{fmt_pct(f)}</b>"
+                 + (f"To catch 95% of anomalies, {100 * f:.1f}% of normal items would be flagged."
+                    if f is not None else "Not available (no anomaly labels in the test data).")
+                 + "</div>")
+    est = " (estimate)" if ll_kind == "estimate" else ""
+    cards.append(f"<div>Test log-likelihood{esc(est)}<b>{fmt_num(ll, 2)}</b>"
+                 + ("nats per example; higher is better." if finite(ll) is not None
+                    else "Not available for this configuration.") + "</div>")
+    return f'<div class="headline">{"".join(cards)}</div>'
+

@@ -1,0 +1,356 @@
+"""Tests of fvnce.report: HTML reports built from run / POC directories (fixtures written here)."""
+
+from __future__ import annotations
+
+import base64
+import html as html_mod
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fvnce.errors import CheckpointError
+from fvnce.report import build_report
+
+EVIL = "<script>alert(1)</script>"
+SECTIONS = ["data", "recommendation", "comparison", "training", "roc", "samples", "glossary"]
+CHROMIUM = "/usr/bin/chromium"
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def _metrics(path: Path, objective: str, rng: np.random.Generator, retry: bool) -> None:
+    lines = []
+    for step in range(0, 200, 5):
+        rec = {"step": step, "loss": 2.0 * np.exp(-step / 60) + 0.1 * rng.random(),
+               "data_loss": 1.2 * np.exp(-step / 60), "log_normaliser": 0.0, "lr": 1e-3,
+               "elapsed": step * 0.01}
+        if objective not in ("elbo", "iwae"):
+            rec.update(noise_loss=0.8 * np.exp(-step / 50), accuracy=0.5 + 0.4 * (1 - np.exp(-step / 40)),
+                       ess_fraction=0.5)
+        lines.append(json.dumps(rec))
+        if step % 50 == 0:
+            lines.append(json.dumps({"step": step, "val_loss": 2.1 * np.exp(-step / 60)}))
+        if retry and step == 100:
+            lines.append(json.dumps({"step": step, "event": "retry", "reason": "non-finite noise loss"}))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _scores(rng, labels: bool, shift: float):
+    if not labels:
+        return None, None
+    normal = rng.normal(0, 1, 300)
+    anomaly = rng.normal(shift, 1, 60)
+    return normal.tolist(), anomaly.tolist()
+
+
+def write_run(run_dir: Path, *, objective="fvnce", rule="power", noise="gaussian", dim=5,
+              image_shape=None, labels=True, evaluation=True, samples=True, retry=False,
+              shift=2.0, seed=0, source="synthetic", name_extra="") -> dict:
+    """A run directory as the CLI writes it; returns the test metrics."""
+    rng = np.random.default_rng(seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rule_cfg = None if objective in ("elbo", "iwae") else {
+        "name": rule, "alpha": 0.5, "exp_mode": "clamp", "tau": 20.0}
+    cfg = {"fvnce_version": "0.1.0", "data": {"source": source}, "model": {"name": "vae", "options": {"hidden": 16}},
+           "objective": {"name": objective, "k": 4, "nu": 1, **({"rule": rule_cfg} if rule_cfg else {})},
+           "noise": {"name": noise, "options": {}}, "train": {"steps": 200, "lr": 1e-3},
+           "x_dim": dim, "image_shape": image_shape, "binary": image_shape is not None,
+           "feature_names": [f"f{i}{name_extra}" for i in range(dim)]}
+    (run_dir / "config.json").write_text(json.dumps(cfg))
+    _metrics(run_dir / "metrics.jsonl", objective, rng, retry)
+    normal, anomaly = _scores(rng, labels, shift)
+    auroc = float(np.mean(np.asarray(anomaly)[:, None] > np.asarray(normal)[None, :])) if labels else None
+    m = {"log_likelihood": -3.5 - rng.random(), "noise_accuracy": None if objective in ("elbo", "iwae") else 0.81,
+         "auroc": auroc, "auprc": 0.7 if labels else None, "fpr_at_95_tpr": 0.032 if labels else None}
+    if samples:
+        if image_shape is not None:
+            s = (rng.random((20, image_shape[0] * image_shape[1])) > 0.5).astype(float)
+        else:
+            s = rng.normal(size=(200, dim))
+        np.save(run_dir / "samples.npy", s)
+    if evaluation:
+        ev = {**m, "log_likelihood_kind": "estimate" if objective in ("fvnce", "nce") else "iwae_bound",
+              "log_z": {"log_z": 0.1, "ess_fraction": 0.4, "proposal": "encoder"},
+              "roc": None, "scores": {"normal": normal, "anomaly": anomaly} if labels else None,
+              "val": {"auroc": auroc, "auprc": 0.7, "fpr_at_95_tpr": 0.04, "log_likelihood": -3.6,
+                      "noise_accuracy": 0.8},
+              "samples_file": "samples.npy" if samples else None, "sampling_method": "ancestral"}
+        (run_dir / "evaluation.json").write_text(json.dumps(ev))
+    return m
+
+
+def write_poc(root: Path, *, dim=5, image_shape=None, labels=True, evil=False, toy=False) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    name0 = EVIL if evil else "fvnce-power-gauss"
+    specs = [(name0, "fvnce", "power", "gaussian", "ok", 2.5),
+             ("fvnce-kl-flow", "fvnce", "kl", "flow", "ok", 1.5),
+             ("elbo", "elbo", None, None, "ok", 1.0),
+             ("fvnce-logistic-gauss", "fvnce", "logistic", "gaussian", "failed", 0.0)]
+    runs = []
+    for i, (name, obj, rule, noise, status, shift) in enumerate(specs):
+        rd = f"runs/run{i}"
+        if status == "ok":
+            m = write_run(root / rd, objective=obj, rule=rule or "kl", noise=noise or "none", dim=dim,
+                          image_shape=image_shape, labels=labels, shift=shift, seed=i, retry=(i == 1))
+            err = None
+        else:
+            (root / rd).mkdir(parents=True)
+            m = {k: None for k in ("log_likelihood", "noise_accuracy", "auroc", "auprc", "fpr_at_95_tpr")}
+            err = ("NonFiniteLossError: noise term became NaN at step 12 " + (EVIL if evil else "")
+                   + " /very/long/path/" + "x" * 150)
+        vm = dict(m)
+        if m["log_likelihood"] is not None:
+            vm["log_likelihood"] = m["log_likelihood"] - 0.1
+        runs.append({"name": name, "objective": obj, "rule": rule,
+                     "rule_params": {"alpha": 0.5} if rule == "power" else {}, "noise": noise,
+                     "model": "vae", "run_dir": rd, "status": status, "error": err,
+                     "train_time_s": 12.5 + i, "metrics": m, "val_metrics": vm})
+    rng = np.random.default_rng(9)
+    n, a = rng.normal(0, 1, 300).tolist(), rng.normal(1.2, 1, 60).tolist()
+    baselines = [{"name": EVIL if evil else "isolation_forest",
+                  "metrics": {"auroc": 0.8 if labels else None, "auprc": 0.5 if labels else None,
+                              "fpr_at_95_tpr": 0.4 if labels else None, "log_likelihood": None,
+                              "noise_accuracy": None},
+                  "val_metrics": {"auroc": 0.79 if labels else None},
+                  "roc": None, "scores": {"normal": n, "anomaly": a} if labels else None}]
+    summary = {"fvnce_version": "0.1.0", "created": "2024-05-01T12:00:00+00:00", "wall_time_s": 321.0,
+               "data": {"source": EVIL if evil else "sensors.csv", "n_train": 1000, "n_val": 200,
+                        "n_test": 360, "dim": dim, "image_shape": image_shape, "binary": image_shape is not None,
+                        "notes": ["dropped 3 constant columns", *([EVIL] if evil else [])],
+                        "has_labels": labels},
+               "runs": runs, "baselines": baselines,
+               "recommended": {"run": name0, "criterion": "highest validation AUROC" if labels
+                               else "highest validation log-likelihood",
+                               "reason": "best on validation " + (EVIL if evil else "")}}
+    if toy:
+        summary["toy_2d"] = True
+    (root / "summary.json").write_text(json.dumps(summary))
+    return root
+
+
+def _pngs(text: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)]
+
+
+def _check_common(text: str) -> None:
+    assert text.startswith("<!DOCTYPE html>")
+    assert not re.search(r'(src|href)\s*=\s*["\']?\s*(https?:)?//', text, re.I)
+    assert "http://" not in text and "https://" not in text
+    assert not re.search(r"<script[^>]*\bsrc", text, re.I)
+    assert not re.search(r"<link\b", text, re.I)
+    assert text.count("<script") == 1  # only the report's own inline self-check
+    pngs = _pngs(text)
+    assert pngs and all(p.startswith(b"\x89PNG\r\n\x1a\n") for p in pngs)
+    assert len(pngs) == text.count("<img ")
+    for sec in SECTIONS:
+        if sec in ("data", "recommendation", "comparison"):
+            continue
+        assert f'<section id="{sec}">' in text
+
+
+# --------------------------------------------------------------------------- content tests
+# Reports are built once per variant (module scope): rendering plots is the slow part.
+
+
+@pytest.fixture(scope="module")
+def main_report(tmp_path_factory) -> tuple[Path, str]:
+    poc = write_poc(tmp_path_factory.mktemp("main") / "poc")
+    out = build_report(poc)
+    assert out == poc / "report.html" and out.is_file()
+    return poc, out.read_text()
+
+
+@pytest.fixture(scope="module")
+def evil_image_report(tmp_path_factory) -> Path:
+    """Image data (8x8 samples) with hostile names everywhere and a long error message."""
+    poc = write_poc(tmp_path_factory.mktemp("evil") / "poc", dim=64, image_shape=[8, 8], evil=True)
+    return build_report(poc)
+
+
+def test_poc_report_sections_tables_and_images(main_report):
+    _, text = main_report
+    _check_common(text)
+    for sec in SECTIONS:
+        assert f'<section id="{sec}">' in text
+    assert "Anomaly detection proof of concept" in text and "sensors.csv" in text
+    assert "1,000 / 200 / 360" in text and "dropped 3 constant columns" in text
+    assert "5 min 21 s" in text and "fvnce 0.1.0" in text
+    # recommendation with business numbers and the validation/test statement
+    assert "3.2% of normal items would be flagged" in text
+    assert "validation data only" in text and "held-out test" in text
+    assert "highest validation AUROC" in text
+    # comparison table: highlighted recommended row, failed run with its error, estimate marker
+    assert text.count('<tr class="rec">') == 1
+    assert '<tr class="bad first">' in text and '<tr class="bad detail">' in text and "NonFiniteLossError: noise term became NaN" in text
+    assert "(estimate)" in text and "isolation_forest" in text
+    assert "power (alpha=0.5)" in text
+    assert "Noise distribution × rule (validation AUROC)" in text
+    # images: 3 training figures, ROC, 2 histograms; samples not drawn for 5-D data
+    assert text.count('alt="Training curves of') == 3
+    assert 'alt="ROC curves of all runs and baselines"' in text
+    assert text.count('alt="Score histogram of') == 2
+    assert "Samples are not shown for 5-dimensional data" in text
+    assert "Training was restarted 1 time(s)" in text and "non-finite noise loss" in text
+    assert "How to read this report" in text and "FPR@95TPR" in text
+
+
+def test_escaping_of_user_strings(evil_image_report):
+    text = evil_image_report.read_text()
+    assert EVIL not in text
+    assert "<script>alert" not in text and "alert(1)</script>" not in text
+    escaped = html_mod.escape(EVIL)
+    assert text.count(escaped) >= 5  # run name, source, note, error, baseline, reason...
+    _check_common(text)
+
+
+def test_image_data_sample_grids(evil_image_report):
+    text = evil_image_report.read_text()
+    assert text.count('alt="Samples of') == 3  # the failed run has no samples
+    assert "No samples for: <b>fvnce-logistic-gauss</b>" in text
+    assert "images of 8 × 8 pixels" in text
+
+
+def test_toy_2d_sample_scatter(tmp_path):
+    text = build_report(write_poc(tmp_path / "toy", dim=2, toy=True)).read_text()
+    _check_common(text)
+    assert text.count('alt="Samples of') == 3
+    assert "not shown for" not in text
+
+
+def test_no_labels_and_damaged_files(tmp_path):
+    poc = write_poc(tmp_path / "nolab", labels=False)
+    (poc / "runs" / "run1" / "evaluation.json").write_text("{not json")
+    shutil.rmtree(poc / "runs" / "run2")
+    (poc / "runs" / "run0" / "samples.npy").write_bytes(b"garbage")
+    text = build_report(poc).read_text()
+    _check_common(text)
+    assert "ROC curves of all runs" not in text and "Score histogram" not in text
+    assert "no anomaly labels" in text
+    assert "Noise distribution × rule (validation log-likelihood)" in text
+    assert "Not available (no anomaly labels in the test data)" in text
+    assert "evaluation.json could not be read" in text and "run directory not found" in text
+    assert "samples.npy could not be read" in text
+
+
+def test_single_run_report_and_missing_evaluation(tmp_path):
+    run = tmp_path / "run"
+    write_run(run, image_shape=[8, 8], dim=64, retry=True)
+    out = build_report(run)
+    assert out == run / "report.html"
+    text = out.read_text()
+    _check_common(text)
+    for sec in ("configuration", "results", "training", "roc", "samples", "glossary"):
+        assert f'<section id="{sec}">' in text
+    assert "FVNCE run report: run" in text and 'alt="Samples of run"' in text
+    assert 'alt="ROC curves of all runs and baselines"' in text and "(estimate)" in text
+
+    bare = tmp_path / "bare"
+    write_run(bare, evaluation=False, samples=False, objective="elbo", dim=3)
+    with open(bare / "metrics.jsonl", "a") as f:
+        f.write('{"step": 300, "loss": 1.')  # truncated last line (crash)
+    text = build_report(bare, out=tmp_path / "elsewhere.html").read_text()
+    assert (tmp_path / "elsewhere.html").is_file() and not (bare / "report.html").exists()
+    assert "evaluation.json is missing" in text and "1 unreadable line(s)" in text
+    assert "Samples are not shown for 3-dimensional data" in text
+    assert text.count('alt="Training curves of') == 1
+
+
+def test_poc_without_runs_or_recommendation(tmp_path):
+    poc = tmp_path / "empty_poc"
+    poc.mkdir()
+    (poc / "summary.json").write_text(json.dumps({
+        "fvnce_version": "0.1.0", "data": {"source": "x.csv", "dim": 4, "has_labels": True},
+        "runs": [], "baselines": [], "recommended": None}))
+    (tmp_path / "reports").mkdir()
+    out = build_report(poc / "summary.json", out=tmp_path / "reports")
+    assert out == tmp_path / "reports" / "report.html" and out.is_file()
+    assert [p.name for p in (tmp_path / "reports").iterdir()] == ["report.html"]  # no temp files
+    text = out.read_text()
+    assert "No configuration could be recommended" in text and '<section id="glossary">' in text
+    assert "<img " not in text
+
+
+def test_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="not a directory"):
+        build_report(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="neither a POC directory") as info:
+        build_report(tmp_path / "empty")
+    assert "\n" not in str(info.value)
+    (tmp_path / "badpoc").mkdir()
+    (tmp_path / "badpoc" / "summary.json").write_text("[1, 2")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        build_report(tmp_path / "badpoc")
+    assert list((tmp_path / "empty").iterdir()) == []
+
+
+def test_deterministic_and_no_pyplot(tmp_path):
+    had_pyplot = "matplotlib.pyplot" in sys.modules
+    import matplotlib
+
+    backend = dict.__getitem__(matplotlib.rcParams, "backend")  # get_backend() imports pyplot
+    run = tmp_path / "run"
+    write_run(run, dim=2)
+    a = build_report(run, out=tmp_path / "a.html").read_text()
+    b = build_report(run, out=tmp_path / "b.html").read_text()
+    strip = lambda t: re.sub(r"report generated [^<·]*", "", t)  # noqa: E731
+    assert a != strip(a) and strip(a) == strip(b)
+    assert dict.__getitem__(matplotlib.rcParams, "backend") == backend
+    if not had_pyplot:
+        assert "matplotlib.pyplot" not in sys.modules
+
+
+# --------------------------------------------------------------------------- browser rendering
+
+
+def _chromium(args: list[str], profile: Path, width: int) -> subprocess.CompletedProcess:
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--disable-dev-shm-usage", "--hide-scrollbars", f"--user-data-dir={profile}",
+           f"--window-size={width},1000", "--virtual-time-budget=5000", *args]
+    env = {**os.environ, "HOME": str(profile)}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=90, env=env)
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed (/usr/bin/chromium)")
+@pytest.mark.parametrize("width", [800, 420])
+def test_chromium_renders_everything(tmp_path, evil_image_report, width):
+    report = evil_image_report
+    n_img = report.read_text().count("<img ")
+    res = _chromium(["--dump-dom", report.as_uri()], tmp_path / "profile", width)
+    dom = res.stdout
+    m = re.search(r'<div id="fvnce-check" hidden="">([^<]*)</div>', dom)
+    assert m, f"no self-check result in DOM (rc={res.returncode}): {res.stderr[-2000:]}"
+    check = html_mod.unescape(m.group(1))
+    assert check.startswith("OK "), check
+    assert f"images {n_img}/{n_img} loaded" in check and "nothing cut off" in check
+    assert "alert(1)" not in dom.replace(html_mod.escape(EVIL), "")  # stayed text, never a tag
+
+    if width == 800:
+        shot = tmp_path / "shot.png"
+        res = _chromium([f"--screenshot={shot}", report.as_uri()], tmp_path / "profile2", width)
+        assert shot.is_file(), res.stderr[-2000:]
+        data = shot.read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5000
+        keep = os.environ.get("FVNCE_REPORT_SCREENSHOT")
+        if keep:
+            shutil.copy(shot, keep)
+
+
+def test_roc_curve_from_scores():
+    from fvnce.report.plots import roc_curve
+
+    fpr, tpr = roc_curve([0.0, 1.0, 2.0, 3.0], [2.5, 4.0])
+    assert fpr[0] == tpr[0] == 0.0 and fpr[-1] == tpr[-1] == 1.0
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+    auc = float(np.sum(np.diff(fpr) * (np.asarray(tpr[1:]) + np.asarray(tpr[:-1])) / 2))
+    assert auc == pytest.approx(7 / 8)  # pairs (anomaly > normal): 3 + 4 of 8
+    assert roc_curve([], [1.0]) is None and roc_curve([float("nan")], [1.0]) is None
