@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from fvnce import checkpoint as ck
+from fvnce import fileio
 from fvnce.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, atomic_torch_save, atomic_write_bytes,
                               atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint)
 from fvnce.errors import CheckpointError, FvnceError
@@ -88,7 +89,7 @@ def test_interrupted_torch_save_keeps_old_checkpoint(tmp_path, monkeypatch):
         raise Boom
 
     with pytest.raises(Boom):
-        ck._atomic_write(p, raise_in_writer)
+        fileio._atomic_write(p, raise_in_writer)
     assert load_checkpoint(p)["step"] == 1
     assert _leftovers(tmp_path) == []
 

@@ -9,7 +9,15 @@ from scipy.optimize import minimize_scalar
 from fvnce import rules
 from fvnce.rules import GenericRule, scoring_rule, stable_exp
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Exact comparisons in float64, restored afterwards (xdist workers share the process)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 PROPER_RULES = [
     ("kl", {}),

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-import torch
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Categorical, Distribution, Independent, Normal
 from torch.nn import functional as F
@@ -45,7 +44,8 @@ def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.SiLU) -> nn.Seque
 
 def _diag_gaussian(params: Tensor) -> Distribution:
     loc, raw = params.chunk(2, dim=-1)
-    return Independent(Normal(loc, F.softplus(raw) + MIN_SCALE), 1)
+    # argument validation off: these are built every step from network outputs
+    return Independent(Normal(loc, F.softplus(raw) + MIN_SCALE, validate_args=False), 1, validate_args=False)
 
 
 class GaussianEncoder(nn.Module):
@@ -88,7 +88,7 @@ class CategoricalEncoder(nn.Module):
         self.net = mlp([x_dim, *hidden, n_states])
 
     def forward(self, x: Tensor) -> Distribution:
-        return Categorical(logits=self.net(x))
+        return Categorical(logits=self.net(x), validate_args=False)
 
 
 class BernoulliEncoder(nn.Module):
@@ -102,7 +102,7 @@ class BernoulliEncoder(nn.Module):
         self.net = mlp([x_dim, *hidden, z_dim])
 
     def forward(self, x: Tensor) -> Distribution:
-        return Independent(Bernoulli(logits=self.net(x)), 1)
+        return Independent(Bernoulli(logits=self.net(x), validate_args=False), 1, validate_args=False)
 
 
 class ExactPosterior(nn.Module):

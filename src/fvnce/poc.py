@@ -17,7 +17,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 
 from . import __version__
 from .checkpoint import atomic_write_json

@@ -31,7 +31,7 @@ from . import __version__
 from .checkpoint import atomic_write_bytes, atomic_write_json, atomic_torch_save, load_checkpoint
 from .data import DataSpec, Dataset, load_dataset, prepare_scoring_data
 from .data.preprocess import Preprocessor
-from .errors import CheckpointError, ConfigError, DataError
+from .errors import CheckpointError, ConfigError
 from .models import MODELS, make_model
 from .noise import NOISES, load_noise, make_noise
 from .objectives import OBJECTIVES, make_objective

@@ -267,6 +267,9 @@ class Trainer:
         self.encoder = encoder
         self.objective = objective
         self.noise = noise
+        check = getattr(objective, "check_model", None)
+        if callable(check):  # e.g. elbo refuses an unnormalised model, nce one without a closed-form marginal
+            check(model)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.log = log if log is not None else _default_log
         #: only the main process writes files (set False on other ranks under DDP)
@@ -280,8 +283,9 @@ class Trainer:
         self._params = [p for p in params if p.requires_grad]
         if not self._params:
             raise ConfigError("the model and encoder have no trainable parameters")
+        # foreach: one multi-tensor kernel per update instead of a Python loop over parameters
         self.optimizer = torch.optim.Adam(self._params, lr=self.config.lr,
-                                          weight_decay=self.config.weight_decay)
+                                          weight_decay=self.config.weight_decay, foreach=True)
         self.lr = float(self.config.lr)
         self.grad_clip = None if self.config.grad_clip is None else float(self.config.grad_clip)
         self.retries = 0

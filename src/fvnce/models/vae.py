@@ -80,14 +80,15 @@ class VAE(LatentVariableModel):
 
     def prior(self, like: Tensor) -> Distribution:
         zero = torch.zeros(self.z_dim, dtype=like.dtype, device=like.device)
-        return Independent(Normal(zero, torch.ones_like(zero)), 1)
+        return Independent(Normal(zero, torch.ones_like(zero), validate_args=False), 1, validate_args=False)
 
     def decode(self, z: Tensor) -> Distribution:
         """``p(x | z)`` as a Distribution with event shape ``(D,)``."""
         out = self.decoder(z)
         if self.likelihood == "bernoulli":
-            return Independent(Bernoulli(logits=out), 1)
-        return Independent(Normal(out, F.softplus(self.raw_scale) + self.min_scale), 1)
+            return Independent(Bernoulli(logits=out, validate_args=False), 1, validate_args=False)
+        return Independent(Normal(out, F.softplus(self.raw_scale) + self.min_scale, validate_args=False), 1,
+                           validate_args=False)
 
     def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
         return self.prior(z).log_prob(z) + self.decode(z).log_prob(x)

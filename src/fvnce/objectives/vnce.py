@@ -13,7 +13,6 @@ side is convex in ``r`` may be used; the default is the logistic loss with ``nu`
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from ..errors import ConfigError
