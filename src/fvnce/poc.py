@@ -133,7 +133,15 @@ def run_poc(config: PocConfig, out_dir: str | Path, *, log: Callable[[str], None
     steps = config.steps()
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    plan: list[tuple[str, RunConfig]] = []
+    # The VAE of the same architecture is trained first: it is a baseline, and every
+    # FVNCE run starts from its weights (an energy-tilted VAE whose tilt starts at zero),
+    # so the noise-contrastive rules spend their budget on what the VAE got wrong.
+    base_dir = out_dir / "runs" / "elbo-vae"
+    plan: list[tuple[str, RunConfig]] = [("elbo-vae", RunConfig(
+        data=config.data, objective="elbo", model="vae" if config.model == "auto" else config.model,
+        model_options=dict(config.model_options), noise=noises[0], train=_train_cfg(config.train, steps),
+        eval_k=config.eval_k))]
+    warm = config.model == "auto"
     for noise_name in noises:
         for rule_name, params in rules:
             name = f"fvnce-{_rule_label(rule_name, params)}-{noise_name.replace(':', '.')}"
@@ -141,12 +149,8 @@ def run_poc(config: PocConfig, out_dir: str | Path, *, log: Callable[[str], None
                 data=config.data, objective="fvnce",
                 objective_options={"rule": rule_name, **params, **config.objective_options},
                 model=config.model, model_options=dict(config.model_options), noise=noise_name,
-                train=_train_cfg(config.train, steps), eval_k=config.eval_k)))
-    if config.baselines:
-        plan.append(("elbo-vae", RunConfig(data=config.data, objective="elbo", model="auto" if config.model == "auto"
-                                           else config.model, model_options=dict(config.model_options),
-                                           noise=noises[0], train=_train_cfg(config.train, steps),
-                                           eval_k=config.eval_k)))
+                train=_train_cfg(config.train, steps), eval_k=config.eval_k,
+                init_from=str(base_dir) if warm else None)))
 
     fitted: dict[str, Any] = {}
     runs: list[dict] = []
@@ -173,6 +177,9 @@ def run_poc(config: PocConfig, out_dir: str | Path, *, log: Callable[[str], None
             entry.update(status="diverged", error=str(exc))
         except FvnceError as exc:
             entry.update(status="failed", error=str(exc))
+            if name == "elbo-vae":
+                for _, other in plan:
+                    other.init_from = None  # no base to start from: FVNCE runs start fresh
         entry.setdefault("train_time_s", time.perf_counter() - t_run)
         log(f"fvnce: {name}: {entry['status']}" + _brief(entry))
         runs.append(entry)

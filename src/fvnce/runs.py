@@ -69,6 +69,9 @@ class RunConfig:
     noise_options: dict[str, Any] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval_k: int = 64
+    #: a finished run whose weights start this one (a pre-trained VAE starts an
+    #: energy-tilted model: its base and encoder are copied, the tilt starts at zero)
+    init_from: str | None = None
 
     def validate(self) -> None:
         """Check names and options before any data is read or file written."""
@@ -99,7 +102,8 @@ class RunConfig:
         return {"data": self.data.to_dict(), "objective": self.objective,
                 "objective_options": dict(self.objective_options), "model": self.model,
                 "model_options": _jsonable(self.model_options), "noise": self.noise,
-                "noise_options": _jsonable(self.noise_options), "train": self.train.to_dict(), "eval_k": self.eval_k}
+                "noise_options": _jsonable(self.noise_options), "train": self.train.to_dict(), "eval_k": self.eval_k,
+                "init_from": self.init_from}
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
@@ -175,6 +179,10 @@ def train_run(config: RunConfig, run_dir: str | Path, *, resume: bool = False, d
         log(f"fvnce: note: {w}")
     _check_noise_support(noise, dataset.binary, name, opts)
 
+    if config.init_from and not resume:
+        _warm_start(model, encoder, config.init_from)
+        log(f"fvnce: starting from the weights of {config.init_from}")
+
     if not resume:
         if run_dir.exists() and any(run_dir.iterdir()):
             if not (run_dir / CONFIG_NAME).exists():
@@ -188,6 +196,28 @@ def train_run(config: RunConfig, run_dir: str | Path, *, resume: bool = False, d
     trainer = Trainer(model, encoder, objective, noise, config.train, run_dir=run_dir, log=log)
     result = trainer.fit(dataset.train, dataset.val, resume=resume)
     return result, dataset
+
+
+def _warm_start(model, encoder, source: str) -> None:
+    """Copy a finished run's parameters into ``model`` (or into its ``base`` when the
+    model is an energy-tilted version of the source) and into ``encoder``."""
+    src = Path(source)
+    path = src / "best.pt" if (src / "best.pt").exists() else src / "checkpoint.pt"
+    if not (src / CONFIG_NAME).exists():
+        raise ConfigError(f"--init-from {source}: not an fvnce run directory (no {CONFIG_NAME})")
+    ckpt = load_checkpoint(path)
+    target = model.base if hasattr(model, "base") and not _fits(model, ckpt["model"]) else model
+    try:
+        target.load_state_dict(ckpt["model"])
+        if encoder is not None and ckpt.get("encoder") is not None:
+            encoder.load_state_dict(ckpt["encoder"])
+    except RuntimeError as exc:
+        raise ConfigError(f"--init-from {source}: its model does not match this one "
+                          f"({str(exc).splitlines()[0]}); use the same model size options") from None
+
+
+def _fits(module, state: dict) -> bool:
+    return set(module.state_dict()) == set(state)
 
 
 def _config_record(config: RunConfig, dataset: Dataset, model_name: str, model_opts: dict, objective, noise) -> dict:

@@ -64,6 +64,11 @@ _DIVERGENCE_HINT = ("the noise is probably too far from the data: try a noise cl
                     "(e.g. --noise flow or kde) or exp_mode linear")
 
 
+#: with clip/linear exponentials, log ratios this many times ``explode_log_ratio`` count
+#: as exploding (they cannot overflow, but such ratios mean the noise misses the data)
+STABILISED_EXPLODE_FACTOR = 10.0
+
+
 class DivergenceError(NonFiniteLossError):
     """Training kept diverging after ``max_retries`` rollbacks."""
 
@@ -397,15 +402,20 @@ class Trainer:
         generic) the mean data-side log ratio above ``explode_log_ratio``.  Only large
         *positive* log ratios count: they overflow the exponentials, while very negative
         ones merely make weights vanish (and a healthy VAE has large data-side ratios
-        against a simple noise, which its KL rule never exponentiates)."""
+        against a simple noise, which its KL rule never exponentiates).  Rules with a
+        stabilised exponential (clip, linear) cannot overflow, so for them only ratios
+        ``STABILISED_EXPLODE_FACTOR`` times larger count (a noise that misses the data
+        entirely)."""
         if not getattr(self.objective, "uses_noise", True):
             return
+        rule = self.rule
         limit = self.config.explode_log_ratio
         if not math.isfinite(limit):
             return
+        if rule is not None and getattr(rule, "exp_mode", "exact") != "exact":
+            limit *= STABILISED_EXPLODE_FACTOR
         d = out.diagnostics or {}
         checks = [("noise_log_ratio", d.get("noise_log_ratio"))]
-        rule = self.rule
         if rule is not None and getattr(rule, "name", "") in ("power", "generic") \
                 and getattr(rule, "alpha", 2.0) != 1.0:
             checks.append(("data_log_ratio", d.get("data_log_ratio")))
