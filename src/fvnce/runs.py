@@ -194,8 +194,14 @@ def train_run(config: RunConfig, run_dir: str | Path, *, resume: bool = False, d
         atomic_write_json(run_dir / PREPROCESS_NAME, dataset.preprocessor.state())
         atomic_torch_save(noise.state(), run_dir / NOISE_NAME)
     trainer = Trainer(model, encoder, objective, noise, config.train, run_dir=run_dir, log=log)
-    result = trainer.fit(dataset.train, dataset.val, resume=resume)
+    result = trainer.fit(dataset.train, normal_rows(dataset.val, dataset.val_labels), resume=resume)
     return result, dataset
+
+
+def normal_rows(x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """The rows labelled normal (all rows when there are no labels): the validation loss
+    measures fit to the data distribution, which the anomalies are not part of."""
+    return x if labels is None else x[labels == 0]
 
 
 def _warm_start(model, encoder, source: str) -> None:
@@ -385,7 +391,7 @@ def evaluate_run(run_dir: str | Path, *, dataset: Dataset | None = None, data_fi
         val.pop("_scores"), val.pop("_roc")
         result["val"] = val
     result["samples_file"], result["sampling_method"] = None, None
-    if n_samples > 0:
+    if n_samples > 0 and write:
         try:
             samples, method = ev.sample(run.model, run.encoder, n_samples, noise=run.noise)
             result["samples_file"], result["sampling_method"] = SAMPLES_NAME, method
