@@ -32,7 +32,6 @@ one (6 draws, 300 steps, medians as well).
 from __future__ import annotations
 
 import itertools
-import math
 
 import pytest
 import torch

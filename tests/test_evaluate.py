@@ -20,12 +20,8 @@ from fvnce.models import RBM, VAE, EnergyTiltedVAE, FromVAE, LinearGaussian, Two
 
 
 @pytest.fixture(autouse=True)
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
+def _float64_seeded(float64):
     torch.manual_seed(0)
-    yield
-    torch.set_default_dtype(old)
 
 
 def gaussian(mean, cov):

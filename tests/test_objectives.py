@@ -14,14 +14,7 @@ from fvnce.objectives import OBJECTIVES, LogWeights, make_objective
 from fvnce.rules import scoring_rule
 
 
-
-@pytest.fixture(autouse=True)
-def float64():
-    """Exact comparisons in float64, restored afterwards (xdist workers share the process)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")
 
 ADMISSIBLE = [("kl", {}), ("power", {"alpha": 1.0}), ("power", {"alpha": 1.5}), ("power", {"alpha": 2.0}),
               ("shifted_log", {"c": 0.5}), ("shifted_log", {"c": 2.0})]

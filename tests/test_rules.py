@@ -10,14 +10,7 @@ from fvnce import rules
 from fvnce.rules import GenericRule, scoring_rule, stable_exp
 
 
-
-@pytest.fixture(autouse=True)
-def float64():
-    """Exact comparisons in float64, restored afterwards (xdist workers share the process)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")
 
 PROPER_RULES = [
     ("kl", {}),

@@ -38,6 +38,13 @@ def _make_rule(rule, exp_mode: str, tau: float, params: dict, owner: str) -> Sco
         raise ConfigError(f"{owner}: {exc}") from None
 
 
+def data_log_pn(noise, x: Tensor, x_log_pn: Tensor | None, owner: str) -> Tensor:
+    """``log p_n(x)`` of the data batch (precomputed by the trainer when it can be)."""
+    if noise is None:
+        raise ConfigError(f"{owner} needs a noise distribution")
+    return noise.log_prob(x).to(x.dtype) if x_log_pn is None else x_log_pn
+
+
 def draw_noise(noise, n: int, like: Tensor) -> tuple[Tensor, Tensor]:
     """``n`` noise samples in ``like``'s dtype and device, with their log-densities."""
     y = noise.sample((n,)).to(dtype=like.dtype, device=like.device)
@@ -77,11 +84,8 @@ class FVNCE(Objective):
         return self.noise_term == "auto" and model.normalised and self.rule.name == "kl"
 
     def __call__(self, model, encoder, x: Tensor, noise=None, x_log_pn: Tensor | None = None) -> ObjectiveOutput:
-        if noise is None:
-            raise ConfigError("fvnce needs a noise distribution")
+        x_log_pn = data_log_pn(noise, x, x_log_pn, "fvnce")
         b = x.shape[0]
-        if x_log_pn is None:
-            x_log_pn = noise.log_prob(x).to(x.dtype)
         if self.skips_noise(model):
             lw_d, lw_n = log_weights(model, encoder, x, x_log_pn, self.k), None
         else:

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from .base import Objective, ObjectiveOutput, _noise_diagnostics, _validate_positive_int
-from .fvnce import _make_rule, draw_noise
+from .fvnce import _make_rule, data_log_pn, draw_noise
 
 __all__ = ["NCE"]
 
@@ -41,11 +41,8 @@ class NCE(Objective):
             raise ConfigError("nce needs an unnormalised model with a learnable log-normaliser")
 
     def __call__(self, model, encoder, x: Tensor, noise=None, x_log_pn: Tensor | None = None) -> ObjectiveOutput:
-        if noise is None:
-            raise ConfigError("nce needs a noise distribution")
+        x_log_pn = data_log_pn(noise, x, x_log_pn, "nce")
         b = x.shape[0]
-        if x_log_pn is None:
-            x_log_pn = noise.log_prob(x).to(x.dtype)
         y, y_log_pn = draw_noise(noise, self.nu * b, x)
         log_phi = model.log_unnormalised_marginal(torch.cat([x, y]))
         lr = log_phi - torch.cat([x_log_pn, y_log_pn])

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from .base import Objective, ObjectiveOutput, _noise_diagnostics, _validate_positive_int, log_weights
-from .fvnce import _make_rule, draw_noise
+from .fvnce import _make_rule, data_log_pn, draw_noise
 
 __all__ = ["VNCE"]
 
@@ -40,11 +40,8 @@ class VNCE(Objective):
         return {"name": self.name, "rule": self.rule.config(), "k": self.k, "nu": self.nu}
 
     def __call__(self, model, encoder, x: Tensor, noise=None, x_log_pn: Tensor | None = None) -> ObjectiveOutput:
-        if noise is None:
-            raise ConfigError("vnce needs a noise distribution")
+        x_log_pn = data_log_pn(noise, x, x_log_pn, "vnce")
         b = x.shape[0]
-        if x_log_pn is None:
-            x_log_pn = noise.log_prob(x).to(x.dtype)
         y, y_log_pn = draw_noise(noise, self.nu * b, x)
         lw_d = log_weights(model, encoder, x, x_log_pn, 1)
         lw_n = log_weights(model, encoder, y, y_log_pn, self.k, detach_encoder=True, exact_limit=True)
