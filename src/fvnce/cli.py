@@ -70,6 +70,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                                                    "(runs your code: only name modules you trust)")
     g.add_argument("--model", metavar="NAME", help="model name (default auto)")
     g.add_argument("--z-dim", type=int, help="latent dimension")
+    g.add_argument("--init-from", metavar="RUN_DIR", help="start from a finished run's weights (a VAE run "
+                                                          "starts an energy-tilted model)")
     t = p.add_argument_group("training")
     s = t.add_mutually_exclusive_group()
     s.add_argument("--steps", type=int, help="optimiser steps")
@@ -219,6 +221,8 @@ def _run_config(args):
         cfg.model_options = {**cfg.model_options, "z_dim": args.z_dim}
     if args.noise:
         cfg.noise = args.noise
+    if args.init_from:
+        cfg.init_from = args.init_from
     train = cfg.train.to_dict()
     for key in ("steps", "epochs", "batch_size", "lr", "grad_clip", "seed", "device"):
         v = getattr(args, key)
