@@ -147,3 +147,20 @@ def test_bad_input_one_line_exit_2(argv, fragment, tmp_path, capsys, monkeypatch
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and fragment in err and "Traceback" not in err
     assert not (tmp_path / "X").exists()
+
+
+def test_init_from_starts_tilted_model_at_the_vae(tmp_path):
+    import torch
+
+    vae, tilted = tmp_path / "vae", tmp_path / "tilted"
+    common = ["--data", "digits", "--max-rows", "300", "--quiet", "--no-eval"]
+    assert main(["train", "--objective", "elbo", "--steps", "10", "--out", str(vae), *common]) == 0
+    assert main(["train", "--init-from", str(vae), "--steps", "1", "--lr", "1e-12", "--out", str(tilted),
+                 *common]) == 0
+    src = torch.load(vae / "checkpoint.pt", weights_only=True)
+    dst = torch.load(tilted / "checkpoint.pt", weights_only=True)
+    for name, value in src["model"].items():
+        torch.testing.assert_close(dst["model"][f"base.{name}"], value, atol=1e-8, rtol=0)
+    for name, value in src["encoder"].items():
+        torch.testing.assert_close(dst["encoder"][name], value, atol=1e-8, rtol=0)
+    assert main(["train", "--init-from", str(tmp_path), "--steps", "1", "--out", str(tmp_path / "x"), *common]) == 2
