@@ -1,7 +1,5 @@
 """``python -m fvnce`` runs the command line."""
 
-import sys
+from .cli import _entry
 
-from .cli import main
-
-sys.exit(main())
+_entry()

@@ -81,6 +81,18 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--grad-clip", type=float, help="gradient-norm clipping (default 10)")
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    _precision_arg(t)
+    t.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the model and encoder (falls back to eager if compilation fails)")
+    t.add_argument("--dist-noise", choices=["rank", "shard"], default=None,
+                   help="under torchrun: independent per-rank noise/latent samples (rank, default) or "
+                        "global-size noise draws sliced per rank (shard, reproduces a single-process run)")
+
+
+def _precision_arg(g) -> None:
+    g.add_argument("--precision", choices=["fp32", "bf16", "auto"], default=None,
+                   help="bf16: bfloat16 autocast for the network layers, log-weights kept in float32; "
+                        "auto: bf16 on CUDA devices that support it (default fp32)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--no-baselines", action="store_true")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="train the grid's runs in N worker processes on this machine (default 1)")
+    _precision_arg(p)
     p.add_argument("--out", default="poc_out", metavar="DIR")
     p.add_argument("--quiet", action="store_true")
 
@@ -224,7 +239,8 @@ def _run_config(args):
     if args.init_from:
         cfg.init_from = args.init_from
     train = cfg.train.to_dict()
-    for key in ("steps", "epochs", "batch_size", "lr", "grad_clip", "seed", "device"):
+    for key in ("steps", "epochs", "batch_size", "lr", "grad_clip", "seed", "device", "precision", "compile",
+                "dist_noise"):
         v = getattr(args, key)
         if v is not None:
             train[key] = v
@@ -242,8 +258,13 @@ def _run_config(args):
 # --- subcommands ----------------------------------------------------------------------------
 
 def _cmd_train(args) -> int:
+    from . import distributed
     from .runs import evaluate_run, train_run
 
+    # under torchrun: join the process group (gloo on CPU, NCCL on CUDA); rank 0 talks
+    distributed.init_from_env(args.device or "auto")
+    if not distributed.is_main():
+        args.quiet = True
     log = _log_fn(args.quiet)
     if args.resume:
         result, dataset = train_run(None, args.out, resume=True, log=log,
@@ -252,7 +273,7 @@ def _cmd_train(args) -> int:
         cfg = _run_config(args)
         result, dataset = train_run(cfg, args.out, log=log)
     log(f"fvnce: trained {result.step} steps in {result.elapsed:.1f} s -> {args.out}")
-    if not args.no_eval:
+    if not args.no_eval and distributed.is_main():
         ev = evaluate_run(args.out, dataset=dataset)
         log("fvnce: " + _headline(ev))
     return 0
@@ -320,12 +341,15 @@ def _cmd_poc(args) -> int:
         train["lr"] = args.lr
     if args.batch_size is not None:
         train["batch_size"] = args.batch_size
+    if args.precision is not None:
+        train["precision"] = args.precision
     cfg = PocConfig(data=spec, rules=[r for r in args.rules.split(",") if r.strip()], budget=budget,
                     noises=[n.strip() for n in args.noises.split(",") if n.strip()] if args.noises else None,
                     model=args.model, model_options={"z_dim": args.z_dim} if args.z_dim else {},
                     train=TrainConfig.from_dict({**TrainConfig().to_dict(), **train}),
                     baselines=not args.no_baselines)
-    summary = run_poc(cfg, args.out, log=_log_fn(args.quiet), progress=not args.quiet and sys.stderr.isatty())
+    summary = run_poc(cfg, args.out, log=_log_fn(args.quiet), progress=not args.quiet and sys.stderr.isatty(),
+                      workers=args.workers)
     rec = summary.get("recommended")
     log = _log_fn(args.quiet)
     log(f"fvnce: poc finished in {summary['wall_time_s']:.0f} s; report: {Path(args.out) / 'report.html'}")
@@ -381,8 +405,10 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _entry() -> None:  # pragma: no cover - console script wrapper
-    sys.exit(main())
+    from .distributed import exit_process
+
+    exit_process(main())  # under torchrun: destroy the process group, flush, os._exit
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    _entry()

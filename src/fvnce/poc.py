@@ -118,9 +118,15 @@ def _choose(runs: list[dict], has_labels: bool) -> dict | None:
 
 
 def run_poc(config: PocConfig, out_dir: str | Path, *, log: Callable[[str], None] = lambda m: None,
-            progress: bool = True) -> dict:
-    """Train, evaluate and compare; write ``summary.json`` and ``report.html``."""
+            progress: bool = True, workers: int = 1) -> dict:
+    """Train, evaluate and compare; write ``summary.json`` and ``report.html``.
+
+    ``workers > 1`` trains the FVNCE runs in that many processes (spawned; each with
+    ``cores // workers`` torch threads) once the VAE they start from has finished; the
+    runs and their seeds are the same as with one worker."""
     t0 = time.perf_counter()
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"--workers must be a positive integer, got {workers!r}")
     rules = config.validate()
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "summary.json").exists():
@@ -155,36 +161,38 @@ def run_poc(config: PocConfig, out_dir: str | Path, *, log: Callable[[str], None
     fitted: dict[str, Any] = {}
     runs: list[dict] = []
     bar = _bar(len(plan), progress)
-    for name, rc in plan:
-        entry: dict[str, Any] = {"name": name, "objective": rc.objective, "model": None, "noise": rc.noise,
-                                 "rule": rc.objective_options.get("rule"), "run_dir": f"runs/{name}",
-                                 "rule_params": {k: v for k, v in rc.objective_options.items() if k in ("alpha", "c")},
-                                 "status": "ok", "error": None, "metrics": {}, "val_metrics": {}}
-        t_run = time.perf_counter()
-        try:
-            if rc.noise not in fitted:
-                fitted[rc.noise] = make_noise(rc.noise, dataset.train, seed=rc.train.seed)
-            run_dir = out_dir / "runs" / name
-            if run_dir.exists():
-                import shutil
-                shutil.rmtree(run_dir)
-            train_run(rc, run_dir, dataset=dataset, noise=fitted[rc.noise], log=log, progress=False)
-            entry["train_time_s"] = time.perf_counter() - t_run
-            ev = evaluate_run(run_dir, dataset=dataset, k=rc.eval_k)
-            entry["metrics"], entry["val_metrics"] = _metrics(ev)
-            entry["model"] = rc.resolved_model(dataset.binary)[0]
-        except DivergenceError as exc:
-            entry.update(status="diverged", error=str(exc))
-        except FvnceError as exc:
-            entry.update(status="failed", error=str(exc))
-            if name == "elbo-vae":
-                for _, other in plan:
-                    other.init_from = None  # no base to start from: FVNCE runs start fresh
-        entry.setdefault("train_time_s", time.perf_counter() - t_run)
-        log(f"fvnce: {name}: {entry['status']}" + _brief(entry))
-        runs.append(entry)
-        if bar is not None:
-            bar.update(1)
+    pool = None
+    if workers > 1 and len(plan) > 2:
+        import multiprocessing
+        import os
+        from concurrent.futures import ProcessPoolExecutor
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_worker_init, initargs=(threads,))
+    try:
+        def finish(entry: dict) -> None:
+            log(f"fvnce: {entry['name']}: {entry['status']}" + _brief(entry))
+            runs.append(entry)
+            if bar is not None:
+                bar.update(1)
+
+        # the VAE first (the FVNCE runs start from it), then the rest: here or in the pool
+        first = _run_one(plan[0][0], plan[0][1], dataset, fitted, out_dir, log)
+        if first["status"] == "failed":
+            for _, other in plan:
+                other.init_from = None  # no base to start from: FVNCE runs start fresh
+        finish(first)
+        if pool is not None:
+            futures = [pool.submit(_pool_run, name, rc, config.data, str(out_dir)) for name, rc in plan[1:]]
+            for fut in futures:
+                finish(fut.result())
+        else:
+            for name, rc in plan[1:]:
+                finish(_run_one(name, rc, dataset, fitted, out_dir, log))
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     if bar is not None:
         bar.close()
 
@@ -213,6 +221,51 @@ def run_poc(config: PocConfig, out_dir: str | Path, *, log: Callable[[str], None
     summary["wall_time_s"] = time.perf_counter() - t0
     atomic_write_json(out_dir / "summary.json", _finite(summary))
     return summary
+
+
+def _run_one(name: str, rc: RunConfig, dataset, fitted: dict, out_dir: Path, log) -> dict:
+    """Train and evaluate one run of the grid; its summary entry (errors recorded, not raised)."""
+    entry: dict[str, Any] = {"name": name, "objective": rc.objective, "model": None, "noise": rc.noise,
+                             "rule": rc.objective_options.get("rule"), "run_dir": f"runs/{name}",
+                             "rule_params": {k: v for k, v in rc.objective_options.items() if k in ("alpha", "c")},
+                             "status": "ok", "error": None, "metrics": {}, "val_metrics": {}}
+    t_run = time.perf_counter()
+    try:
+        if rc.noise not in fitted:
+            fitted[rc.noise] = make_noise(rc.noise, dataset.train, seed=rc.train.seed)
+        run_dir = out_dir / "runs" / name
+        if run_dir.exists():
+            import shutil
+            shutil.rmtree(run_dir)
+        train_run(rc, run_dir, dataset=dataset, noise=fitted[rc.noise], log=log, progress=False)
+        entry["train_time_s"] = time.perf_counter() - t_run
+        ev = evaluate_run(run_dir, dataset=dataset, k=rc.eval_k)
+        entry["metrics"], entry["val_metrics"] = _metrics(ev)
+        entry["model"] = rc.resolved_model(dataset.binary)[0]
+    except DivergenceError as exc:
+        entry.update(status="diverged", error=str(exc))
+    except FvnceError as exc:
+        entry.update(status="failed", error=str(exc))
+    entry.setdefault("train_time_s", time.perf_counter() - t_run)
+    return entry
+
+
+#: per worker process: the data set and the fitted noises, loaded once
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _pool_run(name: str, rc: RunConfig, data: DataSpec, out_dir: str) -> dict:
+    """:func:`_run_one` in a worker process (same data split and noise seeds)."""
+    if _WORKER.get("spec") != data.to_dict():
+        _WORKER.clear()
+        _WORKER.update(spec=data.to_dict(), dataset=load_dataset(data), fitted={})
+    return _run_one(name, rc, _WORKER["dataset"], _WORKER["fitted"], Path(out_dir), lambda m: None)
 
 
 def _train_cfg(base: TrainConfig, steps: int) -> TrainConfig:

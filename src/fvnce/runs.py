@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, distributed
 from .checkpoint import atomic_write_bytes, atomic_write_json, atomic_torch_save, load_checkpoint
 from .data import DataSpec, Dataset, load_dataset, prepare_scoring_data
 from .data.preprocess import Preprocessor
@@ -172,9 +172,11 @@ def train_run(config: RunConfig, run_dir: str | Path, *, resume: bool = False, d
     name, opts, model, encoder, objective = _build(config, dataset.dim, dataset.image_shape, dataset.binary)
     if resume:
         noise = load_noise(torch.load(run_dir / NOISE_NAME, weights_only=True), data=dataset.train)
-    elif noise is None:
-        noise = make_noise(config.resolved_noise(dataset.binary), dataset.train, seed=config.train.seed,
-                           **config.noise_options)
+    elif noise is None:  # fitted once (rank 0 under torch.distributed) and broadcast
+        noise = distributed.fit_on_main(
+            lambda: make_noise(config.resolved_noise(dataset.binary), dataset.train, seed=config.train.seed,
+                               **config.noise_options),
+            lambda fitted: fitted.state(), lambda state: load_noise(state, data=dataset.train))
     for w in getattr(noise, "warnings", []):
         log(f"fvnce: note: {w}")
     _check_noise_support(noise, dataset.binary, name, opts)
@@ -183,19 +185,24 @@ def train_run(config: RunConfig, run_dir: str | Path, *, resume: bool = False, d
         _warm_start(model, encoder, config.init_from)
         log(f"fvnce: starting from the weights of {config.init_from}")
 
-    if not resume:
-        if run_dir.exists() and any(run_dir.iterdir()):
-            if not (run_dir / CONFIG_NAME).exists():
-                raise ConfigError(f"output directory {run_dir} exists and is not an fvnce run; choose a new --out")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in (EVALUATION_NAME, SAMPLES_NAME, "report.html"):
-            (run_dir / stale).unlink(missing_ok=True)
-        atomic_write_json(run_dir / CONFIG_NAME, _config_record(config, dataset, name, opts, objective, noise))
-        atomic_write_json(run_dir / PREPROCESS_NAME, dataset.preprocessor.state())
-        atomic_torch_save(noise.state(), run_dir / NOISE_NAME)
+    if not resume:  # rank 0 only under torch.distributed (its errors reach every rank)
+        distributed.main_first(lambda: _write_run_files(run_dir, config, dataset, name, opts, objective, noise))
     trainer = Trainer(model, encoder, objective, noise, config.train, run_dir=run_dir, log=log)
     result = trainer.fit(dataset.train, normal_rows(dataset.val, dataset.val_labels), resume=resume)
     return result, dataset
+
+
+def _write_run_files(run_dir: Path, config: RunConfig, dataset: Dataset, name: str, opts: dict, objective,
+                     noise) -> None:
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not (run_dir / CONFIG_NAME).exists():
+            raise ConfigError(f"output directory {run_dir} exists and is not an fvnce run; choose a new --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (EVALUATION_NAME, SAMPLES_NAME, "report.html"):
+        (run_dir / stale).unlink(missing_ok=True)
+    atomic_write_json(run_dir / CONFIG_NAME, _config_record(config, dataset, name, opts, objective, noise))
+    atomic_write_json(run_dir / PREPROCESS_NAME, dataset.preprocessor.state())
+    atomic_torch_save(noise.state(), run_dir / NOISE_NAME)
 
 
 def normal_rows(x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:

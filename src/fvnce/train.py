@@ -24,6 +24,16 @@ taken: training rolls back to the last good state (kept in memory at the start a
 each checkpoint), halves the learning rate and the clipping norm, and tightens the
 scoring rule's exponential (exact -> linear with tau 10, else tau halved, at least 1).
 After ``max_retries`` such rollbacks :class:`DivergenceError` is raised.
+
+Scale.  Under an initialised ``torch.distributed`` process group (``torchrun``) the
+trainer uses DistributedDataParallel, shards every global batch over the ranks and
+writes files on rank 0 only; see :mod:`fvnce.distributed` for the randomness
+(``dist_noise``) and what equals a single-process run.  ``precision="bf16"`` runs every
+parameterised leaf layer (``Linear``, ``Conv`` ...) of the model and encoder under
+bfloat16 autocast and casts its output back to the parameters' dtype, so activations,
+log-densities, log-weights, logsumexp and the scoring rules stay in float32; the noise
+is never autocast.  ``compile=True`` wraps the model's ``log_joint`` and the encoder in
+``torch.compile`` (eager fallback with a one-line message if compilation fails).
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from . import distributed as _dist
 from .checkpoint import load_checkpoint, save_checkpoint
 from .objectives.base import calibrate_log_normaliser
 from .errors import CheckpointError, ConfigError, FvnceError, NonFiniteLossError
@@ -55,6 +66,7 @@ __all__ = [
     "train",
 ]
 
+PRECISIONS = ("fp32", "bf16", "auto")
 #: default number of steps when neither ``steps`` nor ``epochs`` is given
 DEFAULT_STEPS = 2000
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -116,6 +128,15 @@ class TrainConfig:
     calibrate: bool = True
     device: str = "auto"
     progress: bool = True
+    #: "fp32", "bf16" (bfloat16 autocast for the network layers, log-weights in float32)
+    #: or "auto" (bf16 on CUDA devices that support it, else fp32)
+    precision: str = "fp32"
+    #: torch.compile the model's log_joint and the encoder (falls back to eager with a
+    #: one-line message when compilation fails)
+    compile: bool = False
+    #: randomness under torch.distributed: "rank" (independent per-rank streams) or
+    #: "shard" (global-size noise draws sliced per rank; see fvnce.distributed)
+    dist_noise: str = "rank"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -147,6 +168,9 @@ class TrainConfig:
              "a positive number (inf disables the check)")
         need(isinstance(self.calibrate, bool), "calibrate", "a boolean")
         need(isinstance(self.progress, bool), "progress", "a boolean")
+        need(self.precision in PRECISIONS, "precision", "one of " + ", ".join(map(repr, PRECISIONS)))
+        need(isinstance(self.compile, bool), "compile", "a boolean")
+        need(self.dist_noise in ("rank", "shard"), "dist_noise", "'rank' or 'shard'")
         if not isinstance(self.device, str):
             need(False, "device", "a string such as 'auto', 'cpu' or 'cuda'")
         elif self.device != "auto":
@@ -277,9 +301,17 @@ class Trainer:
             check(model)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.log = log if log is not None else _default_log
-        #: only the main process writes files (set False on other ranks under DDP)
+        #: only the main process writes files (False on ranks > 0 under torch.distributed)
         self.is_main = True
+        self.rank, self.world = _dist.rank(), _dist.world_size()
+        self._distributed = _dist.is_active() and self.world > 1
+        if self._distributed:
+            self.is_main = self.rank == 0
         self.device = self._resolve_device(self.config.device)
+        self.precision = self._resolve_precision(self.config.precision, self.device)
+        self._ddp = None
+        self._compiled = False
+        self._hooks: list = []
         self._stop_signal: int | None = None
         params = list(model.parameters())
         if encoder is not None:
@@ -308,11 +340,113 @@ class Trainer:
     @staticmethod
     def _resolve_device(name: str) -> torch.device:
         if name == "auto":
+            if _dist.is_active():
+                return _dist.default_device("auto")
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         dev = torch.device(name)
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"device={name!r} but CUDA is not available on this machine; use device='auto'")
-        return dev
+        return _dist.default_device(name) if _dist.is_active() else dev
+
+    @staticmethod
+    def _resolve_precision(name: str, device: torch.device) -> str:
+        if name == "auto":
+            ok = device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+            return "bf16" if ok else "fp32"
+        return name
+
+    def _say(self, msg: str) -> None:
+        """Log a line (on rank 0 only under torch.distributed)."""
+        if self.is_main:
+            self.log(msg)
+
+    @property
+    def _comm_device(self) -> torch.device:
+        if self._distributed and torch.distributed.get_backend() == "nccl":
+            return self.device
+        return torch.device("cpu")
+
+    def _agree(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on any rank (single process: ``flag``)."""
+        if not self._distributed:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], dtype=torch.float64, device=self._comm_device)
+        return bool(_dist.all_reduce_max(t).item() > 0)
+
+    # -- precision, compilation, DistributedDataParallel -------------------------------
+    def _install_precision_hooks(self) -> None:
+        if self.precision != "bf16" or self._hooks:
+            return
+        device_type = self.device.type
+        target = self._params[0].dtype if self._params[0].dtype in (torch.float32, torch.float64) else torch.float32
+        stack: list = []
+
+        def enter(module, args):
+            ctx = torch.autocast(device_type, dtype=torch.bfloat16)
+            ctx.__enter__()
+            stack.append(ctx)
+
+        def leave(module, args, out):
+            if stack:
+                stack.pop().__exit__(None, None, None)
+            return _upcast(out, target)
+
+        for m in self._modules():
+            for sub in m.modules():
+                leaf = next(sub.children(), None) is None
+                if leaf and next(sub.parameters(recurse=False), None) is not None:
+                    self._hooks.append(sub.register_forward_pre_hook(enter))
+                    self._hooks.append(sub.register_forward_hook(leave, always_call=True))
+
+    def _remove_precision_hooks(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    def _compile(self) -> None:
+        if not self.config.compile or self._compiled:
+            return
+        self._compiled = True
+        state = {"failed": False}
+        targets = [(self.model, "log_joint")]
+        if self.encoder is not None:
+            targets.append((self.encoder, "forward"))
+        for module, attr in targets:
+            eager = getattr(module, attr)
+            try:
+                compiled = torch.compile(eager)
+            except Exception as exc:  # e.g. no compiler support on this Python / platform
+                self._say(f"fvnce: torch.compile is not available here ({_first_line(exc)}); running eagerly")
+                return
+            setattr(module, attr, _CompiledOrEager(compiled, eager, state, self._say))
+
+    def _has_unused_parameters(self, x: Tensor, x_log_pn: Tensor | None) -> bool:
+        """Whether some trainable parameter gets no gradient from the objective (probed
+        on a few rows with a forked RNG, agreed over ranks)."""
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            self.optimizer.zero_grad(set_to_none=True)
+            try:
+                out = self.objective(self.model, self.encoder, x, self.noise, x_log_pn=x_log_pn)
+                out.loss.backward()
+                unused = any(p.grad is None for p in self._params)
+            except Exception:
+                unused = True
+            self.optimizer.zero_grad(set_to_none=True)
+        return self._agree(unused)
+
+    def _wrap_ddp(self, x: Tensor, x_log_pn: Tensor | None) -> None:
+        if not self._distributed or self._ddp is not None:
+            return
+        from torch.nn.parallel import DistributedDataParallel
+
+        # find_unused_parameters only when needed (an extra graph traversal per step): a
+        # parameter may get no gradient, e.g. a log-normaliser that the loss ignores
+        unused = self._has_unused_parameters(x, x_log_pn)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self._ddp = DistributedDataParallel(_ObjectiveModule(self.model, self.encoder, self.objective),
+                                            device_ids=ids, output_device=ids[0] if ids else None,
+                                            find_unused_parameters=unused)
 
     @property
     def rule(self):
@@ -371,23 +505,39 @@ class Trainer:
         return self._perm(epoch, n)[i * bs:(i + 1) * bs]
 
     # -- the per-step work -----------------------------------------------------------
-    def _step(self, x: Tensor, x_log_pn: Tensor | None):
+    def _step(self, x: Tensor, x_log_pn: Tensor | None, scale: float = 1.0):
         """One optimiser step on the batch ``x``; raises :class:`_StepFailure` (before
         any parameter changes) when the step must not be taken.  Returns the objective
-        output and the gradient norm before clipping."""
+        output and the gradient norm before clipping.  Under torch.distributed ``x`` is
+        this rank's shard, the local loss is multiplied by ``scale`` (see
+        :mod:`fvnce.distributed`) and all ranks agree on failures."""
         self.optimizer.zero_grad(set_to_none=True)
+        failure = None
         try:
-            out = self.objective(self.model, self.encoder, x, self.noise, x_log_pn=x_log_pn)
-        except ValueError as exc:  # a Distribution refusing non-finite parameters
-            if "constraint" not in str(exc):
+            try:
+                if self._ddp is not None:
+                    loss = self._ddp(x, x_log_pn, self.noise, scale)
+                    out = self._ddp.module.last
+                    self._ddp.module.last = None
+                else:
+                    out = self.objective(self.model, self.encoder, x, self.noise, x_log_pn=x_log_pn)
+                    loss = out.loss
+            except ValueError as exc:  # a Distribution refusing non-finite parameters
+                if "constraint" not in str(exc):
+                    raise
+                raise _StepFailure(f"non-finite distribution parameters: {str(exc).splitlines()[0]}") from None
+            try:
+                out.check_finite()
+            except NonFiniteLossError as exc:
+                raise _StepFailure(str(exc)) from None
+            self._check_explosion(out)
+        except _StepFailure as exc:
+            if not self._distributed:
                 raise
-            raise _StepFailure(f"non-finite distribution parameters: {str(exc).splitlines()[0]}") from None
-        try:
-            out.check_finite()
-        except NonFiniteLossError as exc:
-            raise _StepFailure(str(exc)) from None
-        self._check_explosion(out)
-        out.loss.backward()
+            failure = str(exc)
+        if self._distributed and self._agree(failure is not None):
+            raise _StepFailure(failure or "the step failed on another rank")
+        loss.backward()
         max_norm = self.grad_clip if self.grad_clip is not None else math.inf
         norm = torch.nn.utils.clip_grad_norm_(self._params, max_norm)
         if not bool(torch.isfinite(norm)):
@@ -497,7 +647,7 @@ class Trainer:
                  "exp_mode": None if rule is None else rule.exp_mode,
                  "tau": None if rule is None else rule.tau, "elapsed": self._elapsed()}
         self._record(event)
-        self.log(f"fvnce: step {failed_step}: {reason}; rolled back to step {self.step} "
+        self._say(f"fvnce: step {failed_step}: {reason}; rolled back to step {self.step} "
                  f"(retry {self.retries}/{self.config.max_retries}): lr={self.lr:g} "
                  f"grad_clip={self.grad_clip}{rule_msg}")
 
@@ -529,12 +679,19 @@ class Trainer:
         }
 
     def save(self, n_train: int) -> None:
-        """Write ``checkpoint.pt`` (atomically) and refresh the rollback snapshot."""
+        """Write ``checkpoint.pt`` (atomically) and refresh the rollback snapshot.
+        Under torch.distributed every rank must call it (the RNG states of all ranks
+        are gathered into the checkpoint); rank 0 writes."""
+        rng_ranks = _dist.all_gather_object(self._rng_state()) if self._distributed else None
         if self._writes:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if self._metrics_file is not None:
                 self._metrics_file.flush()
-            save_checkpoint(self.checkpoint_path, self._state_payload(n_train))
+            payload = self._state_payload(n_train)
+            if rng_ranks is not None:
+                payload["rng_ranks"] = _to_cpu(rng_ranks)
+                payload["world_size"] = self.world
+            save_checkpoint(self.checkpoint_path, payload)
         self._take_snapshot()
 
     def _restore(self, n_train: int) -> None:
@@ -569,7 +726,18 @@ class Trainer:
         self.best_val = ckpt.get("best_val")
         self.best_step = ckpt.get("best_step")
         self._elapsed0 = float(ckpt.get("elapsed", 0.0))
-        self._set_rng_state(ckpt["rng"])
+        rng_ranks = ckpt.get("rng_ranks")
+        if self._distributed and rng_ranks and len(rng_ranks) == self.world:
+            self._set_rng_state(rng_ranks[self.rank])
+        elif self._distributed and self.config.dist_noise == "rank" and self.rank != 0:
+            self._seed_all(_dist.rank_seed(self.config.seed, self.rank, self.step))
+        else:
+            self._set_rng_state(ckpt["rng"])
+
+    def _seed_all(self, seed: int) -> None:
+        torch.manual_seed(seed)
+        if self.device.type == "cuda":
+            torch.cuda.manual_seed_all(seed)
 
     # -- validation ------------------------------------------------------------------
     @torch.no_grad()
@@ -597,7 +765,14 @@ class Trainer:
         return total / max(count, 1)
 
     def _validate(self, val: Tensor, val_log_pn: Tensor | None, n_train: int) -> None:
-        v = self.evaluate(val, val_log_pn)
+        if self._distributed:  # each rank evaluates its rows; weighted mean over ranks
+            a, b = _dist.shard_bounds(val.shape[0], self.rank, self.world)
+            local = self.evaluate(val[a:b], None if val_log_pn is None else val_log_pn[a:b]) if b > a else 0.0
+            tot = _dist.all_reduce_sum(torch.tensor([local * (b - a), float(b - a)], dtype=torch.float64,
+                                                    device=self._comm_device))
+            v = float(tot[0] / tot[1])
+        else:
+            v = self.evaluate(val, val_log_pn)
         rec = {"step": self.step, "val_loss": v, "elapsed": self._elapsed()}
         improved = math.isfinite(v) and (self.best_val is None or v < self.best_val)
         if improved:
@@ -648,7 +823,7 @@ class Trainer:
         if not getattr(self.objective, "uses_noise", True) or self.noise is None:
             return
         shift = calibrate_log_normaliser(model, self.encoder, self.noise)
-        self.log(f"fvnce: calibrated the log-normaliser (shift {shift:+.4g}, c = {float(model.c):.4g})")
+        self._say(f"fvnce: calibrated the log-normaliser (shift {shift:+.4g}, c = {float(model.c):.4g})")
 
     # -- main loop -------------------------------------------------------------------
     def fit(self, train: Tensor, val: Tensor | None = None, resume: bool = False,
@@ -666,10 +841,21 @@ class Trainer:
             raise ConfigError("resume=True needs a run directory")
         self._metrics_file = None
         self._move()
+        self._compile()
         train = self._prepare_data(train, "training")
         val = self._prepare_data(val, "validation")
         n = train.shape[0]
         total = cfg.total_steps(n)
+        if self._distributed:
+            bs = min(cfg.batch_size, n)
+            smallest = min(bs, n - (steps_per_epoch(n, bs) - 1) * bs)
+            if smallest < self.world:
+                raise ConfigError(f"batch_size={cfg.batch_size} on {n} training rows leaves a batch of {smallest} "
+                                  f"rows, fewer than the {self.world} processes: use a larger batch_size")
+        base_noise = self.noise
+        sharded = self._distributed and cfg.dist_noise == "shard" and self.noise is not None
+        if sharded:
+            self.noise = _dist.ShardedNoise(self.noise)
         self.history = []
         self._stop_signal = None
         self._perm_cache = None
@@ -701,19 +887,35 @@ class Trainer:
         try:
             if not resume:
                 self._calibrate()
+                if self._distributed and cfg.dist_noise == "rank" and self.rank != 0:
+                    self._seed_all(_dist.rank_seed(cfg.seed, self.rank))
             train_log_pn = self._log_pn(train)
             val_log_pn = self._log_pn(val)
+            self._wrap_ddp(train[:4], None if train_log_pn is None else train_log_pn[:4])  # broadcasts rank 0's parameters
+            self._install_precision_hooks()
             self._take_snapshot()
-            pbar = _progress(cfg.progress, total, self.step)
+            pbar = _progress(cfg.progress and self.is_main, total, self.step)
             last_out = None
             last_saved = self.step if resume else -1
             while self.step < total:
-                idx = self._batch_index(self.step, n).to(self.device)
+                idx = self._batch_index(self.step, n)
+                scale, local_rows = 1.0, len(idx)
+                if self._distributed:  # this rank's shard of the global batch
+                    a, b = _dist.shard_bounds(len(idx), self.rank, self.world)
+                    if sharded:
+                        self.noise.set_shard(a, b - a, len(idx))
+                    scale, local_rows = self.world * (b - a) / len(idx), b - a
+                    idx = idx[a:b]
+                idx = idx.to(self.device)
                 xb = train[idx]
                 lp = None if train_log_pn is None else train_log_pn[idx]
                 self._set_train(True)
                 try:
-                    out, norm = self._step(xb, lp)
+                    try:
+                        out, norm = self._step(xb, lp, scale)
+                    finally:
+                        if sharded:
+                            self.noise.clear()
                 except _StepFailure as exc:
                     self._rollback(str(exc), self.step + 1)
                     if pbar is not None:
@@ -725,6 +927,8 @@ class Trainer:
                 rec = None
                 if self.step % cfg.log_every == 0 or self.step == total or self.step == 1:
                     rec = self._train_record(out, norm)
+                    if self._distributed:
+                        rec = self._reduce_record(rec, local_rows)
                     self._record(rec)
                     if pbar is not None:
                         post = {"loss": f"{rec['loss']:.4g}" if rec["loss"] is not None else "nan"}
@@ -740,13 +944,15 @@ class Trainer:
                     last_saved = self.step
                 if callback is not None:
                     callback(self, rec)
+                if self._distributed and self._agree(self._stop_signal is not None) and self._stop_signal is None:
+                    self._stop_signal = -2  # another rank was signalled: stop together
                 if self._stop_signal is not None:
                     if last_saved != self.step:
                         self.save(n)
                     where = (f"checkpoint saved in {self.run_dir}; resume with --resume" if self._writes
                              else "no run directory, nothing saved")
                     msg = f"training interrupted at step {self.step}; {where}"
-                    self.log(f"fvnce: {msg}")
+                    self._say(f"fvnce: {msg}")
                     raise TrainingInterrupted(msg, self.step, self.run_dir)
             if last_saved != self.step:  # resumed at/after the end: make sure the final state is on disk
                 self.save(n)
@@ -754,6 +960,13 @@ class Trainer:
             if pbar is not None:
                 pbar.close()
             self._restore_signals(old_handlers)
+            self._remove_precision_hooks()
+            self.noise = base_noise
+            if self._ddp is not None:
+                self._ddp = None
+                import gc
+
+                gc.collect()  # drop the reducer's autograd hooks before another fit
             if self._metrics_file is not None:
                 self._metrics_file.close()
                 self._metrics_file = None
@@ -762,6 +975,16 @@ class Trainer:
         return TrainResult(history=list(self.history), step=self.step, retries=self.retries,
                            best_val=self.best_val, best_step=self.best_step, final_loss=final_loss,
                            elapsed=self._elapsed(), run_dir=self.run_dir)
+
+    def _reduce_record(self, rec: dict, rows: int) -> dict:
+        """Row-weighted mean over ranks of a training record's numbers."""
+        keys = [k for k in sorted(rec) if k not in ("step", "lr", "elapsed", "grad_norm")
+                and (rec[k] is None or (_is_num(rec[k])))]
+        vals = [rows * (math.nan if rec[k] is None else float(rec[k])) for k in keys] + [float(rows)]
+        tot = _dist.all_reduce_sum(torch.tensor(vals, dtype=torch.float64, device=self._comm_device)).cpu()
+        for i, k in enumerate(keys):
+            rec[k] = float(tot[i] / tot[-1])
+        return rec
 
     def _train_record(self, out, norm: Tensor) -> dict:
         rec: dict[str, Any] = {"step": self.step, "loss": float(out.loss.detach()),
@@ -804,6 +1027,54 @@ class Trainer:
                 signal.signal(sig, h if h is not None else signal.SIG_DFL)
             except (ValueError, OSError):  # pragma: no cover
                 pass
+
+
+class _ObjectiveModule(nn.Module):
+    """Model, encoder and objective as one module: what DistributedDataParallel wraps
+    (its forward returns the scaled local loss; the full output is kept in ``last``)."""
+
+    def __init__(self, model: nn.Module, encoder: nn.Module | None, objective) -> None:
+        super().__init__()
+        self.model = model
+        self.encoder = encoder
+        self.objective = objective
+        self.last = None
+
+    def forward(self, x: Tensor, x_log_pn: Tensor | None, noise, scale: float) -> Tensor:
+        out = self.objective(self.model, self.encoder, x, noise, x_log_pn=x_log_pn)
+        self.last = out
+        return out.loss if scale == 1.0 else out.loss * scale
+
+
+class _CompiledOrEager:
+    """A ``torch.compile``-d callable that falls back, for good, to the eager one the
+    first time compilation fails (one line of log for the whole trainer)."""
+
+    def __init__(self, compiled, eager, state: dict, say) -> None:
+        self.compiled, self.eager, self.state, self.say = compiled, eager, state, say
+
+    def __call__(self, *args, **kwargs):
+        if not self.state["failed"]:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as exc:  # backend/compiler errors surface at the first call
+                self.state["failed"] = True
+                self.say(f"fvnce: torch.compile failed ({_first_line(exc)}); running eagerly")
+        return self.eager(*args, **kwargs)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0][:200] if text else type(exc).__name__)
+
+
+def _upcast(out, dtype: torch.dtype):
+    """Tensors of a half-precision dtype in ``out`` (tensor, tuple, list) cast to ``dtype``."""
+    if isinstance(out, Tensor):
+        return out.to(dtype) if out.dtype in (torch.bfloat16, torch.float16) else out
+    if isinstance(out, (tuple, list)):
+        return type(out)(_upcast(o, dtype) for o in out)
+    return out
 
 
 def _progress(enabled: bool, total: int, initial: int):

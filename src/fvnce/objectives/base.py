@@ -125,7 +125,7 @@ def log_weights(model, encoder, x: Tensor, log_pn: Tensor | float, k: int = 1, *
         log_q = q.log_prob(states)
         if detach_encoder:
             log_q = log_q.detach()
-        log_joint = model.log_joint(x, states)
+        log_joint, log_q, log_pn = _wide(model.log_joint(x, states)), _wide(log_q), _wide(log_pn)
         log_w = log_joint - log_q - log_pn
         return LogWeights(log_w, log_joint, log_q, log_q_weight=log_q)
     if detach_encoder:
@@ -138,9 +138,17 @@ def log_weights(model, encoder, x: Tensor, log_pn: Tensor | float, k: int = 1, *
                               f"one with at most {MAX_ENUMERATION} states")
         z = q.rsample((k,))
         log_q = q.log_prob(z)
-    log_joint = model.log_joint(x, z)
+    log_joint, log_q, log_pn = _wide(model.log_joint(x, z)), _wide(log_q), _wide(log_pn)
     log_w = log_joint - log_q - log_pn
     return LogWeights(log_w, log_joint, log_q)
+
+
+def _wide(t):
+    """Half-precision log-densities (from autocast networks) promoted to float32: the
+    log-weight arithmetic always runs in at least float32."""
+    if isinstance(t, Tensor) and t.dtype in (torch.bfloat16, torch.float16):
+        return t.float()
+    return t
 
 
 def estimate_log_ratio(model, encoder, x: Tensor, log_pn: Tensor, k: int = 1) -> Tensor:
