@@ -110,9 +110,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         msg = str(exc)
-        if "weights only" in msg.lower() or "weights_only" in msg.lower():
+        low = msg.lower()
+        if "unsupported global" in low or "unsupported class" in low:  # a crafted pickle naming code
             raise CheckpointError(f"refusing to load {path}: it contains executable objects "
                                   "(only tensors and plain data are accepted)") from None
+        if "weights only" in low or "weights_only" in low:  # an opcode the safe reader refuses
+            raise CheckpointError(f"refusing to load {path}: it is corrupt or it contains executable objects "
+                                  "(only tensors and plain data are accepted; nothing in it was run)") from None
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({_first_line(exc)})") from None
     except Exception as exc:  # RuntimeError (zip reader), EOFError, ValueError, ...
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({_first_line(exc)})") from None

@@ -80,6 +80,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
     t.add_argument("--grad-clip", type=float, help="gradient-norm clipping (default 10)")
     t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--checkpoint-every", type=int, metavar="N",
+                   help="write checkpoint.pt every N steps (default 100; also at the end and on Ctrl-C)")
     t.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     _precision_arg(t)
     t.add_argument("--compile", action="store_true", default=None,
@@ -239,8 +241,8 @@ def _run_config(args):
     if args.init_from:
         cfg.init_from = args.init_from
     train = cfg.train.to_dict()
-    for key in ("steps", "epochs", "batch_size", "lr", "grad_clip", "seed", "device", "precision", "compile",
-                "dist_noise"):
+    for key in ("steps", "epochs", "batch_size", "lr", "grad_clip", "seed", "checkpoint_every", "device",
+                "precision", "compile", "dist_noise"):
         v = getattr(args, key)
         if v is not None:
             train[key] = v
@@ -345,7 +347,7 @@ def _cmd_poc(args) -> int:
         train["precision"] = args.precision
     cfg = PocConfig(data=spec, rules=[r for r in args.rules.split(",") if r.strip()], budget=budget,
                     noises=[n.strip() for n in args.noises.split(",") if n.strip()] if args.noises else None,
-                    model=args.model, model_options={"z_dim": args.z_dim} if args.z_dim else {},
+                    model=args.model, model_options={"z_dim": args.z_dim} if args.z_dim is not None else {},
                     train=TrainConfig.from_dict({**TrainConfig().to_dict(), **train}),
                     baselines=not args.no_baselines)
     summary = run_poc(cfg, args.out, log=_log_fn(args.quiet), progress=not args.quiet and sys.stderr.isatty(),
@@ -387,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except TrainingInterrupted as exc:
         print(f"fvnce: {exc}", file=sys.stderr)
+        if exc.run_dir is not None:
+            import shlex
+            print(f"fvnce: to continue: fvnce train --out {shlex.quote(str(exc.run_dir))} --resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     except FvnceError as exc:
         print(f"fvnce: error: {_one_line(exc)}", file=sys.stderr)

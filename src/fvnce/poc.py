@@ -24,7 +24,7 @@ from .data import DataSpec, load_dataset
 from .errors import ConfigError, FvnceError
 from .noise import NOISES, make_noise
 from .rules import scoring_rule
-from .runs import RunConfig, evaluate_run, train_run
+from .runs import RunConfig, check_model_sizes, evaluate_run, train_run
 from .train import DivergenceError, TrainConfig
 
 __all__ = ["BUDGETS", "PocConfig", "parse_rule", "run_poc"]
@@ -94,6 +94,7 @@ class PocConfig:
         for n in self.noises or []:
             if ":" not in n and n not in NOISES:
                 raise ConfigError(f"unknown noise {n!r}; valid noises: {', '.join(sorted(NOISES))}, or module:callable")
+        check_model_sizes(self.model_options)
         return rules
 
 
@@ -129,6 +130,8 @@ def run_poc(config: PocConfig, out_dir: str | Path, *, log: Callable[[str], None
         raise ConfigError(f"--workers must be a positive integer, got {workers!r}")
     rules = config.validate()
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"output {out_dir} exists and is not a directory; choose a new --out")
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "summary.json").exists():
         raise ConfigError(f"output directory {out_dir} exists and is not an fvnce poc directory; choose a new --out")
     dataset = load_dataset(config.data)
@@ -137,6 +140,10 @@ def run_poc(config: PocConfig, out_dir: str | Path, *, log: Callable[[str], None
     has_labels = dataset.val_labels is not None and bool(dataset.val_labels.any())
     noises = config.noises or default_noises(dataset.binary)
     steps = config.steps()
+    fitted: dict[str, Any] = {}
+    for n in noises:  # user plug-ins are checked before anything is written: a bad one is an input error
+        if ":" in n:
+            fitted[n] = make_noise(n, dataset.train, seed=config.train.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     # The VAE of the same architecture is trained first: it is a baseline, and every
@@ -158,7 +165,6 @@ def run_poc(config: PocConfig, out_dir: str | Path, *, log: Callable[[str], None
                 train=_train_cfg(config.train, steps), eval_k=config.eval_k,
                 init_from=str(base_dir) if warm else None)))
 
-    fitted: dict[str, Any] = {}
     runs: list[dict] = []
     bar = _bar(len(plan), progress)
     pool = None

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -35,7 +36,7 @@ from .errors import CheckpointError, ConfigError
 from .models import MODELS, make_model
 from .noise import NOISES, load_noise, make_noise
 from .objectives import OBJECTIVES, make_objective
-from .train import TrainConfig, Trainer
+from .train import CHECKPOINT_NAME, TrainConfig, Trainer
 
 __all__ = ["RunConfig", "LoadedRun", "evaluate_run", "load_run", "sample_run", "score_file", "train_run"]
 
@@ -80,6 +81,7 @@ class RunConfig:
         make_objective(self.objective, **self.objective_options)
         if self.model != "auto" and self.model not in MODELS:
             raise ConfigError(f"unknown model {self.model!r}; valid models: auto, {', '.join(MODELS)}")
+        check_model_sizes(self.model_options)
         if self.noise != "auto" and ":" not in self.noise and self.noise not in NOISES:
             raise ConfigError(f"unknown noise {self.noise!r}; valid noises: auto, {', '.join(sorted(NOISES))}, "
                               "or module:callable")
@@ -117,6 +119,20 @@ class RunConfig:
         if "train" in d:
             d["train"] = TrainConfig.from_dict(d["train"]) if isinstance(d["train"], dict) else d["train"]
         return cls(**d)
+
+
+def check_model_sizes(options: dict) -> None:
+    """Latent and hidden sizes must be positive integers (torch would fail with a traceback
+    on a negative one and silently build an empty layer for zero)."""
+    for key in ("z_dim", "h_dim"):
+        v = options.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ConfigError(f"{key.replace('_', '-')} must be a positive integer, got {v!r}")
+    for key in ("hidden", "tilt_hidden"):
+        v = options.get(key)
+        if v is not None and (not isinstance(v, (list, tuple))
+                              or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in v)):
+            raise ConfigError(f"{key} must be a list of positive integers, got {v!r}")
 
 
 def _jsonable(d: dict) -> dict:
@@ -164,6 +180,13 @@ def train_run(config: RunConfig, run_dir: str | Path, *, resume: bool = False, d
     config.validate()
     if progress is not None:
         config.train.progress = progress
+    if resume:  # fail before reading (possibly large) data when the run cannot be resumed
+        if not (run_dir / CHECKPOINT_NAME).exists():
+            raise CheckpointError(f"nothing to resume: no {CHECKPOINT_NAME} in {run_dir}")
+        load_checkpoint(run_dir / CHECKPOINT_NAME)
+        noise_state = _load_noise_state(run_dir)
+    else:
+        _check_new_run_dir(run_dir)
     if dataset is None:
         dataset = load_dataset(config.data)
         for note in dataset.notes:
@@ -171,7 +194,7 @@ def train_run(config: RunConfig, run_dir: str | Path, *, resume: bool = False, d
     torch.manual_seed(config.train.seed)
     name, opts, model, encoder, objective = _build(config, dataset.dim, dataset.image_shape, dataset.binary)
     if resume:
-        noise = load_noise(torch.load(run_dir / NOISE_NAME, weights_only=True), data=dataset.train)
+        noise = load_noise(noise_state, data=dataset.train)
     elif noise is None:  # fitted once (rank 0 under torch.distributed) and broadcast
         noise = distributed.fit_on_main(
             lambda: make_noise(config.resolved_noise(dataset.binary), dataset.train, seed=config.train.seed,
@@ -185,18 +208,29 @@ def train_run(config: RunConfig, run_dir: str | Path, *, resume: bool = False, d
         _warm_start(model, encoder, config.init_from)
         log(f"fvnce: starting from the weights of {config.init_from}")
 
+    # the trainer checks the device, precision and parameters: before anything is written
+    trainer = Trainer(model, encoder, objective, noise, config.train, run_dir=run_dir, log=log)
     if not resume:  # rank 0 only under torch.distributed (its errors reach every rank)
         distributed.main_first(lambda: _write_run_files(run_dir, config, dataset, name, opts, objective, noise))
-    trainer = Trainer(model, encoder, objective, noise, config.train, run_dir=run_dir, log=log)
     result = trainer.fit(dataset.train, normal_rows(dataset.val, dataset.val_labels), resume=resume)
     return result, dataset
 
 
-def _write_run_files(run_dir: Path, config: RunConfig, dataset: Dataset, name: str, opts: dict, objective,
-                     noise) -> None:
+def _check_new_run_dir(run_dir: Path) -> None:
+    """A new run goes into a new (or empty) folder, or replaces an earlier fvnce run."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"output {run_dir} exists and is not a directory; choose a new --out")
     if run_dir.exists() and any(run_dir.iterdir()):
         if not (run_dir / CONFIG_NAME).exists():
             raise ConfigError(f"output directory {run_dir} exists and is not an fvnce run; choose a new --out")
+    parent = next((a for a in run_dir.absolute().parents if a.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ConfigError(f"cannot create {run_dir}: {parent} is a file, not a directory")
+
+
+def _write_run_files(run_dir: Path, config: RunConfig, dataset: Dataset, name: str, opts: dict, objective,
+                     noise) -> None:
+    _check_new_run_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     for stale in (EVALUATION_NAME, SAMPLES_NAME, "report.html"):
         (run_dir / stale).unlink(missing_ok=True)
@@ -312,13 +346,7 @@ def load_run(run_dir: str | Path, *, weights: str = "best", dataset: Dataset | N
             encoder.load_state_dict(ckpt["encoder"])
     except (KeyError, RuntimeError) as exc:
         raise CheckpointError(f"{path} does not match the run's model: {str(exc).splitlines()[0]}") from None
-    noise_path = run_dir / NOISE_NAME
-    if not noise_path.exists():
-        raise CheckpointError(f"{run_dir} is incomplete: {NOISE_NAME} is missing")
-    try:
-        noise_state = torch.load(noise_path, weights_only=True, map_location="cpu")
-    except Exception as exc:  # corrupt or crafted file: never executed
-        raise CheckpointError(f"cannot read {noise_path}: {str(exc).splitlines()[0][:200]}") from None
+    noise_state = _load_noise_state(run_dir)
     data = None
     if isinstance(noise_state, dict) and noise_state.get("name") == "plugin":
         data = (dataset or load_dataset(config.data)).train
@@ -327,6 +355,31 @@ def load_run(run_dir: str | Path, *, weights: str = "best", dataset: Dataset | N
     if encoder is not None:
         encoder.eval()
     return LoadedRun(run_dir, record, config, model, encoder, objective, noise, pre, used)
+
+
+def _load_noise_state(run_dir: Path):
+    noise_path = run_dir / NOISE_NAME
+    if not noise_path.exists():
+        raise CheckpointError(f"{run_dir} is incomplete: {NOISE_NAME} is missing")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = torch.load(noise_path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # corrupt or crafted file: never executed
+        line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(f"cannot read {noise_path} (corrupt, truncated or not plain data): {line}") from None
+    if not isinstance(state, dict) or not isinstance(state.get("name"), str):
+        raise CheckpointError(f"{noise_path} is not an fvnce noise file")
+    return state
+
+
+def _check_output_file(out: Path) -> None:
+    """Checked before any work: the output's folder exists and the output is not a folder."""
+    if out.is_dir():
+        raise ConfigError(f"output {out} is a directory; give a file name")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise ConfigError(f"cannot write {out}: folder {parent} does not exist")
 
 
 # --- evaluation -------------------------------------------------------------------------------
@@ -447,6 +500,7 @@ def score_file(run_dir: str | Path, data_file: str, out: str | Path, *, k: int |
     """
     from . import evaluate as ev
 
+    _check_output_file(Path(out))
     run = load_run(run_dir)
     x = prepare_scoring_data(data_file, run.preprocessor, missing=missing)
     torch.manual_seed(run.config.train.seed + 2)
@@ -468,6 +522,7 @@ def sample_run(run_dir: str | Path, n: int, out: str | Path) -> str:
         raise ConfigError(f"--n must be a positive integer, got {n!r}")
     if out.suffix not in (".npy", ".png"):
         raise ConfigError(f"sample output must end in .npy or .png, got {out.name!r}")
+    _check_output_file(out)
     run = load_run(run_dir)
     if out.suffix == ".png" and run.image_shape is None:
         raise ConfigError("a .png grid needs image data; this run's data are not images: use .npy")

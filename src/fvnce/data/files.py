@@ -248,7 +248,7 @@ def _read_npy(p: Path, where: str, features, label) -> RawTable:
         notes.append(f"{where}: 1-D array read as one column")
     elif arr.ndim == 3:
         image_shape = (int(arr.shape[1]), int(arr.shape[2]))
-        arr = arr.reshape(arr.shape[0], -1)
+        arr = arr.reshape(arr.shape[0], int(arr.shape[1]) * int(arr.shape[2]))
     elif arr.ndim > 3:
         raise DataError(
             f"{where} holds a {arr.ndim}-D array of shape {tuple(arr.shape)}; expected (N, D) rows or (N, H, W) images"

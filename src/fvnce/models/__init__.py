@@ -120,5 +120,5 @@ def make_model(name: str, x_dim: int, **options):
         raise ConfigError(f"model {name!r} has no option {bad[0]!r}; its options: {', '.join(valid)}")
     try:
         return MODELS[name](x_dim, **options)
-    except ValueError as exc:
-        raise ConfigError(f"model {name!r}: {exc}") from None
+    except (ValueError, RuntimeError) as exc:  # e.g. torch refusing a negative layer size
+        raise ConfigError(f"model {name!r}: {str(exc).splitlines()[0]}") from None

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from typing import Any
 
 import torch
@@ -30,10 +32,11 @@ def _resolve(spec: str) -> Any:
     if not module_name or not attr:
         raise ConfigError(f"plugin noise {spec!r}: expected 'module:callable', e.g. 'mypkg.noises:near_miss'")
     try:
-        module = importlib.import_module(module_name)
+        module = _import(module_name)
     except Exception as exc:  # noqa: BLE001 - any failure importing user code
+        hint = " (is it in the current folder or on PYTHONPATH?)" if isinstance(exc, ModuleNotFoundError) else ""
         raise ConfigError(
-            f"plugin noise {spec!r}: cannot import module {module_name!r} ({type(exc).__name__}: {exc})"
+            f"plugin noise {spec!r}: cannot import module {module_name!r} ({type(exc).__name__}: {exc}){hint}"
         ) from exc
     obj: Any = module
     for part in attr.split("."):
@@ -43,6 +46,25 @@ def _resolve(spec: str) -> Any:
     if not callable(obj):
         raise ConfigError(f"plugin noise {spec!r}: {attr!r} is not callable")
     return obj
+
+
+def _import(module_name: str):
+    """Import the named module; a module in the current folder is found too (as under
+    ``python -m fvnce``; the ``fvnce`` console script does not put the folder on
+    ``sys.path``).  The folder is searched last and only for this one, explicitly named module."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        top = module_name.split(".")[0]
+        cwd = os.getcwd()
+        if exc.name != top or cwd in sys.path or "" in sys.path:
+            raise
+        sys.path.append(cwd)
+        try:
+            return importlib.import_module(module_name)
+        finally:
+            if cwd in sys.path:
+                sys.path.remove(cwd)
 
 
 def _accepts_seed(fn: Any) -> bool:
