@@ -354,3 +354,11 @@ def test_roc_curve_from_scores():
     auc = float(np.sum(np.diff(fpr) * (np.asarray(tpr[1:]) + np.asarray(tpr[:-1])) / 2))
     assert auc == pytest.approx(7 / 8)  # pairs (anomaly > normal): 3 + 4 of 8
     assert roc_curve([], [1.0]) is None and roc_curve([float("nan")], [1.0]) is None
+
+
+def test_low_ess_log_likelihood_is_flagged_unreliable():
+    from fvnce.report.sections import ll_cell
+
+    assert "unreliable" in ll_cell(-60.0, "estimate", 5e-5) and "5.0e-05" in ll_cell(-60.0, "estimate", 5e-5)
+    assert "unreliable" not in ll_cell(-13.5, "estimate", 0.9) and "(estimate)" in ll_cell(-13.5, "estimate", 0.9)
+    assert "estimate" not in ll_cell(-13.5, "iwae_bound", 1e-6)

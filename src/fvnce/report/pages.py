@@ -61,6 +61,11 @@ def _config_text(r: dict) -> str:
     return " · ".join(bits)
 
 
+def _ll_ess(run: RunFiles | None) -> Any:
+    """ESS fraction behind the run's log Z estimate (None when there is none)."""
+    return _d(_d(run.evaluation if run is not None else None).get("log_z")).get("ess_fraction")
+
+
 def _ll_kind(r: dict, run: RunFiles | None) -> Any:
     kind = _d(r.get("metrics")).get("log_likelihood_kind")
     if kind is None and run is not None:
@@ -121,7 +126,7 @@ def _comparison(runs: list[dict], files: dict[str, RunFiles], baselines: list[di
         status = r.get("status") or "unknown"
         cells = [f"<b>{esc(name)}</b>{badge}<br><span class=\"small\">{esc(_config_text(r))}</span>",
                  fmt_num(m.get("auroc")), fmt_num(m.get("auprc")), fmt_pct(m.get("fpr_at_95_tpr")),
-                 ll_cell(m.get("log_likelihood"), _ll_kind(r, files.get(name))),
+                 ll_cell(m.get("log_likelihood"), _ll_kind(r, files.get(name)), _ll_ess(files.get(name))),
                  fmt_pct(m.get("noise_accuracy")), fmt_num(vm.get("auroc")),
                  fmt_time(r.get("train_time_s")), esc(status)]
         bad = status != "ok"
@@ -296,8 +301,9 @@ def run_page(run: RunFiles) -> str:
             (["AUPRC", fmt_num(ev.get("auprc")), fmt_num(val.get("auprc"))], ""),
             (["False alarms at 95% detection", fmt_pct(ev.get("fpr_at_95_tpr")),
               fmt_pct(val.get("fpr_at_95_tpr"))], ""),
-            (["Log-likelihood (nats per example)", ll_cell(ev.get("log_likelihood"), kind),
-              ll_cell(val.get("log_likelihood"), kind)], ""),
+            (["Log-likelihood (nats per example)",
+              ll_cell(ev.get("log_likelihood"), kind, _d(ev.get("log_z")).get("ess_fraction")),
+              ll_cell(val.get("log_likelihood"), kind, _d(ev.get("log_z")).get("ess_fraction"))], ""),
             (["Noise accuracy", fmt_pct(ev.get("noise_accuracy")), fmt_pct(val.get("noise_accuracy"))], ""),
         ]
         lz = _d(ev.get("log_z"))

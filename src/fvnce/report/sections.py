@@ -39,11 +39,21 @@ def rule_label(rule: Any, params: Any = None) -> str:
     return str(rule)
 
 
-def ll_cell(value: Any, kind: Any) -> str:
-    """Log-likelihood with an "(estimate)" marker when it is not a proper bound."""
+#: below this effective-sample-size fraction a log Z estimate is flagged as unreliable
+UNRELIABLE_ESS = 0.01
+
+
+def ll_cell(value: Any, kind: Any, ess_fraction: Any = None) -> str:
+    """Log-likelihood with an "(estimate)" marker when it is not a proper bound, and a
+    warning when the importance sampling behind its log Z had too few effective samples."""
     text = fmt_num(value, 2)
     if text != DASH and kind == "estimate":
-        text += ' <span class="small">(estimate)</span>'
+        ess = finite(ess_fraction)
+        if ess is not None and ess < UNRELIABLE_ESS:
+            text += (f' <span class="small err">(estimate, unreliable: effective sample size '
+                     f'fraction {ess:.1e} behind log Z)</span>')
+        else:
+            text += ' <span class="small">(estimate)</span>'
     return text
 
 
