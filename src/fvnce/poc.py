@@ -247,6 +247,7 @@ def _run_one(name: str, rc: RunConfig, dataset, fitted: dict, out_dir: Path, log
         entry["train_time_s"] = time.perf_counter() - t_run
         ev = evaluate_run(run_dir, dataset=dataset, k=rc.eval_k)
         entry["metrics"], entry["val_metrics"] = _metrics(ev)
+        entry["log_z"] = ev.get("log_z")  # estimate, effective sample size and proposal (unnormalised models)
         entry["model"] = rc.resolved_model(dataset.binary)[0]
     except DivergenceError as exc:
         entry.update(status="diverged", error=str(exc))
