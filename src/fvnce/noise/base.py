@@ -228,3 +228,13 @@ def opt_choice(noise: str, key: str, value: Any, choices: tuple[str, ...]) -> st
     if value not in choices:
         raise ConfigError(f"{noise}: option {key} must be one of {', '.join(choices)}; got {value!r}")
     return value
+
+
+class TorchBackedNoise(NoiseDistribution):
+    """A noise whose density is a ready-made torch Distribution kept in ``self._dist``."""
+
+    def sample(self, sample_shape=torch.Size()) -> Tensor:
+        return self._dist.sample(sample_shape)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        return self._dist.log_prob(x)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Independent, MultivariateNormal, Normal
 
-from .base import NoiseDistribution, constant_columns, floor_scale, opt_float, population_std
+from .base import NoiseDistribution, TorchBackedNoise, constant_columns, floor_scale, opt_float, population_std
 
 __all__ = ["DiagGaussianNoise", "FullGaussianNoise", "StandardNormalNoise"]
 
@@ -51,7 +51,7 @@ class StandardNormalNoise(NoiseDistribution):
         return -0.5 * x.pow(2).sum(-1) - 0.5 * self.dim * math.log(2 * math.pi)
 
 
-class DiagGaussianNoise(NoiseDistribution):
+class DiagGaussianNoise(TorchBackedNoise):
     r"""p_n(x) = ∏_j N(x_j; μ_j, σ_j²) with the data's mean and (population) std per feature.
 
     The cheapest fitted noise: matches location and scale of each feature but no
@@ -74,14 +74,8 @@ class DiagGaussianNoise(NoiseDistribution):
         noise.warnings = warnings
         return noise
 
-    def sample(self, sample_shape=torch.Size()) -> Tensor:
-        return self._dist.sample(sample_shape)
 
-    def log_prob(self, x: Tensor) -> Tensor:
-        return self._dist.log_prob(x)
-
-
-class FullGaussianNoise(NoiseDistribution):
+class FullGaussianNoise(TorchBackedNoise):
     r"""p_n(x) = N(x; μ, Σ) with the data's mean and a shrunk covariance.
 
     Captures linear correlations between features (e.g. sensor channels that move
@@ -139,9 +133,3 @@ class FullGaussianNoise(NoiseDistribution):
         noise = cls(d, loc=x.mean(0).to(data.dtype), scale_tril=tril.to(data.dtype))
         noise.warnings = warnings
         return noise
-
-    def sample(self, sample_shape=torch.Size()) -> Tensor:
-        return self._dist.sample(sample_shape)
-
-    def log_prob(self, x: Tensor) -> Tensor:
-        return self._dist.log_prob(x)

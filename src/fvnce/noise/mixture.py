@@ -12,14 +12,14 @@ from torch.distributions import (
 )
 
 from .base import (
-    NoiseDistribution, binary_columns, constant_columns, floor_scale, opt_choice, opt_float,
+    TorchBackedNoise, binary_columns, constant_columns, floor_scale, opt_choice, opt_float,
     opt_int, population_std,
 )
 
 __all__ = ["MixtureNoise"]
 
 
-class MixtureNoise(NoiseDistribution):
+class MixtureNoise(TorchBackedNoise):
     r"""p_n(x) = Σ_k π_k p_k(x), fitted by EM.
 
     Continuous data: Gaussian components p_k = N(μ_k, Σ_k) (``covariance_type`` "full" or
@@ -97,12 +97,6 @@ class MixtureNoise(NoiseDistribution):
                     scale=scale.to(data.dtype))
         noise.warnings = warns
         return noise
-
-    def sample(self, sample_shape=torch.Size()) -> Tensor:
-        return self._dist.sample(sample_shape)
-
-    def log_prob(self, x: Tensor) -> Tensor:
-        return self._dist.log_prob(x)
 
 
 def _bernoulli_em(x: np.ndarray, k: int, max_iter: int, seed: int, tol: float = 1e-6):
