@@ -54,6 +54,7 @@ from torch import Tensor, nn
 
 from . import distributed as _dist
 from .checkpoint import load_checkpoint, save_checkpoint
+from .fileio import atomic_write_text, read_jsonl
 from .objectives.base import calibrate_log_normaliser
 from .errors import CheckpointError, ConfigError, FvnceError, NonFiniteLossError
 
@@ -1093,23 +1094,9 @@ def _truncate_metrics(path: Path, step: int) -> list[dict]:
     line cut by a crash) and rewrite the file atomically.  Returns the kept records."""
     if not path.exists():
         return []
-    kept, lines = [], []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if not isinstance(rec, dict) or int(rec.get("step", 0)) > step:
-                continue
-            kept.append(rec)
-            lines.append(json.dumps(rec))
-    from .checkpoint import atomic_write_text
-
-    atomic_write_text(path, "".join(l + "\n" for l in lines))
+    kept = [rec for rec in read_jsonl(path)[0] if int(rec.get("step", 0)) <= step]
+    lines = [json.dumps(rec) for rec in kept]
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
     return kept
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, read_jsonl
 
 __all__ = ["RunFiles", "atomic_write_text", "load_json", "load_run", "load_summary"]
 
@@ -45,20 +45,7 @@ def _load_metrics(path: Path, problems: list[str]) -> list[dict]:
         return []
     records, bad = [], 0
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    bad += 1
-                    continue
-                if isinstance(rec, dict):
-                    records.append(rec)
-                else:
-                    bad += 1
+        records, bad = read_jsonl(path)
     except OSError as exc:
         problems.append(f"metrics.jsonl could not be read ({exc})")
     if bad:
