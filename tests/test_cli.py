@@ -164,3 +164,15 @@ def test_init_from_starts_tilted_model_at_the_vae(tmp_path):
     for name, value in src["encoder"].items():
         torch.testing.assert_close(dst["encoder"][name], value, atol=1e-8, rtol=0)
     assert main(["train", "--init-from", str(tmp_path), "--steps", "1", "--out", str(tmp_path / "x"), *common]) == 2
+
+
+def test_resume_may_only_change_the_length(table, tmp_path, capsys):
+    import torch
+
+    run = tmp_path / "r"
+    assert main(["train", "--data", str(table), "--label", "status", "--normal", "ok", "--steps", "20",
+                 "--out", str(run), "--quiet", "--no-eval"]) == 0
+    assert main(["train", "--out", str(run), "--resume", "--lr", "0.1", "--quiet"]) == 2
+    assert "only --steps or --epochs may change (got --lr)" in capsys.readouterr().err
+    assert main(["train", "--out", str(run), "--resume", "--steps", "30", "--quiet", "--no-eval"]) == 0
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 30

@@ -259,6 +259,31 @@ def _run_config(args):
 
 # --- subcommands ----------------------------------------------------------------------------
 
+#: train options that only --steps/--epochs may accompany with --resume
+_RESUME_FIXED = ("data", "features", "label", "normal", "transform", "binarize", "max_rows", "split_seed",
+                 "objective", "rule", "alpha", "shift", "k", "nu", "exp_mode", "tau", "noise", "model", "z_dim",
+                 "init_from", "batch_size", "lr", "grad_clip", "seed", "precision", "config")
+
+
+def _resume_length(args):
+    """With --resume the run's saved settings are used; only its length may change."""
+    from .errors import ConfigError
+    from .runs import RunConfig
+    from .train import TrainConfig
+
+    given = [k for k in _RESUME_FIXED if getattr(args, k, None) not in (None, False)]
+    if args.data == "digits" and "data" in given:  # the parser's default, not a user choice
+        given.remove("data")
+    if args.drop_missing or args.impute:
+        given.append("drop_missing" if args.drop_missing else "impute")
+    if given:
+        raise ConfigError(f"--resume continues the run with its saved settings; only --steps or --epochs may "
+                          f"change (got --{given[0].replace('_', '-')})")
+    if args.steps is None and args.epochs is None:
+        return None
+    return RunConfig(train=TrainConfig(steps=args.steps, epochs=args.epochs))
+
+
 def _cmd_train(args) -> int:
     from . import distributed
     from .runs import evaluate_run, train_run
@@ -269,7 +294,7 @@ def _cmd_train(args) -> int:
         args.quiet = True
     log = _log_fn(args.quiet)
     if args.resume:
-        result, dataset = train_run(None, args.out, resume=True, log=log,
+        result, dataset = train_run(_resume_length(args), args.out, resume=True, log=log,
                                     progress=not args.quiet and sys.stderr.isatty())
     else:
         cfg = _run_config(args)

@@ -168,13 +168,18 @@ def train_run(config: RunConfig, run_dir: str | Path, *, resume: bool = False, d
     """Train one run into ``run_dir`` (created only once every input has been checked).
 
     ``dataset`` and ``noise`` may be passed to share them between runs (the proof of
-    concept does).  With ``resume=True`` the run's own saved configuration is used.
+    concept does).  With ``resume=True`` the run's own saved configuration is used; only
+    ``steps``/``epochs`` of a ``config`` passed along are taken (to train longer).
     Returns ``(trainer_result, dataset)``.
     """
     run_dir = Path(run_dir)
     if resume:
         saved = _read_config(run_dir)
+        length = {k: v for k, v in (config.train.to_dict().items() if config is not None else ())
+                  if k in ("steps", "epochs")}
         config = RunConfig.from_dict(saved["run"])
+        if length:  # the only settings a resumed run may change: how long it trains
+            config.train = TrainConfig.from_dict({**config.train.to_dict(), **length})
         if progress is not None:
             config.train.progress = progress
     config.validate()

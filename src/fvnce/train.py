@@ -953,8 +953,7 @@ class Trainer:
                     where = (f"checkpoint saved in {self.run_dir}; resume with --resume" if self._writes
                              else "no run directory, nothing saved")
                     msg = f"training interrupted at step {self.step}; {where}"
-                    self._say(f"fvnce: {msg}")
-                    raise TrainingInterrupted(msg, self.step, self.run_dir)
+                    raise TrainingInterrupted(msg, self.step, self.run_dir)  # the caller reports it
             if last_saved != self.step:  # resumed at/after the end: make sure the final state is on disk
                 self.save(n)
         finally:
