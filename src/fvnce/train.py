@@ -249,28 +249,23 @@ def _clone_state(sd: dict) -> dict:
     return {k: (v.detach().clone() if isinstance(v, Tensor) else v) for k, v in sd.items()}
 
 
-def _deepclone(obj):
+def _map_tensors(obj, fn):
+    """Apply ``fn`` to every tensor inside nested dicts, lists and tuples."""
     if isinstance(obj, Tensor):
-        return obj.detach().clone()
+        return fn(obj)
     if isinstance(obj, dict):
-        return {k: _deepclone(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_deepclone(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_deepclone(v) for v in obj)
+        return {k: _map_tensors(v, fn) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_map_tensors(v, fn) for v in obj)
     return obj
+
+
+def _deepclone(obj):
+    return _map_tensors(obj, lambda t: t.detach().clone())
 
 
 def _to_cpu(obj):
-    if isinstance(obj, Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_to_cpu(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_to_cpu(v) for v in obj)
-    return obj
+    return _map_tensors(obj, lambda t: t.detach().cpu())
 
 
 # --------------------------------------------------------------------------------------
