@@ -179,7 +179,7 @@ def test_discrete_flags():
     xb = binary_data(50, 4)
     flags = {name: make_noise(name, xb, **fast(name)).discrete for name in NAMES}
     assert flags["marginals"] and flags["gmm"] and flags["kde"]
-    for name in ("standard_normal", "diag_gaussian", "full_gaussian", "uniform", "flow"):
+    for name in ("standard_normal", "diag_gaussian", "student_t", "full_gaussian", "uniform", "flow"):
         assert not flags[name]
     assert not make_noise("marginals", mixed_data(50)).discrete
 
@@ -193,6 +193,24 @@ def test_sample_moments_match_data(name):
     sd = x.std(0)
     assert ((s.mean(0) - x.mean(0)).abs() < 0.15 * sd).all(), (s.mean(0), x.mean(0))
     assert ((s.std(0) / sd - 1).abs() < 0.25).all(), (s.std(0), sd)
+
+
+def test_student_t_density_and_scale():
+    from scipy import stats
+
+    x = cont_data(200, 3, seed=2)
+    noise = make_noise("student_t", x, df=5.0)
+    sd = x.std(0, correction=0)
+    scale = sd * math.sqrt(3 / 5)
+    expected = sum(stats.t.logpdf(x[:, j].numpy(), 5.0, loc=float(x[:, j].mean()), scale=float(scale[j]))
+                   for j in range(3))
+    torch.testing.assert_close(noise.log_prob(x), torch.as_tensor(expected))
+    # heavier tails than the diagonal Gaussian with the same variance
+    far = x.mean(0) + 8 * sd
+    assert float(noise.log_prob(far[None])) > float(make_noise("diag_gaussian", x).log_prob(far[None])) + 10
+    # df <= 2: infinite variance, scale = std
+    wide = make_noise("student_t", x, df=1.0)
+    torch.testing.assert_close(wide.state()["scale"], sd)
 
 
 def test_uniform_box():
@@ -214,6 +232,7 @@ def test_uniform_box():
 VARIANTS = {
     "standard_normal": [],
     "diag_gaussian": [],
+    "student_t": [("df", 10.0, "cont")],
     "full_gaussian": [("shrinkage", 0.5, "cont"), ("jitter", 0.1, "cont")],
     "uniform": [("margin", 0.5, "cont")],
     "marginals": [("max_points", 50, "cont"), ("bandwidth_factor", 0.5, "cont"), ("alpha", 5.0, "mixed")],
@@ -254,6 +273,7 @@ def test_option_changes_output(name, option, value, kind):
         ("kde", {"bandwidth_factor": "wide"}, "bandwidth_factor"),
         ("marginals", {"max_points": 2.5}, "max_points"),
         ("full_gaussian", {"shrinkage": 2.0}, "shrinkage"),
+        ("student_t", {"df": 0}, "df"),
         ("flow", {"flow": "realnvp"}, "flow"),
         ("flow", {"hidden": (0,)}, "hidden"),
         ("diag_gaussian", {"bandwidth": 1.0}, "unknown option"),

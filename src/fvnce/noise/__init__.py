@@ -30,6 +30,7 @@ from .kde import KDENoise
 from .marginals import MarginalsNoise
 from .mixture import MixtureNoise
 from .plugin import PluginNoise, is_plugin_spec
+from .student_t import StudentTNoise
 from .uniform import UniformNoise
 
 __all__ = ["NOISES", "NoiseDistribution", "PluginNoise", "load_noise", "make_noise", "noise_options"]
@@ -37,6 +38,7 @@ __all__ = ["NOISES", "NoiseDistribution", "PluginNoise", "load_noise", "make_noi
 NOISES: dict[str, type[NoiseDistribution]] = {
     "standard_normal": StandardNormalNoise,
     "diag_gaussian": DiagGaussianNoise,
+    "student_t": StudentTNoise,
     "full_gaussian": FullGaussianNoise,
     "uniform": UniformNoise,
     "marginals": MarginalsNoise,
