@@ -154,22 +154,23 @@ def test_loss_decreases_and_files(tmp_path):
     model, encoder, obj = make_problem()
     x = make_data(400)
     c0 = float(model.c.detach())
-    tr = Trainer(model, encoder, obj, make_noise_for(x), cfg(steps=300, lr=2e-2, eval_every=50,
+    # 600 steps: at 300 the covariance error still ranged 0.07-0.5 over seeds
+    tr = Trainer(model, encoder, obj, make_noise_for(x), cfg(steps=600, lr=2e-2, eval_every=50,
                                                              checkpoint_every=100), tmp_path, log=quiet)
     res = tr.fit(x[:320], x[320:])
-    assert res.step == 300 and res.retries == 0
+    assert res.step == 600 and res.retries == 0
     losses = [h["loss"] for h in res.history if "loss" in h]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
     assert float(model.c.detach()) != c0  # calibrated then learned
     # the learned marginal is close to the data covariance
     emp = torch.cov(x.T)
-    assert torch.allclose(model.marginal().covariance_matrix.detach(), emp, atol=0.35)
+    assert torch.allclose(model.marginal().covariance_matrix.detach(), emp, atol=0.3)
 
     recs = read_metrics(tmp_path)
     train_recs = [r for r in recs if "loss" in r]
     val_recs = [r for r in recs if "val_loss" in r]
-    assert [r["step"] for r in train_recs] == [1] + list(range(5, 301, 5))
-    assert [r["step"] for r in val_recs] == list(range(50, 301, 50))
+    assert [r["step"] for r in train_recs] == [1] + list(range(5, 601, 5))
+    assert [r["step"] for r in val_recs] == list(range(50, 601, 50))
     for r in train_recs:
         assert REQUIRED_TRAIN_KEYS <= r.keys()
         assert {"accuracy", "data_log_ratio", "noise_log_ratio", "ess_fraction", "log_normaliser"} <= r.keys()
@@ -181,8 +182,8 @@ def test_loss_decreases_and_files(tmp_path):
     assert b["step"] == res.best_step and b["val_loss"] == res.best_val
     assert set(b["model"]) == set(model.state_dict())
     ck = load_checkpoint(tmp_path / "checkpoint.pt")
-    assert ck["step"] == 300 and ck["retries"] == 0 and ck["lr"] == 2e-2
-    assert ck["config"]["steps"] == 300 and ck["best_val"] == res.best_val
+    assert ck["step"] == 600 and ck["retries"] == 0 and ck["lr"] == 2e-2
+    assert ck["config"]["steps"] == 600 and ck["best_val"] == res.best_val
     assert ck["rule"] == {"exp_mode": "exact", "tau": 20.0}
     for k, v in model.state_dict().items():
         assert torch.equal(ck["model"][k], v)

@@ -106,41 +106,59 @@ def enumerate_states(q: Distribution) -> Tensor | None:
 
 
 def log_weights(model, encoder, x: Tensor, log_pn: Tensor | float, k: int = 1, *,
-                detach_encoder: bool = False, exact_limit: bool = False) -> LogWeights:
+                detach_encoder: bool = False, detach_from: int | None = None,
+                exact_limit: bool = False) -> LogWeights:
     """Importance log-weights ``log w`` of the points ``x`` under ``q = encoder(x)``.
 
     Continuous latents are drawn by reparameterisation (``k`` per point); small
     discrete ones are enumerated (then ``k`` must be 1).  ``detach_encoder`` stops
     gradients into the encoder (samples and ``log q`` become constants), as the
-    importance-sampled noise term of VNCE requires.  ``exact_limit`` accepts ``k > 1``
-    with enumerated latents, for estimators whose ``k -> inf`` limit is what exact
-    summation gives (IWAE: ``log p(x)``).
+    importance-sampled noise term of VNCE requires; ``detach_from=n`` does so for the
+    points ``x[n:]`` only.  Detached points go through the encoder under
+    ``torch.no_grad`` (no graph, no backward pass); the model still sees all points in
+    one batched call.  ``exact_limit`` accepts ``k > 1`` with enumerated latents, for
+    estimators whose ``k -> inf`` limit is what exact summation gives (IWAE: ``log p(x)``).
     """
-    q = encoder(x)
+    n = x.shape[0]
+    cut = 0 if detach_encoder else (n if detach_from is None else min(max(int(detach_from), 0), n))
+    parts = []
+    if cut > 0:
+        parts.append(_latents(encoder(x if cut == n else x[:cut]), k, False, exact_limit))
+    if cut < n:
+        with torch.no_grad():
+            q_rest = encoder(x if cut == 0 else x[cut:])
+        parts.append(_latents(q_rest, k, True, exact_limit))
+    if len(parts) == 1:
+        z, log_q, enumerated = parts[0]
+    else:
+        z = torch.cat([parts[0][0], parts[1][0]], dim=1)
+        log_q = torch.cat([parts[0][1], parts[1][1]], dim=1)
+        enumerated = parts[0][2]
+    log_joint, log_q, log_pn = _wide(model.log_joint(x, z)), _wide(log_q), _wide(log_pn)
+    log_w = log_joint - log_q - log_pn
+    return LogWeights(log_w, log_joint, log_q, log_q_weight=log_q if enumerated else None)
+
+
+def _latents(q: Distribution, k: int, detached: bool, exact_limit: bool) -> tuple[Tensor, Tensor, bool]:
+    """Latents of ``q`` with shape ``(S, N, ...)`` and their ``log q`` ``(S, N)``: all
+    states when ``q`` is small and discrete, otherwise ``k`` draws (reparameterised
+    unless ``detached``).  The last item says whether the states were enumerated."""
     states = enumerate_states(q)
     if states is not None:
         if k != 1 and not exact_limit:
             raise ConfigError(f"k={k} importance samples need a reparameterisable (continuous) encoder; "
                               "discrete latents are summed over exactly, which is the k=1 bound")
         log_q = q.log_prob(states)
-        if detach_encoder:
-            log_q = log_q.detach()
-        log_joint, log_q, log_pn = _wide(model.log_joint(x, states)), _wide(log_q), _wide(log_pn)
-        log_w = log_joint - log_q - log_pn
-        return LogWeights(log_w, log_joint, log_q, log_q_weight=log_q)
-    if detach_encoder:
+        return states, (log_q.detach() if detached else log_q), True
+    if detached:
         z = q.sample((k,))
-        log_q = q.log_prob(z).detach()
-    else:
-        if not q.has_rsample:
-            raise ConfigError(f"encoder returned {type(q).__name__}, which has neither rsample nor a small "
-                              "enumerable support; use a Gaussian encoder or a categorical/Bernoulli "
-                              f"one with at most {MAX_ENUMERATION} states")
-        z = q.rsample((k,))
-        log_q = q.log_prob(z)
-    log_joint, log_q, log_pn = _wide(model.log_joint(x, z)), _wide(log_q), _wide(log_pn)
-    log_w = log_joint - log_q - log_pn
-    return LogWeights(log_w, log_joint, log_q)
+        return z, q.log_prob(z).detach(), False
+    if not q.has_rsample:
+        raise ConfigError(f"encoder returned {type(q).__name__}, which has neither rsample nor a small "
+                          "enumerable support; use a Gaussian encoder or a categorical/Bernoulli "
+                          f"one with at most {MAX_ENUMERATION} states")
+    z = q.rsample((k,))
+    return z, q.log_prob(z), False
 
 
 def _wide(t):

@@ -11,6 +11,15 @@ and the model in one batched pass.  Discrete latents with few states are summed 
 exactly.  For a normalised model with the KL rule the noise term has expectation
 exactly 1 for any noise and encoder, and ``noise_term="auto"`` uses that value: the
 objective is then ``-ELBO + 1 + E log p_n`` (the VAE).
+
+When the noise-side loss is linear in ``r`` (the KL rule with exact exponentials:
+``l0(r) = r``), ``E_q l0(r_k(y)) = r(y)`` for *every* encoder, so the noise term carries
+no information about ``q``: its encoder gradient is zero in expectation (exactly zero
+for enumerated latents) and only adds variance.  ``noise_encoder="auto"`` then runs the
+encoder on the noise points without gradient (``z ~ q(.|y)`` as a fixed proposal): the
+model's gradient stays unbiased, the encoder's loses that noise, and the encoder's
+backward pass over the noise points is skipped.  Other rules (``l0`` strictly convex)
+tighten their noise-side bound through ``q`` and keep the gradient.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from .base import Objective, ObjectiveOutput, _noise_diagnostics, _validate_posi
 __all__ = ["FVNCE"]
 
 NOISE_TERMS = ("auto", "estimate")
+NOISE_ENCODER = ("auto", "grad", "detach")
 
 
 def _make_rule(rule, exp_mode: str, tau: float, params: dict, owner: str) -> ScoringRule:
@@ -57,13 +67,15 @@ class FVNCE(Objective):
     Parameters: ``rule`` (name or :class:`~fvnce.rules.ScoringRule`; ``kl``, ``power``,
     ``shifted_log`` or a generic rule), its parameters (``alpha``, ``c``), ``k``
     importance samples per point, ``nu`` noise samples per data point, ``exp_mode`` and
-    ``tau`` for the stabilised exponentials, ``noise_term`` (``auto`` or ``estimate``).
+    ``tau`` for the stabilised exponentials, ``noise_term`` (``auto`` or ``estimate``),
+    ``noise_encoder`` (``auto``: no encoder gradient from the noise side when the noise
+    loss is linear in ``r``; ``grad``: always; ``detach``: never).
     """
 
     name = "fvnce"
 
     def __init__(self, rule="kl", k: int = 1, nu: int = 1, exp_mode: str = "exact", tau: float = 20.0,
-                 noise_term: str = "auto", **rule_params) -> None:
+                 noise_term: str = "auto", noise_encoder: str = "auto", **rule_params) -> None:
         self.rule = _make_rule(rule, exp_mode, tau, rule_params, "fvnce")
         bad = self.rule.convexity_violations()
         if bad:
@@ -74,10 +86,19 @@ class FVNCE(Objective):
         if noise_term not in NOISE_TERMS:
             raise ConfigError(f"fvnce: noise_term must be one of {NOISE_TERMS}, got {noise_term!r}")
         self.noise_term = noise_term
+        if noise_encoder not in NOISE_ENCODER:
+            raise ConfigError(f"fvnce: noise_encoder must be one of {NOISE_ENCODER}, got {noise_encoder!r}")
+        self.noise_encoder = noise_encoder
 
     def config(self) -> dict:
         return {"name": self.name, "rule": self.rule.config(), "k": self.k, "nu": self.nu,
-                "noise_term": self.noise_term}
+                "noise_term": self.noise_term, "noise_encoder": self.noise_encoder}
+
+    def detaches_noise_encoder(self) -> bool:
+        """Whether the encoder gets no gradient from the noise points (see the module docstring)."""
+        if self.noise_encoder == "auto":
+            return self.rule.name == "kl" and self.rule.exp_mode == "exact"
+        return self.noise_encoder == "detach"
 
     def skips_noise(self, model) -> bool:
         """Whether the noise term is replaced by its exact expectation 1 (normalised model, KL rule)."""
@@ -90,7 +111,8 @@ class FVNCE(Objective):
             lw_d, lw_n = log_weights(model, encoder, x, x_log_pn, self.k), None
         else:
             y, y_log_pn = draw_noise(noise, self.nu * b, x)
-            lw = log_weights(model, encoder, torch.cat([x, y]), torch.cat([x_log_pn, y_log_pn]), self.k)
+            lw = log_weights(model, encoder, torch.cat([x, y]), torch.cat([x_log_pn, y_log_pn]), self.k,
+                             detach_from=b if self.detaches_noise_encoder() else None)
             lw_d, lw_n = lw.split(b)
         data_terms = lw_d.expect(self.rule.data_loss)
         if lw_n is None:
