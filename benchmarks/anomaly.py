@@ -37,6 +37,9 @@ def main(argv=None) -> dict:
     p.add_argument("--fashion-classes", default=None)
     p.add_argument("--fashion-rows", type=int, default=None)
     p.add_argument("--budget", type=int, default=None, help="poc steps per run")
+    p.add_argument("--noises", default=None,
+                   help="comma list of noises for poc (default: poc's own defaults for the data type)")
+    p.add_argument("--rules", default="kl,power:1.5", help="comma list of rules for poc")
     args = p.parse_args(argv)
     C.set_threads(args.threads)
     import numpy as np
@@ -49,14 +52,14 @@ def main(argv=None) -> dict:
 
     import fvnce
     from fvnce.data import DataSpec, load_dataset
-    from fvnce.poc import PocConfig, run_poc
+    from fvnce.poc import PocConfig, default_noises, run_poc
 
     quick = args.quick
     sets = (args.sets or ("breast-cancer,digits" if quick else "breast-cancer,digits,fashion-mnist")).split(",")
     digit_classes = (args.digit_classes or ("0" if quick else "0,1,2,3,4,5,6,7,8,9")).split(",")
     fashion_classes = (args.fashion_classes or "0,1,2").split(",")
     fashion_rows = args.fashion_rows or 5000
-    budget = args.budget or (100 if quick else 300)
+    budget = args.budget or (100 if quick else 800)
     tmp = Path(tempfile.mkdtemp(prefix="fvnce_anom_"))
     rows, t_all = [], time.perf_counter()
     loads = [C.load()]
@@ -88,8 +91,8 @@ def main(argv=None) -> dict:
         out = tmp / f"{s}-{cls}"
         shutil.rmtree(out, ignore_errors=True)
         t0 = time.perf_counter()
-        noises = ["marginals", "gmm"] if ds.binary else ["full_gaussian", "gmm"]
-        summ = run_poc(PocConfig(data=spec, noises=noises, rules=["kl", "power:1.5"], budget=budget,
+        noises = args.noises.split(",") if args.noises else default_noises(ds.binary)
+        summ = run_poc(PocConfig(data=spec, noises=noises, rules=args.rules.split(","), budget=budget,
                                  train=fvnce.TrainConfig(progress=False, seed=args.seed)), out, progress=False)
         res["poc_s"] = time.perf_counter() - t0
         rec_run = (summ.get("recommended") or {}).get("run")
@@ -137,7 +140,8 @@ def main(argv=None) -> dict:
     C.table(means, ["set", "classes", *cols, "best_baseline", "fvnce_minus_best", "met"], "mean AUROC")
     payload = {"benchmark": "anomaly", "machine": C.machine(args.threads), "quick": quick,
                "config": {"sets": sets, "digit_classes": digit_classes, "fashion_classes": fashion_classes,
-                          "fashion_rows": fashion_rows, "poc_budget_steps": budget, "poc_rules": ["kl", "power:1.5"]},
+                          "fashion_rows": fashion_rows, "poc_budget_steps": budget, "poc_rules": args.rules.split(","),
+                          "poc_noises": args.noises or "poc defaults"},
                "loads": loads, "wall_s": time.perf_counter() - t_all, "per_class": rows, "means": means}
     C.write_json(args.out, payload)
     shutil.rmtree(tmp, ignore_errors=True)
