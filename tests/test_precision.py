@@ -82,7 +82,6 @@ def test_log_weights_promote_half_precision_log_densities():
 
 
 def test_precision_config():
-    assert Trainer._resolve_precision("auto", torch.device("cpu")) == "fp32"
     with pytest.raises(ConfigError, match="precision"):
         TrainConfig(precision="fp16")
     with pytest.raises(ConfigError, match="compile"):
@@ -128,3 +127,17 @@ def test_compile_works(monkeypatch):
     assert not any("torch.compile" in l for l in lines), lines
     assert set(model.state_dict()) == set(make_model("tilted_vae", 6, z_dim=2, hidden=(16,), tilt_hidden=(8,),
                                                      likelihood="gaussian")[0].state_dict())
+
+
+@pytest.mark.parametrize("amx,avx512bf16,auto", [(False, False, "fp32"), (False, True, "fp32"), (True, True, "bf16")])
+def test_auto_precision_follows_native_bf16_on_cpu(monkeypatch, amx, avx512bf16, auto):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512bf16)
+    assert Trainer._resolve_precision("auto", torch.device("cpu")) == auto
+    assert Trainer._resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    model, encoder = make_model("vae", 4, likelihood="gaussian")
+    lines = []
+    tr = Trainer(model, encoder, make_objective("elbo"), None, _cfg(precision="bf16"), log=lines.append)
+    assert tr.precision == "bf16"
+    warned = [ln for ln in lines if "no native bfloat16" in ln]
+    assert len(warned) == (0 if (amx or avx512bf16) else 1)

@@ -94,7 +94,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 def _precision_arg(g) -> None:
     g.add_argument("--precision", choices=["fp32", "bf16", "auto"], default=None,
                    help="bf16: bfloat16 autocast for the network layers, log-weights kept in float32; "
-                        "auto: bf16 on CUDA devices that support it (default fp32)")
+                        "auto: bf16 on CUDA devices that support it and on CPUs with AMX, else fp32 (default fp32)")
 
 
 def build_parser() -> argparse.ArgumentParser:

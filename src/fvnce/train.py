@@ -130,7 +130,7 @@ class TrainConfig:
     device: str = "auto"
     progress: bool = True
     #: "fp32", "bf16" (bfloat16 autocast for the network layers, log-weights in float32)
-    #: or "auto" (bf16 on CUDA devices that support it, else fp32)
+    #: or "auto" (bf16 on CUDA devices that support it and on CPUs with AMX, else fp32)
     precision: str = "fp32"
     #: torch.compile the model's log_joint and the encoder (falls back to eager with a
     #: one-line message when compilation fails)
@@ -305,6 +305,9 @@ class Trainer:
             self.is_main = self.rank == 0
         self.device = self._resolve_device(self.config.device)
         self.precision = self._resolve_precision(self.config.precision, self.device)
+        if self.precision == "bf16" and self.device.type == "cpu" and not any(_cpu_native_bf16()):
+            self._say("fvnce: this CPU has no native bfloat16 arithmetic (no AMX, no AVX512-BF16): "
+                      "bf16 steps run several times slower than fp32 here")
         self._ddp = None
         self._compiled = False
         self._hooks: list = []
@@ -346,8 +349,14 @@ class Trainer:
 
     @staticmethod
     def _resolve_precision(name: str, device: torch.device) -> str:
+        """``auto``: bf16 where the hardware multiplies bfloat16 natively (a CUDA device
+        that supports it, or a CPU with AMX tiles), fp32 elsewhere -- on an AVX2-only CPU
+        a bf16 VAE step measured 8-10x *slower* than fp32 (docs/benchmarks.md)."""
         if name == "auto":
-            ok = device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+            if device.type == "cuda":
+                ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+            else:
+                ok = device.type == "cpu" and _cpu_native_bf16()[0]
             return "bf16" if ok else "fp32"
         return name
 
@@ -1056,6 +1065,14 @@ class _CompiledOrEager:
                 self.state["failed"] = True
                 self.say(f"fvnce: torch.compile failed ({_first_line(exc)}); running eagerly")
         return self.eager(*args, **kwargs)
+
+
+def _cpu_native_bf16() -> tuple[bool, bool]:
+    """(AMX tiles, AVX512-BF16) on this CPU; (False, False) where torch cannot tell."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported()), bool(torch.cpu._is_avx512_bf16_supported())
+    except Exception:  # noqa: BLE001 - private helpers: absent on some builds
+        return False, False
 
 
 def _first_line(exc: BaseException) -> str:
