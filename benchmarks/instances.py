@@ -63,6 +63,8 @@ def main(argv=None) -> dict:
     p.add_argument("--seeds", type=int, default=None)
     p.add_argument("--steps", type=int, default=None, help="fvnce steps per run")
     p.add_argument("--base-steps", type=int, default=None)
+    p.add_argument("--rules", default=None, help="digits: comma list of rules (default: all of RULES)")
+    p.add_argument("--noises", default=None, help="digits: comma list of noises (default: all of NOISES)")
     p.add_argument("--fashion-rows", type=int, default=8000)
     p.add_argument("--fashion-rules", default="kl,power1.5,power2,shifted_log0.5")
     p.add_argument("--fashion-noises", default=",".join(NOISES))
@@ -90,8 +92,8 @@ def main(argv=None) -> dict:
     for ds_name in datasets:
         if ds_name == "digits":
             spec = digits_spec(tmp)
-            rules = ["kl", "power2"] if quick else list(RULES)
-            noises = ["marginals", "gmm"] if quick else NOISES
+            rules = args.rules.split(",") if args.rules else (["kl", "power2"] if quick else list(RULES))
+            noises = args.noises.split(",") if args.noises else (["marginals", "gmm"] if quick else NOISES)
             seeds = args.seeds or (1 if quick else 3)
             z_dim, hidden = 8, (64, 128)
         else:
