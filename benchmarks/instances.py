@@ -40,6 +40,7 @@ RULES = {"kl": {"rule": "kl"}, "power1.25": {"rule": "power", "alpha": 1.25},
          "power1.5": {"rule": "power", "alpha": 1.5}, "power2": {"rule": "power", "alpha": 2.0},
          "shifted_log0.5": {"rule": "shifted_log", "c": 0.5}, "shifted_log2": {"rule": "shifted_log", "c": 2.0}}
 NOISES = ["marginals", "diag_gaussian", "gmm", "kde"]
+RELIABLE_ESS = 0.01  # the report's threshold for a trustworthy log Z estimate
 
 
 def digits_spec(tmp: Path):
@@ -69,6 +70,8 @@ def main(argv=None) -> dict:
                    help="digits: hidden units of the RBM block where nce applies (0: no RBM block)")
     p.add_argument("--rbm-steps", type=int, default=None)
     p.add_argument("--rbm-only", action="store_true", help="digits: run the RBM block only")
+    p.add_argument("--aggregate", nargs="+", type=Path, default=None, metavar="JSON",
+                   help="train nothing: pool the runs of earlier result files and tabulate them")
     p.add_argument("--fashion-rows", type=int, default=8000)
     p.add_argument("--fashion-rules", default="kl,power1.5,power2,shifted_log0.5")
     p.add_argument("--fashion-noises", default=",".join(NOISES))
@@ -132,7 +135,13 @@ def main(argv=None) -> dict:
                       f"{rec['wall_s']:.1f}s", flush=True)
                 C.write_json(args.out.with_suffix(".partial.json"), {"runs": runs})
 
-    for ds_name in datasets:
+    if args.aggregate:
+        import json
+        for path in args.aggregate:
+            runs += json.loads(Path(path).read_text())["runs"]
+        datasets = sorted({r["dataset"] for r in runs if not r["dataset"].endswith("-rbm")})
+
+    for ds_name in ([] if args.aggregate else datasets):
         if ds_name == "digits":
             spec = digits_spec(tmp)
             rules = args.rules.split(",") if args.rules else (["kl", "power2"] if quick else list(RULES))
@@ -234,6 +243,11 @@ def main(argv=None) -> dict:
         v = [x for x in v if x is not None and np.isfinite(x)]
         return float(np.median(v)) if v else None
 
+    # a log Z estimate resting on under 1% effective samples is not a number to compare
+    for r in runs:
+        ok = r.get("test_ll") is not None and (r.get("ess_fraction") or 0) >= RELIABLE_ESS
+        r["test_ll_reliable"] = r.get("test_ll") if ok else None
+
     groups: dict[tuple, list] = {}
     for r in runs:
         key = (r["dataset"], r["objective"], r["rule"], r["noise"], r["stabilised"])
@@ -243,13 +257,18 @@ def main(argv=None) -> dict:
         agg.append({"dataset": dsn, "objective": obj, "rule": rule, "noise": noise,
                     "stab": {None: "-", True: "yes", False: "no"}[stab], "runs": len(rs),
                     "diverged": sum(bool(r.get("diverged")) for r in rs) / len(rs),
-                    "test_ll": med([r.get("test_ll") for r in rs]), "auroc": med([r.get("auroc") for r in rs]),
+                    "test_ll": med([r.get("test_ll_reliable") for r in rs]),
+                    "ll_unreliable": sum(r.get("test_ll") is not None and r["test_ll_reliable"] is None for r in rs),
+                    "auroc": med([r.get("auroc") for r in rs]),
+                    "auroc_min": min((r["auroc"] for r in rs if r.get("auroc") is not None), default=None),
+                    "auroc_max": max((r["auroc"] for r in rs if r.get("auroc") is not None), default=None),
                     "ess_frac": med([r.get("ess_fraction") for r in rs]),
                     "ess_noise": med([(r.get("ess_by_proposal") or {}).get("noise") for r in rs]),
                     "ess_base": med([(r.get("ess_by_proposal") or {}).get("model_proposal") for r in rs]),
                     "proposal": ",".join(sorted({str(r.get("logz_proposal")) for r in rs})),
                     "wall_s": med([r.get("wall_s") for r in rs])})
-    cols = ["dataset", "objective", "rule", "noise", "stab", "runs", "diverged", "test_ll", "auroc", "ess_frac",
+    cols = ["dataset", "objective", "rule", "noise", "stab", "runs", "diverged", "test_ll", "ll_unreliable", "auroc",
+            "auroc_min", "auroc_max", "ess_frac",
             "ess_noise", "ess_base", "proposal", "wall_s"]
     C.table(agg, cols, "instances (medians over seeds)")
     # per rule, pooled over noises: divergence share without / with stabilisation
@@ -262,9 +281,12 @@ def main(argv=None) -> dict:
                 if rs:
                     by_rule.append({"dataset": dsn, "rule": rule, "stab": "yes" if stab else "no", "runs": len(rs),
                                     "diverged": sum(bool(r.get("diverged")) for r in rs) / len(rs),
-                                    "test_ll": med([r.get("test_ll") for r in rs]),
+                                    "test_ll": med([r.get("test_ll_reliable") for r in rs]),
+                                    "ll_unreliable": sum(r.get("test_ll") is not None and r["test_ll_reliable"] is None
+                                                         for r in rs),
                                     "auroc": med([r.get("auroc") for r in rs])})
-    C.table(by_rule, ["dataset", "rule", "stab", "runs", "diverged", "test_ll", "auroc"], "per rule, pooled over noises")
+    C.table(by_rule, ["dataset", "rule", "stab", "runs", "diverged", "test_ll", "ll_unreliable", "auroc"],
+            "per rule, pooled over noises (test_ll: median over runs whose log Z had ESS fraction >= 0.01)")
     plot = None
     try:
         import matplotlib
@@ -274,12 +296,13 @@ def main(argv=None) -> dict:
         for ax, dsn in zip(axes[0], datasets):
             for i, rule in enumerate(RULES):
                 rs = [r for r in runs if r["dataset"] == dsn and r["objective"] == "fvnce" and r["rule"] == rule
-                      and r["stabilised"] and r.get("test_ll") is not None]
-                ax.scatter([r["test_ll"] for r in rs], [r["auroc"] for r in rs], label=rule, s=18, alpha=0.8)
+                      and r["stabilised"] and r.get("test_ll_reliable") is not None]
+                ax.scatter([r["test_ll_reliable"] for r in rs], [r["auroc"] for r in rs], label=rule, s=18, alpha=0.8)
             for obj in ("elbo", "iwae", "vnce"):
-                rs = [r for r in runs if r["dataset"] == dsn and r["objective"] == obj and r.get("test_ll") is not None]
-                ax.scatter([r["test_ll"] for r in rs], [r["auroc"] for r in rs], marker="x", label=obj)
-            ax.set_xlabel("test log-likelihood (nats)")
+                rs = [r for r in runs if r["dataset"] == dsn and r["objective"] == obj
+                      and r.get("test_ll_reliable") is not None]
+                ax.scatter([r["test_ll_reliable"] for r in rs], [r["auroc"] for r in rs], marker="x", label=obj)
+            ax.set_xlabel("test log-likelihood (nats; runs with log Z ESS fraction >= 0.01)")
             ax.set_ylabel("one-class AUROC")
             ax.set_title(dsn)
             ax.legend(fontsize=7)
@@ -293,7 +316,8 @@ def main(argv=None) -> dict:
                "config": {"datasets": datasets, "steps": steps, "base_steps": base_steps, "logz_n": logz_n,
                           "fashion_rows": args.fashion_rows, "fashion_rules": args.fashion_rules,
                           "fashion_noises": args.fashion_noises, "fashion_seeds": args.fashion_seeds,
-                          "digits_seeds": args.seeds or (1 if quick else 3)},
+                          "digits_seeds": args.seeds or (1 if quick else 3),
+                          "aggregated_from": [str(p) for p in args.aggregate or []]},
                "load_end": C.load(), "wall_s": time.perf_counter() - t_start,
                "aggregate": agg, "by_rule": by_rule, "runs": runs, "plot": str(plot) if plot else None}
     C.write_json(args.out, payload)
