@@ -10,6 +10,7 @@ setting, interleaved in rounds in one process:
   (the noise points go through the encoder without gradient: ``noise_encoder="auto"``);
 * ``kl_nu1_grad``   the same with ``noise_encoder="grad"`` (encoder backward over the
   noise points too);
+* ``kl_nu1_k8``     ``kl_nu1`` with k = 8 importance samples per point;
 * ``power_nu1``     fvnce ``power`` alpha 1.5, nu = 1, k = 1, unnormalised;
 * ``power_nu1_k8``  the same with k = 8;
 * ``vae_bf16`` / ``kl_norm_bf16``: the same steps under ``torch.autocast(bfloat16)``
@@ -105,6 +106,7 @@ def main(argv=None) -> dict:
         "kl_nu1": trainer("tilted_vae", rule="kl", nu=1, k=1),
         # the same with the encoder gradient kept on the noise points (before noise_encoder="auto")
         "kl_nu1_grad": trainer("tilted_vae", rule="kl", nu=1, k=1, noise_encoder="grad"),
+        "kl_nu1_k8": trainer("tilted_vae", rule="kl", nu=1, k=8),
         "power_nu1": trainer("tilted_vae", rule="power", alpha=1.5, nu=1, k=1, exp_mode="linear", tau=10.0),
         "power_nu1_k8": trainer("tilted_vae", rule="power", alpha=1.5, nu=1, k=8, exp_mode="linear", tau=10.0),
     }
