@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,8 @@ import pytest
 import torch
 
 from fvnce.cli import main
+
+from _subprocs import signal_after_first_checkpoint
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "fvnce"
 FAST = ["--steps", "3", "--batch-size", "32", "--z-dim", "2", "--quiet", "--no-eval"]
@@ -356,27 +357,9 @@ def interrupted(assets, tmp_path_factory):
     for name in ("SIGKILL", "SIGINT"):
         run = root / name
         procs[name] = (run, subprocess.Popen([sys.executable, "-m", "fvnce", *_train_argv(assets / "plain.csv", run)],
-                                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
-    try:
-        pending, t0 = set(procs), time.monotonic()
-        while pending and time.monotonic() - t0 < 120:
-            for name in sorted(pending):
-                run, proc = procs[name]
-                if (run / "checkpoint.pt").exists() or proc.poll() is not None:
-                    time.sleep(0.02)  # somewhere after the first checkpoint, not on it
-                    proc.send_signal(getattr(signal, name))
-                    pending.discard(name)
-            time.sleep(0.005)
-        results = {}
-        for name, (run, proc) in procs.items():
-            out, err = proc.communicate(timeout=120)
-            results[name] = (run, proc.returncode, err)
-        yield results
-    finally:
-        for _, proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+                                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env),
+                       getattr(signal, name))
+    return signal_after_first_checkpoint(procs, delay=0.02)
 
 
 @pytest.fixture(scope="module")
@@ -409,13 +392,13 @@ def _resume_and_compare(run: Path, reference: dict, capsys) -> None:
 
 
 def test_sigkill_mid_run_then_resume_is_bitwise_exact(interrupted, reference, capsys):
-    run, rc, err = interrupted["SIGKILL"]
+    run, rc, _, err = interrupted["SIGKILL"]
     assert rc == -signal.SIGKILL, err
     _resume_and_compare(run, reference, capsys)
 
 
 def test_sigint_saves_says_how_to_resume_and_resume_is_exact(interrupted, reference, capsys):
-    run, rc, err = interrupted["SIGINT"]
+    run, rc, _, err = interrupted["SIGINT"]
     assert rc == 130, err
     assert "Traceback" not in err
     assert "training interrupted at step" in err

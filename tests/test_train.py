@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,8 @@ from fvnce.errors import CheckpointError, ConfigError, FvnceError, NonFiniteLoss
 from fvnce.models import make_model
 from fvnce.objectives import ObjectiveOutput, make_objective
 from fvnce.train import DivergenceError, TrainConfig, Trainer, TrainingInterrupted
+
+from _subprocs import signal_after_first_checkpoint
 
 TESTS_DIR = Path(__file__).resolve().parent
 REQUIRED_TRAIN_KEYS = {"step", "loss", "data_loss", "noise_loss", "lr", "elapsed"}
@@ -323,36 +324,13 @@ def interrupted_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("signals")
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     procs = {}
-    try:
-        for name in SIGNALS:
-            run_dir = root / name
-            script = root / f"{name}.py"
-            script.write_text(SCRIPT.format(tests=str(TESTS_DIR), run_dir=str(run_dir), steps=SUB_STEPS))
-            procs[name] = (run_dir, subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
-                                                     stderr=subprocess.PIPE, text=True, env=env))
-        pending, t0 = set(procs), time.monotonic()
-        while pending:
-            for name in sorted(pending):
-                run_dir, proc = procs[name]
-                if (run_dir / "checkpoint.pt").exists():
-                    time.sleep(0.03)  # stop somewhere after the first checkpoint
-                    proc.send_signal(SIGNALS[name])
-                    pending.discard(name)
-                elif proc.poll() is not None:
-                    pending.discard(name)  # ended early: reported by the test
-            if time.monotonic() - t0 > 120:
-                break
-            time.sleep(0.005)
-        results = {}
-        for name, (run_dir, proc) in procs.items():
-            out, err = proc.communicate(timeout=120)
-            results[name] = (run_dir, proc.returncode, out, err)
-        yield results
-    finally:
-        for _, proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    for name in SIGNALS:
+        run_dir = root / name
+        script = root / f"{name}.py"
+        script.write_text(SCRIPT.format(tests=str(TESTS_DIR), run_dir=str(run_dir), steps=SUB_STEPS))
+        procs[name] = (run_dir, subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                                                 stderr=subprocess.PIPE, text=True, env=env), SIGNALS[name])
+    return signal_after_first_checkpoint(procs)
 
 
 @pytest.fixture(scope="module")
