@@ -98,6 +98,31 @@ def main(argv=None) -> dict:
 
     rbm_steps = args.rbm_steps or (200 if quick else 1000)
 
+    def rule_options(rule, stab):
+        """Objective options of an fvnce rule, exact ("unstabilised") or linearised at tau = 10."""
+        return dict(RULES[rule], exp_mode="linear" if stab else "exact", tau=10.0)
+
+    def fit_and_record(rec, model, enc, objective, noise, train, n_steps, lr, evaluate, runs):
+        """Train, record status / rollbacks / wall time, evaluate a run that finished,
+        append it to ``runs``, print one line and rewrite the partial JSON."""
+        t0 = time.perf_counter()
+        try:
+            res = fvnce.Trainer(model, enc, objective, noise,
+                                fvnce.TrainConfig(steps=n_steps, batch_size=128, lr=lr, seed=rec["seed"],
+                                                  progress=False), log=C.quiet).fit(train)
+            rec.update(status="ok", retries=res.retries, diverged=res.retries > 0)
+        except FvnceError as exc:
+            rec.update(status="diverged", diverged=True, error=str(exc)[:200])
+        rec["wall_s"] = time.perf_counter() - t0
+        if rec["status"] == "ok":
+            rec.update(evaluate(model, enc, noise))
+        runs.append(rec)
+        print(f"  {rec['dataset']} s{rec['seed']} {rec['noise']:13s} {rec['objective']} {rec['rule']:14s} "
+              f"stab={rec['stabilised']!s:5s} {rec['status']:8s} ll={rec.get('test_ll', float('nan')):9.3f} "
+              f"auroc={rec.get('auroc', float('nan')):.3f} ess={rec.get('ess_fraction', float('nan')):.2g} "
+              f"via {rec.get('logz_proposal')} {rec['wall_s']:.1f}s", flush=True)
+        C.write_json(args.out.with_suffix(".partial.json"), {"runs": runs})
+
     def rbm_block(ds_name, seed, train, noises, rules, evaluate, runs):
         """Where nce applies: a Bernoulli RBM (closed-form p~(x), exact log Z by summing
         over 2^h hidden states), trained from the same random start with the logistic
@@ -113,27 +138,11 @@ def main(argv=None) -> dict:
             for rule, stab in plan:
                 torch.manual_seed(seed)
                 model, _ = fvnce.make_model("rbm", D, h_dim=args.rbm_hidden)
-                opts = {} if rule == "logistic" else dict(RULES[rule], exp_mode="linear" if stab else "exact", tau=10.0)
-                obj_label = "nce" if rule == "logistic" else "fvnce"
-                rec = {"dataset": ds_name + "-rbm", "seed": seed, "objective": obj_label, "rule": rule,
-                       "noise": noise_name, "stabilised": None if rule == "logistic" else stab}
-                t0 = time.perf_counter()
-                try:
-                    res = fvnce.Trainer(model, None, fvnce.make_objective("nce", **opts), noise,
-                                        fvnce.TrainConfig(steps=rbm_steps, batch_size=128, lr=3e-3, seed=seed,
-                                                          progress=False), log=C.quiet).fit(train)
-                    rec.update(status="ok", retries=res.retries, diverged=res.retries > 0)
-                except FvnceError as exc:
-                    rec.update(status="diverged", diverged=True, error=str(exc)[:200])
-                rec["wall_s"] = time.perf_counter() - t0
-                if rec["status"] == "ok":
-                    rec.update(evaluate(model, None, noise))
-                runs.append(rec)
-                print(f"  {rec['dataset']} s{seed} {noise_name:13s} {obj_label} {rule:14s} stab={stab!s:5s} "
-                      f"{rec['status']:8s} ll={rec.get('test_ll', float('nan')):9.3f} "
-                      f"auroc={rec.get('auroc', float('nan')):.3f} via {rec.get('logz_proposal')} "
-                      f"{rec['wall_s']:.1f}s", flush=True)
-                C.write_json(args.out.with_suffix(".partial.json"), {"runs": runs})
+                opts = {} if rule == "logistic" else rule_options(rule, stab)
+                rec = {"dataset": ds_name + "-rbm", "seed": seed, "objective": "nce" if rule == "logistic" else "fvnce",
+                       "rule": rule, "noise": noise_name, "stabilised": None if rule == "logistic" else stab}
+                fit_and_record(rec, model, None, fvnce.make_objective("nce", **opts), noise, train, rbm_steps, 3e-3,
+                               evaluate, runs)
 
     if args.aggregate:
         import json
@@ -210,31 +219,13 @@ def main(argv=None) -> dict:
                 plan = [("fvnce", r, stab) for r in rules for stab in (False, True)]
                 plan += [("vnce", "logistic", True)]
                 for obj_name, rule, stab in plan:
-                    if obj_name == "fvnce":
-                        opts = dict(RULES[rule], exp_mode="linear" if stab else "exact", tau=10.0)
-                    else:
-                        opts = {}
+                    opts = rule_options(rule, stab) if obj_name == "fvnce" else {}
                     model = EnergyTiltedVAE.from_vae(vae, D)
                     enc = copy.deepcopy(venc)
                     rec = {"dataset": ds_name, "seed": seed, "objective": obj_name, "rule": rule, "noise": noise_name,
                            "stabilised": stab}
-                    t0 = time.perf_counter()
-                    try:
-                        res = fvnce.Trainer(model, enc, fvnce.make_objective(obj_name, **opts), noise,
-                                            fvnce.TrainConfig(steps=steps, batch_size=128, lr=1e-3, seed=seed,
-                                                              progress=False), log=C.quiet).fit(train)
-                        rec.update(status="ok", retries=res.retries, diverged=res.retries > 0)
-                    except FvnceError as exc:
-                        rec.update(status="diverged", diverged=True, error=str(exc)[:200])
-                    rec["wall_s"] = time.perf_counter() - t0
-                    if rec["status"] == "ok":
-                        rec.update(evaluate(model, enc, noise))
-                    runs.append(rec)
-                    print(f"  {ds_name} s{seed} {noise_name:13s} {obj_name} {rule:14s} stab={stab!s:5s} "
-                          f"{rec['status']:8s} ll={rec.get('test_ll', float('nan')):9.3f} "
-                          f"auroc={rec.get('auroc', float('nan')):.3f} ess={rec.get('ess_fraction', float('nan')):.2g} "
-                          f"via {rec.get('logz_proposal')} {rec['wall_s']:.1f}s", flush=True)
-                    C.write_json(args.out.with_suffix(".partial.json"), {"runs": runs})
+                    fit_and_record(rec, model, enc, fvnce.make_objective(obj_name, **opts), noise, train, steps, 1e-3,
+                                   evaluate, runs)
             if ds_name == "digits" and args.rbm_hidden > 0:
                 rbm_block(ds_name, seed, train, noises, rules, evaluate, runs)
 
