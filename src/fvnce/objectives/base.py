@@ -106,27 +106,26 @@ def enumerate_states(q: Distribution) -> Tensor | None:
 
 
 def log_weights(model, encoder, x: Tensor, log_pn: Tensor | float, k: int = 1, *,
-                detach_encoder: bool = False, detach_from: int | None = None,
-                exact_limit: bool = False) -> LogWeights:
+                detach_from: int | None = None, exact_limit: bool = False) -> LogWeights:
     """Importance log-weights ``log w`` of the points ``x`` under ``q = encoder(x)``.
 
     Continuous latents are drawn by reparameterisation (``k`` per point); small
-    discrete ones are enumerated (then ``k`` must be 1).  ``detach_encoder`` stops
-    gradients into the encoder (samples and ``log q`` become constants), as the
-    importance-sampled noise term of VNCE requires; ``detach_from=n`` does so for the
-    points ``x[n:]`` only.  Detached points go through the encoder under
+    discrete ones are enumerated (then ``k`` must be 1).  ``detach_from=n`` stops
+    gradients into the encoder from the points ``x[n:]`` (their samples and ``log q``
+    become constants; ``0``: all points, as the importance-sampled noise term of VNCE
+    requires).  Detached points go through the encoder under
     ``torch.no_grad`` (no graph, no backward pass); the model still sees all points in
     one batched call.  ``exact_limit`` accepts ``k > 1`` with enumerated latents, for
     estimators whose ``k -> inf`` limit is what exact summation gives (IWAE: ``log p(x)``).
     """
     n = x.shape[0]
-    cut = 0 if detach_encoder else (n if detach_from is None else min(max(int(detach_from), 0), n))
+    cut = n if detach_from is None else detach_from
     parts = []
     if cut > 0:
-        parts.append(_latents(encoder(x if cut == n else x[:cut]), k, False, exact_limit))
+        parts.append(_latents(encoder(x[:cut]), k, False, exact_limit))
     if cut < n:
         with torch.no_grad():
-            q_rest = encoder(x if cut == 0 else x[cut:])
+            q_rest = encoder(x[cut:])
         parts.append(_latents(q_rest, k, True, exact_limit))
     if len(parts) == 1:
         z, log_q, enumerated = parts[0]

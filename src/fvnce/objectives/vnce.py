@@ -44,7 +44,7 @@ class VNCE(Objective):
         b = x.shape[0]
         y, y_log_pn = draw_noise(noise, self.nu * b, x)
         lw_d = log_weights(model, encoder, x, x_log_pn, 1)
-        lw_n = log_weights(model, encoder, y, y_log_pn, self.k, detach_encoder=True, exact_limit=True)
+        lw_n = log_weights(model, encoder, y, y_log_pn, self.k, detach_from=0, exact_limit=True)
         data_terms = lw_d.expect(self.rule.data_loss)
         noise_terms = self.rule.noise_loss(lw_n.log_ratio())
         loss = data_terms.mean() + noise_terms.mean()
