@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import os
+import json
 import re
 import shutil
 import signal
@@ -407,7 +408,10 @@ def test_sigint_saves_says_how_to_resume_and_resume_is_exact(interrupted, refere
 
 
 # -- divergence: a far too narrow plug-in noise ------------------------------------------------
-def test_divergence_with_narrow_noise_retries_then_stops(assets, tmp_path, capsys, monkeypatch):
+def test_narrow_noise_exact_overflow_switches_to_proper_stabilisation(assets, tmp_path, capsys, monkeypatch):
+    """The exact power-2 data side overflows against a far too narrow noise; the trainer
+    rolls back once, switches to the (proper) linear stabilisation, says so, records it,
+    and the run completes."""
     mod = "fvnce_test_narrow_noise"
     (tmp_path / f"{mod}.py").write_text(textwrap.dedent("""
         import torch
@@ -420,6 +424,37 @@ def test_divergence_with_narrow_noise_retries_then_stops(assets, tmp_path, capsy
     run = tmp_path / "run"
     rc, _, err = run_cli(["train", "--data", assets / "plain.csv", "--noise", f"{mod}:narrow", "--exp-mode",
                           "exact", "--rule", "power", "--alpha", "2", "--steps", "20", "--batch-size", "32",
+                          "--z-dim", "2", "--no-eval", "--out", run], capsys)
+    assert rc == 0, err
+    lines = err.strip().splitlines()
+    assert len([ln for ln in lines if "rolled back" in ln]) == 1, err
+    assert any("stabilisation changed from exp_mode=exact" in ln and "proper" in ln for ln in lines), err
+    records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    changes = [r for r in records if r.get("event") == "stabilise"]
+    assert len(changes) == 1 and changes[0]["to"]["exp_mode"] == "linear"
+
+
+def test_divergence_with_broken_noise_retries_then_stops(assets, tmp_path, capsys, monkeypatch):
+    """A plug-in noise whose density is zero at the data makes every step non-finite:
+    three rollbacks, then one error line naming the cause."""
+    mod = "fvnce_test_boxed_noise"
+    (tmp_path / f"{mod}.py").write_text(textwrap.dedent("""
+        import torch
+        from torch.distributions import Independent, Normal
+
+        class Boxed(Independent):
+            def log_prob(self, x):
+                lp = super().log_prob(x)
+                inside = (x - self.base_dist.loc).abs().amax(-1) < 1e-2
+                return torch.where(inside, lp, torch.full_like(lp, -float("inf")))
+
+        def boxed(data, seed=0):
+            return Boxed(Normal(data.mean(0), torch.full((data.shape[1],), 1e-3)), 1)
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run = tmp_path / "run"
+    rc, _, err = run_cli(["train", "--data", assets / "plain.csv", "--noise", f"{mod}:boxed",
+                          "--rule", "power", "--alpha", "2", "--steps", "20", "--batch-size", "32",
                           "--z-dim", "2", "--no-eval", "--out", run], capsys)
     assert rc == 2, err
     lines = err.strip().splitlines()

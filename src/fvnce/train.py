@@ -22,8 +22,13 @@ Stabilisation.  Gradient-norm clipping; a step whose loss is non-finite, whose l
 ratios explode (beyond ``explode_log_ratio``) or whose gradients are non-finite is not
 taken: training rolls back to the last good state (kept in memory at the start and at
 each checkpoint), halves the learning rate and the clipping norm, and tightens the
-scoring rule's exponential (exact -> linear with tau 10, else tau halved, at least 1).
-After ``max_retries`` such rollbacks :class:`DivergenceError` is raised.
+scoring rule's stabilisation (exact -> linear with tau at most 10, else tau halved, at
+least 1; every stabilised rule is still strictly proper with minimiser ``p/q``, see
+:mod:`fvnce.rules`).  Each such change is logged and recorded as an ``"event":
+"stabilise"`` line in ``metrics.jsonl``.  After ``max_retries`` such rollbacks
+:class:`DivergenceError` is raised.  At each validation the Pareto k-hat and ESS of the
+noise-side importance weights are recorded; when they turn unreliable a ``"warning"``
+event names the likely cause and fix.
 
 Scale.  Under an initialised ``torch.distributed`` process group (``torchrun``) the
 trainer uses DistributedDataParallel, shards every global batch over the ranks and
@@ -76,6 +81,9 @@ METRICS_NAME = "metrics.jsonl"
 _DIVERGENCE_HINT = ("the noise is probably too far from the data: try a noise closer to it "
                     "(e.g. --noise flow or kde) or exp_mode linear")
 
+
+#: fewest validation noise points whose weights get a Pareto k-hat during training
+MIN_TAIL_WEIGHTS = 100
 
 #: with clip/linear exponentials, log ratios this many times ``explode_log_ratio`` count
 #: as exploding (they cannot overflow, but such ratios mean the noise misses the data)
@@ -552,26 +560,28 @@ class Trainer:
         return out, norm
 
     def _check_explosion(self, out) -> None:
-        """Exploding importance weights: the mean noise-side log ratio, the largest
-        noise-side log weight, or (for rules that exponentiate the data side: power,
-        generic) the mean data-side log ratio above ``explode_log_ratio``.  Only large
-        *positive* log ratios count: they overflow the exponentials, while very negative
-        ones merely make weights vanish (and a healthy VAE has large data-side ratios
-        against a simple noise, which its KL rule never exponentiates).  Rules with a
-        stabilised exponential (clip, linear) cannot overflow, so for them only ratios
-        ``STABILISED_EXPLODE_FACTOR`` times larger count (a noise that misses the data
-        entirely)."""
+        """Exploding importance weights: the mean noise-side log ratio or the largest
+        noise-side log weight above ``explode_log_ratio``, and for rules that exponentiate
+        the data side in exact mode (power, generic) the mean data-side log ratio.  Only
+        large *positive* log ratios count: they overflow the exponentials, while very
+        negative ones merely make weights vanish (and a healthy VAE has large data-side
+        ratios against a simple noise, which its KL rule never exponentiates).  Every
+        proper stabilisation keeps the noise loss at least linear in ``r`` (exponential in
+        ``log r``), so the noise-side limit is the same in every ``exp_mode``; rules whose
+        losses cannot overflow (logistic) get ``STABILISED_EXPLODE_FACTOR`` times more room
+        when stabilised, as before."""
         if not getattr(self.objective, "uses_noise", True):
             return
         rule = self.rule
         limit = self.config.explode_log_ratio
         if not math.isfinite(limit):
             return
-        if rule is not None and getattr(rule, "exp_mode", "exact") != "exact":
+        exact = rule is None or getattr(rule, "exp_mode", "exact") == "exact"
+        if not exact and not getattr(rule, "overflows", True):
             limit *= STABILISED_EXPLODE_FACTOR
         d = out.diagnostics or {}
         checks = [("noise_log_ratio", d.get("noise_log_ratio"))]
-        if rule is not None and getattr(rule, "name", "") in ("power", "generic") \
+        if exact and rule is not None and getattr(rule, "name", "") in ("power", "generic") \
                 and getattr(rule, "alpha", 2.0) != 1.0:
             checks.append(("data_log_ratio", d.get("data_log_ratio")))
         for key, t in (out.parts or {}).items():
@@ -630,15 +640,21 @@ class Trainer:
         self._apply_lr()
         if self.grad_clip is not None:
             self.grad_clip *= 0.5
-        rule_msg = ""
+        rule_msg, change = "", None
         rule = self.rule
-        if rule is not None:
+        if rule is not None and getattr(rule, "overflows", True):
+            before = {"exp_mode": rule.exp_mode, "tau": float(rule.tau)}
             if rule.exp_mode == "exact":
+                # the stabilised rule is again strictly proper with the same minimiser
+                # (fvnce.rules): a change of numerics, not of what is learned
                 rule.exp_mode = "linear"
                 rule.tau = min(float(rule.tau), 10.0)
             else:
                 rule.tau = max(float(rule.tau) / 2.0, 1.0)
-            rule_msg = f", exp_mode={rule.exp_mode} tau={rule.tau:g}"
+            after = {"exp_mode": rule.exp_mode, "tau": float(rule.tau)}
+            if after != before:
+                change = {"from": before, "to": after}
+                rule_msg = f", exp_mode={rule.exp_mode} tau={rule.tau:g}"
         self.history = [h for h in self.history if h.get("step", 0) <= self.step]
         if self._writes:
             reopen = self._metrics_file is not None
@@ -652,9 +668,17 @@ class Trainer:
                  "exp_mode": None if rule is None else rule.exp_mode,
                  "tau": None if rule is None else rule.tau, "elapsed": self._elapsed()}
         self._record(event)
+        if change is not None:
+            self._record({"step": self.step, "event": "stabilise", "reason": f"divergence at step {failed_step}",
+                          **change, "elapsed": self._elapsed()})
         self._say(f"fvnce: step {failed_step}: {reason}; rolled back to step {self.step} "
                  f"(retry {self.retries}/{self.config.max_retries}): lr={self.lr:g} "
                  f"grad_clip={self.grad_clip}{rule_msg}")
+        if change is not None:
+            self._say(f"fvnce: the objective's stabilisation changed from exp_mode={change['from']['exp_mode']} "
+                      f"tau={change['from']['tau']:g} to exp_mode={change['to']['exp_mode']} "
+                      f"tau={change['to']['tau']:g} (still a proper rule with the same minimiser; "
+                      "recorded in metrics.jsonl)")
 
     # -- files -------------------------------------------------------------------------
     def _record(self, rec: dict) -> None:
@@ -754,7 +778,7 @@ class Trainer:
             devices = [self.device.index if self.device.index is not None else torch.cuda.current_device()]
         was_training = [m.training for m in self._modules()]
         self._set_train(False)
-        total, count = 0.0, 0
+        total, count, noise_lr = 0.0, 0, []
         try:
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(self.config.seed + 1_000_003)
@@ -764,10 +788,34 @@ class Trainer:
                     out = self.objective(self.model, self.encoder, xb, self.noise, x_log_pn=lp)
                     total += float(out.loss) * xb.shape[0]
                     count += xb.shape[0]
+                    if getattr(out, "noise_log_ratio", None) is not None:
+                        noise_lr.append(out.noise_log_ratio.detach().reshape(-1).cpu())
         finally:
             for m, t in zip(self._modules(), was_training):
                 m.train(t)
+        self.last_val_noise_log_ratio = torch.cat(noise_lr) if noise_lr else None
         return total / max(count, 1)
+
+    def _noise_tail(self, rec: dict) -> None:
+        """Pareto k-hat and ESS of the validation noise-side weights into ``rec``; a
+        ``warning`` event (logged once per run) when they turn unreliable."""
+        lr = getattr(self, "last_val_noise_log_ratio", None)
+        if lr is None or lr.numel() < MIN_TAIL_WEIGHTS:  # too few weights to judge a tail
+            return
+        from .diagnostics import heavy_tail_message, weight_report
+
+        rep = weight_report(lr)
+        rec["noise_khat"], rec["noise_ess_fraction"] = rep["khat"], rep["ess_fraction"]
+        msg = heavy_tail_message(rep["khat"], rep["ess_fraction"], "noise-side")
+        if msg is None:
+            self._tail_warned = False
+            return
+        if not getattr(self, "_tail_warned", False):
+            self._tail_warned = True
+            self._pending_events.append({"step": self.step, "event": "warning", "kind": "heavy_tail",
+                                         "khat": rep["khat"], "ess_fraction": rep["ess_fraction"],
+                                         "message": msg})
+            self._say(f"fvnce: warning at step {self.step}: {msg}")
 
     def _validate(self, val: Tensor, val_log_pn: Tensor | None, n_train: int) -> None:
         if self._distributed:  # each rank evaluates its rows; weighted mean over ranks
@@ -789,7 +837,11 @@ class Trainer:
                     "encoder": None if self.encoder is None else _to_cpu(dict(self.encoder.state_dict())),
                 })
         rec["best_val"] = self.best_val
+        self._pending_events = []
+        self._noise_tail(rec)
         self._record(rec)
+        for event in self._pending_events:
+            self._record(event)
 
     # -- setup -----------------------------------------------------------------------
     def _prepare_data(self, x: Tensor | None, what: str) -> Tensor | None:

@@ -189,7 +189,9 @@ class ObjectiveOutput:
     ``loss`` is the scalar to minimise; ``data_terms`` (B,) and ``noise_terms``
     (nu * B,) the per-example values whose means make it (``noise_terms`` is None for
     objectives without a noise side); ``diagnostics`` detached floats; ``parts`` the
-    raw tensors that let :meth:`check_finite` name a failing term.
+    raw tensors that let :meth:`check_finite` name a failing term; ``noise_log_ratio``
+    the detached per-point ``log r(y)`` estimates of the noise samples (the importance
+    weights of the noise term, whose tail the trainer watches), or None.
     """
 
     loss: Tensor
@@ -197,6 +199,7 @@ class ObjectiveOutput:
     noise_terms: Tensor | None
     diagnostics: dict[str, float] = field(default_factory=dict)
     parts: dict[str, Tensor] = field(default_factory=dict, repr=False)
+    noise_log_ratio: Tensor | None = field(default=None, repr=False)
 
     def check_finite(self) -> None:
         """Raise :class:`NonFiniteLossError` naming the first non-finite term."""

@@ -12,7 +12,7 @@ exactly.  For a normalised model with the KL rule the noise term has expectation
 exactly 1 for any noise and encoder, and ``noise_term="auto"`` uses that value: the
 objective is then ``-ELBO + 1 + E log p_n`` (the VAE).
 
-When the noise-side loss is linear in ``r`` (the KL rule with exact exponentials:
+When the noise-side loss is linear in ``r`` (the KL rule, in every ``exp_mode``:
 ``l0(r) = r``), ``E_q l0(r_k(y)) = r(y)`` for *every* encoder, so the noise term carries
 no information about ``q``: its encoder gradient is zero in expectation (exactly zero
 for enumerated latents) and only adds variance.  ``noise_encoder="auto"`` then runs the
@@ -97,7 +97,7 @@ class FVNCE(Objective):
     def detaches_noise_encoder(self) -> bool:
         """Whether the encoder gets no gradient from the noise points (see the module docstring)."""
         if self.noise_encoder == "auto":
-            return self.rule.name == "kl" and self.rule.exp_mode == "exact"
+            return self.rule.noise_loss_linear()
         return self.noise_encoder == "detach"
 
     def skips_noise(self, model) -> bool:
@@ -121,7 +121,8 @@ class FVNCE(Objective):
             noise_terms = lw_n.expect(self.rule.noise_loss)
             noise_mean = noise_terms.mean()
         loss = data_terms.mean() + noise_mean
-        diag = _noise_diagnostics(lw_d.log_ratio(), None if lw_n is None else lw_n.log_ratio(), model)
+        noise_lr = None if lw_n is None else lw_n.log_ratio().detach()
+        diag = _noise_diagnostics(lw_d.log_ratio(), noise_lr, model)
         diag["data_loss"] = data_terms.detach().mean().item()
         diag["noise_loss"] = noise_mean.detach().item()
         parts = {"data-side model log-density log p~(x,z)": lw_d.log_joint,
@@ -131,4 +132,4 @@ class FVNCE(Objective):
             parts.update({"noise-side model log-density log p~(y,z)": lw_n.log_joint,
                           "noise-side encoder log-density log q(z|y)": lw_n.log_q,
                           "noise-side log-ratio": lw_n.log_w})
-        return ObjectiveOutput(loss, data_terms, noise_terms, diag, parts)
+        return ObjectiveOutput(loss, data_terms, noise_terms, diag, parts, noise_log_ratio=noise_lr)

@@ -53,4 +53,4 @@ class NCE(Objective):
         diag["data_loss"] = data_terms.detach().mean().item()
         diag["noise_loss"] = noise_terms.detach().mean().item()
         parts = {"data-side model log-density log p~(x)": log_phi[:b], "noise-side model log-density log p~(y)": log_phi[b:]}
-        return ObjectiveOutput(loss, data_terms, noise_terms, diag, parts)
+        return ObjectiveOutput(loss, data_terms, noise_terms, diag, parts, noise_log_ratio=lr_n.detach())

@@ -55,4 +55,5 @@ class VNCE(Objective):
                  "data-side encoder log-density log q(z|x)": lw_d.log_q,
                  "noise-side model log-density log p~(y,z)": lw_n.log_joint,
                  "noise-side log-ratio": lw_n.log_w}
-        return ObjectiveOutput(loss, data_terms, noise_terms, diag, parts)
+        return ObjectiveOutput(loss, data_terms, noise_terms, diag, parts,
+                               noise_log_ratio=lw_n.log_ratio().detach())
