@@ -11,8 +11,10 @@ for one chunk are drawn together; no Python loop runs over samples).
   same estimate of ``log p~(x)`` minus an *estimated* ``log Z``.
 * :func:`estimate_log_partition` -- ``log Z = log int int p~(x, z) dx dz`` (``p~``
   includes ``exp(-c)``, so a perfectly fitted model has ``log Z = 0``) by importance
-  sampling over joint proposals, with the Kish effective sample size of each; the exact
-  value when the model has one.
+  sampling over joint proposals, with the Kish effective sample size and the PSIS
+  Pareto k-hat of each (:mod:`fvnce.diagnostics`); the exact value when the model has a
+  tractable one.  :func:`noise_weight_report` gives the same diagnostics of the noise-side
+  weights alone (the KL noise term), for normalised models too.
 * :func:`noise_accuracy` -- balanced accuracy of the classifier ``log r(x) > 0``.
 * :func:`anomaly_scores`, :func:`anomaly_metrics` -- scores (higher = more anomalous)
   and AUROC, AUPRC, false-alarm rate at 95 % detection, a stored ROC curve.
@@ -34,8 +36,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .diagnostics import reliable as _is_reliable
+from .diagnostics import weight_report
 from .errors import ConfigError, DataError
-from .objectives.base import LogWeights, effective_sample_size, log_weights
+from .objectives.base import LogWeights, log_weights
 
 __all__ = [
     "LogZEstimate",
@@ -45,6 +49,7 @@ __all__ = [
     "isolation_forest_scores",
     "log_likelihood",
     "noise_accuracy",
+    "noise_weight_report",
     "sample",
 ]
 
@@ -146,6 +151,19 @@ def _noise_log_prob(noise, x: Tensor) -> Tensor:
     return lp.to(dtype=x.dtype, device=x.device)
 
 
+def _exact_ratio(noise):
+    """The noise's closed-form ``log r`` for its model (the ``base`` noise), or None."""
+    return getattr(noise, "exact_log_ratio", None)
+
+
+def _noise_log_ratio(model, encoder, noise, x: Tensor, k: int) -> Tensor:
+    """Per row: ``log r(x)`` against ``noise``, exact when the noise knows the ratio."""
+    exact = _exact_ratio(noise)
+    if exact is not None:
+        return exact(model, x)
+    return _log_mean_weight(model, encoder, x, _noise_log_prob(noise, x), k)
+
+
 def _joint_proposal(model):
     """The model's normalised joint proposal with ``sample_joint``, or None."""
     prop = model.proposal()
@@ -178,6 +196,11 @@ def _noise_log_weights(model, encoder, noise, n: int, k: int, batch_size: int,
     xs, lws = [], []
     for start in range(0, n, batch_size):
         m = min(batch_size, n - start)
+        if _exact_ratio(noise) is not None:  # the base noise: r(y) = exp(g(y) - c) exactly
+            y = noise.sample((m,)).to(dtype=ref.dtype, device=ref.device)
+            xs.append(y)
+            lws.append(noise.exact_log_ratio(model, y))
+            continue
         y, log_pn = _noise_sample(noise, m, ref)
         if keep_x:
             xs.append(y)
@@ -191,16 +214,17 @@ def _noise_log_weights(model, encoder, noise, n: int, k: int, batch_size: int,
 
 
 def _summary(log_w: Tensor) -> dict[str, Any]:
-    """log Z, ESS and ESS fraction of a flat set of log-weights."""
+    """log Z and the weight diagnostics of a flat set of log-weights:
+    ``log_z = logsumexp(log w) - log n``, ``ess``, ``ess_fraction``, ``khat``, ``reliable``
+    and ``n`` (:func:`~fvnce.diagnostics.weight_report`); with NaN weights ``log_z`` is
+    NaN and ``n_nan`` counts them."""
     log_w = log_w.detach().reshape(-1).double()
-    count = log_w.numel()
+    report = weight_report(log_w)
     n_nan = int(torch.isnan(log_w).sum())
     if n_nan:
-        return {"log_z": math.nan, "ess": 0.0, "ess_fraction": 0.0, "n": count, "n_nan": n_nan}
-    log_z = float(torch.logsumexp(log_w, 0)) - math.log(count)
-    ess = float(effective_sample_size(log_w)) if math.isfinite(log_z) else 0.0
-    ess = ess if math.isfinite(ess) else 0.0
-    return {"log_z": log_z, "ess": ess, "ess_fraction": ess / count, "n": count}
+        return {"log_z": math.nan, **report, "n_nan": n_nan}
+    log_z = float(torch.logsumexp(log_w, 0)) - math.log(log_w.numel())
+    return {"log_z": log_z, **report}
 
 
 # --------------------------------------------------------------------------- log Z
@@ -209,12 +233,16 @@ class LogZEstimate:
     """An estimate of ``log Z = log int int p~(x, z) dx dz`` (``p~`` includes ``exp(-c)``).
 
     ``log_z`` is the chosen candidate's value, ``ess`` its Kish effective sample size
-    ``(sum w)^2 / sum w^2`` out of ``n`` weights and ``ess_fraction = ess / n``;
-    ``proposal`` names it (``"exact"``, ``"noise"`` or ``"model_proposal"``);
-    ``candidates`` maps every proposal that was tried to its own ``log_z``, ``ess``,
-    ``ess_fraction`` and ``n``.  An exact value has ``ess = inf``, ``ess_fraction = 1``,
-    ``n = 0``.  Importance-sampled values are *estimates*: ``log`` of an unbiased
-    estimate of ``Z`` is biased low, and with a small ESS fraction it can be far off.
+    ``(sum w)^2 / sum w^2`` out of ``n`` weights, ``ess_fraction = ess / n``, ``khat``
+    the PSIS Pareto k-hat of its weights (:func:`~fvnce.diagnostics.pareto_khat`) and
+    ``reliable`` whether ``khat <= 0.7`` and ``ess_fraction >= 0.05``
+    (:func:`~fvnce.diagnostics.reliable`; derived, not passed in).  ``proposal`` names the
+    candidate (``"exact"``, ``"noise"`` or ``"model_proposal"``); ``candidates`` maps
+    every proposal that was tried to its own ``log_z``, ``ess``, ``ess_fraction``,
+    ``khat``, ``reliable`` and ``n``.  An exact value has ``ess = inf``,
+    ``ess_fraction = 1``, ``khat = -inf`` (no tail), ``reliable = True`` and ``n = 0``.
+    Importance-sampled values are *estimates*: ``log`` of an unbiased estimate of ``Z``
+    is biased low, and when not ``reliable`` it can be far off.
     """
 
     log_z: float
@@ -222,13 +250,19 @@ class LogZEstimate:
     ess_fraction: float
     n: int
     proposal: str
+    khat: float = math.inf
     candidates: dict[str, dict] = field(default_factory=dict)
+    reliable: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reliable = _is_reliable(self.khat, self.ess_fraction)
 
     def __float__(self) -> float:
         return float(self.log_z)
 
     def to_dict(self) -> dict:
-        """Plain, strict-JSON-serialisable dict (non-finite floats become None)."""
+        """Plain, strict-JSON-serialisable dict (non-finite floats, e.g. the exact
+        value's ``ess = inf`` and ``khat = -inf``, become None)."""
         def clean(v):
             if isinstance(v, dict):
                 return {k: clean(u) for k, u in v.items()}
@@ -236,6 +270,29 @@ class LogZEstimate:
                 return None
             return v
         return clean(asdict(self))
+
+
+def _exact_log_z(model) -> float | None:
+    """``log Z`` in closed form, or None: 0 for normalised models, ``log_partition() - c``
+    for models that have one and say it is tractable (``log_partition_tractable``, e.g.
+    an RBM with few hidden units; models without the attribute are tractable)."""
+    if model.has("log_partition"):
+        if not getattr(model, "log_partition_tractable", True):
+            return None
+        return float(model.log_partition()) - _log_c(model)
+    return 0.0 if model.normalised else None
+
+
+def _choose(candidates: dict[str, dict]) -> str:
+    """The answer among the candidates: ``"exact"`` when present; else the reliable
+    candidate with the largest ESS fraction; if none is reliable, the smallest k-hat
+    (ties: the larger ESS fraction)."""
+    if "exact" in candidates:
+        return "exact"
+    good = [name for name, c in candidates.items() if c["reliable"]]
+    if good:
+        return max(good, key=lambda name: candidates[name]["ess_fraction"])
+    return min(candidates, key=lambda name: (candidates[name]["khat"], -candidates[name]["ess_fraction"]))
 
 
 @torch.no_grad()
@@ -249,8 +306,10 @@ def estimate_log_partition(model, encoder=None, noise=None, n: int = 20000, k: i
     all that apply):
 
     * ``"exact"`` -- normalised models (``log Z = 0`` by construction) and models with a
-      closed-form ``log_partition()`` (``log Z = log_partition() - c``).  When available
-      it is the answer.
+      closed-form ``log_partition()`` (``log Z = log_partition() - c``) that is tractable
+      (a model may set ``log_partition_tractable = False``, e.g. an RBM with too many
+      hidden units to enumerate; the other candidates are used then).  When available it
+      is the answer.
     * ``"noise"`` -- ``x ~ p_n`` (needs ``noise``), ``z ~ q(z | x)`` (``k`` per point), weight
       ``p~(x, z) / (p_n(x) q(z | x))``: the noise term of the KL rule.  For enumerable
       discrete encoders the sum over ``z`` is exact and the weight per ``x`` is the exact
@@ -261,9 +320,13 @@ def estimate_log_partition(model, encoder=None, noise=None, n: int = 20000, k: i
       :class:`~fvnce.models.EnergyTiltedVAE` that is ``exp(g(x) - c)``).
 
     Each candidate's estimate is ``logsumexp(log w) - log(#w)``, reported with its Kish
-    effective sample size.  The answer is the exact value if there is one, otherwise
-    the candidate with the largest ESS fraction (a candidate with NaN weights reports
-    NaN and ESS 0).  Raises :class:`~fvnce.errors.ConfigError` when no candidate applies.
+    effective sample size, the PSIS Pareto k-hat of its weights and whether it is
+    reliable (``khat <= 0.7`` and ESS fraction ``>= 0.05``, :mod:`fvnce.diagnostics`).
+    The answer is the exact value if there is one; otherwise, among the reliable
+    candidates, the one with the largest ESS fraction; if none is reliable, the one with
+    the smallest k-hat (the ESS of heavy-tailed weights is itself unreliable, the k-hat
+    is not).  A candidate with NaN weights reports NaN, ESS 0 and ``khat = inf``.
+    Raises :class:`~fvnce.errors.ConfigError` when no candidate applies.
     """
     _check_k(k)
     _check_batch_size(batch_size)
@@ -276,13 +339,10 @@ def estimate_log_partition(model, encoder=None, noise=None, n: int = 20000, k: i
 
     candidates: dict[str, dict] = {}
     if "exact" in wanted:
-        exact = None
-        if model.has("log_partition"):
-            exact = float(model.log_partition()) - _log_c(model)
-        elif model.normalised:
-            exact = 0.0
+        exact = _exact_log_z(model)
         if exact is not None:
-            candidates["exact"] = {"log_z": exact, "ess": math.inf, "ess_fraction": 1.0, "n": 0}
+            candidates["exact"] = {"log_z": exact, "ess": math.inf, "ess_fraction": 1.0, "n": 0,
+                                   "khat": -math.inf, "reliable": True}
     if "noise" in wanted and noise is not None:
         if encoder is None and not model.has("log_unnormalised_marginal"):
             raise ConfigError(f"the noise proposal for log Z needs an encoder: {type(model).__name__} "
@@ -295,16 +355,31 @@ def estimate_log_partition(model, encoder=None, noise=None, n: int = 20000, k: i
             _, lw = _proposal_log_weights(model, prop, n, batch_size)
             candidates["model_proposal"] = _summary(lw)
     if not candidates:
-        raise ConfigError(f"cannot estimate log Z of {type(model).__name__}: give a noise distribution, or use "
-                          "a model with a closed-form log_partition() or a proposal() with sample_joint "
+        intractable = model.has("log_partition") and not getattr(model, "log_partition_tractable", True)
+        why = " (its exact log_partition() is intractable here)" if intractable else ""
+        raise ConfigError(f"cannot estimate log Z of {type(model).__name__}{why}: give a noise distribution, or "
+                          "use a model with a closed-form log_partition() or a proposal() with sample_joint "
                           f"(proposals tried: {', '.join(wanted)})")
-    if "exact" in candidates:
-        best = "exact"
-    else:
-        best = max(candidates, key=lambda name: candidates[name]["ess_fraction"])
+    best = _choose(candidates)
     chosen = candidates[best]
     return LogZEstimate(log_z=chosen["log_z"], ess=chosen["ess"], ess_fraction=chosen["ess_fraction"],
-                        n=chosen["n"], proposal=best, candidates=candidates)
+                        n=chosen["n"], proposal=best, khat=chosen["khat"], candidates=candidates)
+
+
+@torch.no_grad()
+def noise_weight_report(model, encoder, noise, n: int = 20000, k: int = 1,
+                        batch_size: int = 4096) -> dict[str, Any] | None:
+    """Diagnostics of the noise-side importance weights ``w = p~(x, z) / (p_n(x) q(z|x))``,
+    ``x ~ p_n, z ~ q(z | x)`` (the KL noise term, whose mean estimates ``Z``): the
+    ``"noise"`` candidate of :func:`estimate_log_partition` (``log_z``, ``ess``,
+    ``ess_fraction``, ``khat``, ``reliable``, ``n``), for normalised models too.  None
+    when ``noise`` is None, or when ``encoder`` is None and the model has no closed-form
+    marginal (nothing to weigh the noise with)."""
+    if noise is None or (encoder is None and not model.has("log_unnormalised_marginal")):
+        return None
+    est = estimate_log_partition(model, encoder, noise=noise, n=n, k=k, batch_size=batch_size,
+                                 proposals=("noise",))
+    return est.candidates["noise"]
 
 
 # --------------------------------------------------------------------------- likelihood
@@ -352,12 +427,11 @@ def noise_accuracy(model, encoder, x: Tensor, noise, k: int = 1, batch_size: int
     _check_batch_size(batch_size)
     x = _as_input(model, x)
     ref = _reference(model)
-    data_lr = torch.cat([_log_mean_weight(model, encoder, c, _noise_log_prob(noise, c), k)
-                         for c in x.split(batch_size)])
+    data_lr = torch.cat([_noise_log_ratio(model, encoder, noise, c, k) for c in x.split(batch_size)])
     noise_lr = []
     for start in range(0, x.shape[0], batch_size):
-        y, log_pn = _noise_sample(noise, min(batch_size, x.shape[0] - start), ref)
-        noise_lr.append(_log_mean_weight(model, encoder, y, log_pn, k))
+        y = noise.sample((min(batch_size, x.shape[0] - start),)).to(dtype=ref.dtype, device=ref.device)
+        noise_lr.append(_noise_log_ratio(model, encoder, noise, y, k))
     noise_lr = torch.cat(noise_lr)
     hit_data = (data_lr > 0).double().mean()
     hit_noise = (noise_lr <= 0).double().mean()
@@ -385,8 +459,10 @@ def anomaly_scores(model, encoder, x: Tensor, k: int = 64, kind: str = "nll", no
     x = _as_input(model, x)
     out = []
     for chunk in x.split(batch_size):
-        log_pn = 0.0 if kind == "nll" else _noise_log_prob(noise, chunk)
-        out.append(-_log_mean_weight(model, encoder, chunk, log_pn, k))
+        if kind == "nll":
+            out.append(-_log_mean_weight(model, encoder, chunk, 0.0, k))
+        else:
+            out.append(-_noise_log_ratio(model, encoder, noise, chunk, k))
     return torch.cat(out) if out else x.new_zeros(0)
 
 

@@ -4,8 +4,9 @@ Bernoulli-Bernoulli:  ``log p~(v, h) = v^T W h + a^T v + b^T h - c``, ``v in {0,
 Gaussian-Bernoulli:   ``log p~(v, h) = -|v - a|^2 / 2 + v^T W h + b^T h - c`` (unit variance).
 
 Both have a closed-form free energy (sum over ``h``), a factorised exact posterior
-``p(h | v) = prod_j Bernoulli(sigmoid(b_j + W_j^T v))`` and, for few hidden units, an
-exact log partition function by enumerating ``h``:
+``p(h | v) = prod_j Bernoulli(sigmoid(b_j + W_j^T v))`` and, for few hidden units
+(at most :attr:`RBM.MAX_EXACT_HIDDEN`; ``log_partition_tractable`` says so), an exact log
+partition function by enumerating ``h``:
 
     BB:  Z = sum_h exp(b^T h) prod_i (1 + exp(a_i + (W h)_i))
     GB:  Z = sum_h (2 pi)^{D/2} exp(b^T h + a^T W h + |W h|^2 / 2)
@@ -31,6 +32,8 @@ VISIBLE = ("bernoulli", "gaussian")
 class RBM(LatentVariableModel):
     normalised = False
     latent_type = "discrete"
+    #: most hidden units whose ``2^h_dim`` states :meth:`log_partition` enumerates
+    MAX_EXACT_HIDDEN = 20
 
     def __init__(self, x_dim: int, h_dim: int = 8, visible: str = "bernoulli", init_scale: float = 0.1,
                  generator: torch.Generator | None = None) -> None:
@@ -59,9 +62,17 @@ class RBM(LatentVariableModel):
     def posterior(self, x: Tensor) -> Distribution:
         return Independent(Bernoulli(logits=x @ self.W + self.b), 1)
 
+    @property
+    def log_partition_tractable(self) -> bool:
+        """Whether :meth:`log_partition` can enumerate the ``2^h_dim`` hidden states
+        (``h_dim <= MAX_EXACT_HIDDEN``); otherwise estimate ``log Z`` by importance
+        sampling (:func:`fvnce.evaluate.estimate_log_partition` checks this)."""
+        return self.h_dim <= self.MAX_EXACT_HIDDEN
+
     def _all_hidden(self) -> Tensor:
-        if self.h_dim > 20:
-            raise ValueError(f"exact log Z enumerates 2^{self.h_dim} hidden states: too many")
+        if not self.log_partition_tractable:
+            raise ValueError(f"exact log Z enumerates 2^{self.h_dim} hidden states: too many (at most "
+                             f"2^{self.MAX_EXACT_HIDDEN}); estimate it with fvnce.evaluate.estimate_log_partition")
         return torch.tensor(list(itertools.product((0.0, 1.0), repeat=self.h_dim)), dtype=self.W.dtype,
                             device=self.W.device)
 
