@@ -63,13 +63,18 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--shift", type=float, metavar="C", help="shifted_log rule constant c >= 0")
     g.add_argument("--k", type=int, help="importance samples per point")
     g.add_argument("--nu", type=int, help="noise samples per data point")
-    g.add_argument("--exp-mode", choices=["exact", "clip", "linear"], default=None,
-                   help="noise-side exponential (default linear: stable, no longer a strict bound)")
-    g.add_argument("--tau", type=float, help="log-ratio threshold of --exp-mode clip/linear (default 10)")
+    g.add_argument("--exp-mode", choices=["exact", "linear", "clip"], default=None,
+                   help="stabilisation (default linear: the rule's weight frozen outside |log r| <= tau, still "
+                        "strictly proper with the same minimiser; clip: truncated at r = e^tau)")
+    g.add_argument("--tau", type=float, help="band |log r| <= tau of --exp-mode linear/clip, > 0 (default 10)")
     g.add_argument("--noise", metavar="NAME", help="noise distribution name or module:callable plug-in "
                                                    "(runs your code: only name modules you trust)")
     g.add_argument("--model", metavar="NAME", help="model name (default auto)")
     g.add_argument("--z-dim", type=int, help="latent dimension")
+    g.add_argument("--tilt-bound", type=float, metavar="B",
+                   help="tilted_vae: bound the tilt, g = B tanh(h/B), so |log p~ - log p_base| <= B + |c|")
+    g.add_argument("--freeze-base", action="store_true", default=None,
+                   help="tilted_vae: train the tilt and log-normaliser only (implied by --noise base)")
     g.add_argument("--init-from", metavar="RUN_DIR", help="start from a finished run's weights (a VAE run "
                                                           "starts an energy-tilted model)")
     t = p.add_argument_group("training")
@@ -236,6 +241,10 @@ def _run_config(args):
         cfg.model = args.model
     if args.z_dim is not None:
         cfg.model_options = {**cfg.model_options, "z_dim": args.z_dim}
+    if args.tilt_bound is not None:
+        cfg.model_options = {**cfg.model_options, "tilt_bound": args.tilt_bound}
+    if args.freeze_base:
+        cfg.model_options = {**cfg.model_options, "freeze_base": True}
     if args.noise:
         cfg.noise = args.noise
     if args.init_from:
@@ -262,6 +271,7 @@ def _run_config(args):
 #: train options that only --steps/--epochs may accompany with --resume
 _RESUME_FIXED = ("data", "features", "label", "normal", "transform", "binarize", "max_rows", "split_seed",
                  "objective", "rule", "alpha", "shift", "k", "nu", "exp_mode", "tau", "noise", "model", "z_dim",
+                 "tilt_bound", "freeze_base",
                  "init_from", "batch_size", "lr", "grad_clip", "seed", "precision", "config")
 
 

@@ -47,6 +47,10 @@ EVALUATION_NAME = "evaluation.json"
 SAMPLES_NAME = "samples.npy"
 
 
+#: the noise made of a tilted model's own frozen base VAE (fvnce.noise.BaseModelNoise)
+BASE_NOISE = "base"
+
+
 def _default_noise(binary: bool) -> str:
     return "marginals" if binary else "full_gaussian"
 
@@ -82,9 +86,15 @@ class RunConfig:
         if self.model != "auto" and self.model not in MODELS:
             raise ConfigError(f"unknown model {self.model!r}; valid models: auto, {', '.join(MODELS)}")
         check_model_sizes(self.model_options)
-        if self.noise != "auto" and ":" not in self.noise and self.noise not in NOISES:
-            raise ConfigError(f"unknown noise {self.noise!r}; valid noises: auto, {', '.join(sorted(NOISES))}, "
-                              "or module:callable")
+        if self.noise not in ("auto", BASE_NOISE) and ":" not in self.noise and self.noise not in NOISES:
+            raise ConfigError(f"unknown noise {self.noise!r}; valid noises: auto, {BASE_NOISE}, "
+                              f"{', '.join(sorted(NOISES))}, or module:callable")
+        if self.noise == BASE_NOISE:
+            if self.objective != "fvnce":
+                raise ConfigError(f"noise {BASE_NOISE!r} (the frozen base VAE of a tilted model) works with "
+                                  f"objective fvnce, not {self.objective}")
+            if self.model not in ("auto", "tilted_vae"):
+                raise ConfigError(f"noise {BASE_NOISE!r} needs model tilted_vae (or auto), got {self.model!r}")
         if isinstance(self.eval_k, bool) or not isinstance(self.eval_k, int) or self.eval_k < 1:
             raise ConfigError(f"eval_k must be a positive integer, got {self.eval_k!r}")
 
@@ -95,6 +105,8 @@ class RunConfig:
             name = "vae" if self.objective in ("elbo", "iwae") else "tilted_vae"
         if name in ("vae", "tilted_vae", "conv_vae"):
             opts.setdefault("likelihood", "bernoulli" if binary else "gaussian")
+        if self.noise == BASE_NOISE:  # a noise must stay fixed: the base it samples from is frozen
+            opts["freeze_base"] = True
         return name, opts
 
     def resolved_noise(self, binary: bool) -> str:
@@ -198,20 +210,27 @@ def train_run(config: RunConfig, run_dir: str | Path, *, resume: bool = False, d
             log(f"fvnce: note: {note}")
     torch.manual_seed(config.train.seed)
     name, opts, model, encoder, objective = _build(config, dataset.dim, dataset.image_shape, dataset.binary)
-    if resume:
+    base_noise = config.noise == BASE_NOISE
+    if base_noise:
+        noise = None  # built from the model once its base holds the starting weights
+    elif resume:
         noise = load_noise(noise_state, data=dataset.train)
     elif noise is None:  # fitted once (rank 0 under torch.distributed) and broadcast
         noise = distributed.fit_on_main(
             lambda: make_noise(config.resolved_noise(dataset.binary), dataset.train, seed=config.train.seed,
                                **config.noise_options),
             lambda fitted: fitted.state(), lambda state: load_noise(state, data=dataset.train))
-    for w in getattr(noise, "warnings", []):
-        log(f"fvnce: note: {w}")
-    _check_noise_support(noise, dataset.binary, name, opts)
-
     if config.init_from and not resume:
         _warm_start(model, encoder, config.init_from)
         log(f"fvnce: starting from the weights of {config.init_from}")
+    if base_noise:
+        if not config.init_from and not resume:
+            log(f"fvnce: note: noise {BASE_NOISE!r} without --init-from samples an untrained base VAE; "
+                "start from a trained VAE run")
+        noise = _base_noise(model, resume, run_dir)
+    for w in getattr(noise, "warnings", []):
+        log(f"fvnce: note: {w}")
+    _check_noise_support(noise, dataset.binary, name, opts)
 
     # the trainer checks the device, precision and parameters: before anything is written
     trainer = Trainer(model, encoder, objective, noise, config.train, run_dir=run_dir, log=log)
@@ -219,6 +238,17 @@ def train_run(config: RunConfig, run_dir: str | Path, *, resume: bool = False, d
         distributed.main_first(lambda: _write_run_files(run_dir, config, dataset, name, opts, objective, noise))
     result = trainer.fit(dataset.train, normal_rows(dataset.val, dataset.val_labels), resume=resume)
     return result, dataset
+
+
+def _base_noise(model, resume: bool, run_dir: Path):
+    """The ``base`` noise of a tilted model; on resume its frozen base comes from the
+    checkpoint first (the noise must be the one the run started with)."""
+    from .noise import BaseModelNoise
+
+    if resume:
+        ckpt = load_checkpoint(run_dir / CHECKPOINT_NAME)
+        model.load_state_dict(ckpt["model"])
+    return BaseModelNoise.from_model(model)
 
 
 def _check_new_run_dir(run_dir: Path) -> None:
@@ -355,7 +385,12 @@ def load_run(run_dir: str | Path, *, weights: str = "best", dataset: Dataset | N
     data = None
     if isinstance(noise_state, dict) and noise_state.get("name") == "plugin":
         data = (dataset or load_dataset(config.data)).train
-    noise = load_noise(noise_state, data=data)
+    if isinstance(noise_state, dict) and noise_state.get("name") == BASE_NOISE:
+        from .noise import BaseModelNoise
+
+        noise = BaseModelNoise.from_model(model)
+    else:
+        noise = load_noise(noise_state, data=data)
     model.eval()
     if encoder is not None:
         encoder.eval()
@@ -390,13 +425,21 @@ def _check_output_file(out: Path) -> None:
 # --- evaluation -------------------------------------------------------------------------------
 
 def _split_metrics(run: LoadedRun, x: torch.Tensor, labels, log_z, k: int, n_samples_acc: int = 2000):
+    """Metrics of one split.  ``log_likelihood`` is the mean over the normal rows,
+    ``log_likelihood_se = std(ll) / sqrt(n)`` its standard error over those rows (Monte
+    Carlo spread of the rows only: the error of an estimated ``log Z`` shifts every row
+    alike and is not in it; None for fewer than two rows), ``log_likelihood_reliable``
+    True for normalised models, else ``log_z.reliable``."""
     from . import evaluate as ev
 
     x = x.to(next(run.model.parameters()).dtype)
     out: dict[str, Any] = {}
     ll = ev.log_likelihood(run.model, run.encoder, x, k=k, log_z=log_z)
     normal = torch.ones(len(x), dtype=torch.bool) if labels is None else (labels == 0)
-    out["log_likelihood"] = float(ll[normal].mean()) if bool(normal.any()) else None
+    lln = ll[normal].double()
+    out["log_likelihood"] = float(lln.mean()) if len(lln) else None
+    out["log_likelihood_se"] = float(lln.std() / math.sqrt(len(lln))) if len(lln) > 1 else None
+    out["log_likelihood_reliable"] = True if run.model.normalised else bool(log_z.reliable)
     xn = x[normal][:n_samples_acc]
     out["noise_accuracy"] = ev.noise_accuracy(run.model, run.encoder, xn, run.noise) if len(xn) else None
     scores = -ll  # the anomaly score: negative estimated log-density (log Z only shifts it)
@@ -416,9 +459,17 @@ def evaluate_run(run_dir: str | Path, *, dataset: Dataset | None = None, data_fi
     preprocessed as in training) and write ``evaluation.json`` and ``samples.npy``.
 
     Metrics: log-likelihood in nats per example (an IWAE bound for normalised models,
-    an importance-sampling estimate through log Z for unnormalised ones), balanced
+    an importance-sampling estimate through log Z for unnormalised ones) with its
+    standard error ``log_likelihood_se`` and ``log_likelihood_reliable``, balanced
     data-vs-noise accuracy, and where labels exist AUROC, AUPRC and the false-alarm rate
     at 95% detection, the anomaly score being the negative estimated log-density.
+
+    Importance-weight diagnostics (:mod:`fvnce.diagnostics`): ``log_z = {log_z,
+    ess_fraction, khat, reliable, proposal, candidates: {name: {log_z, ess_fraction, khat,
+    reliable}}}`` (unnormalised models; None otherwise) and ``noise_term = {khat,
+    ess_fraction, reliable}``, the diagnostics of the noise-side weights ``r(y), y ~ p_n``
+    (the KL noise term; None when the run has no noise).  Non-finite values (the exact
+    candidate's ``khat = -inf``) are written as null.
     """
     from . import evaluate as ev
 
@@ -426,13 +477,22 @@ def evaluate_run(run_dir: str | Path, *, dataset: Dataset | None = None, data_fi
     run = load_run(run_dir, dataset=dataset)
     k = k or run.config.eval_k
     torch.manual_seed(run.config.train.seed + 1)
-    log_z = None
+    log_z, noise_w = None, None
     if not run.model.normalised:
         log_z = ev.estimate_log_partition(run.model, run.encoder, run.noise)
-    result: dict[str, Any] = {"fvnce_version": __version__, "weights": run.weights,
-                              "log_likelihood_kind": "iwae_bound" if run.model.normalised else "estimate",
-                              "log_z": None if log_z is None else {"log_z": log_z.log_z, "ess_fraction": log_z.ess_fraction,
-                                                                   "proposal": log_z.proposal}}
+        noise_w = log_z.candidates.get("noise")
+    if noise_w is None:  # normalised model (where it is cheap), or no noise candidate
+        noise_w = ev.noise_weight_report(run.model, run.encoder, run.noise)
+    diag = ("khat", "ess_fraction", "reliable")
+    result: dict[str, Any] = {
+        "fvnce_version": __version__, "weights": run.weights,
+        "log_likelihood_kind": "iwae_bound" if run.model.normalised else "estimate",
+        "log_z": None if log_z is None else {
+            "log_z": log_z.log_z, "ess_fraction": log_z.ess_fraction, "khat": log_z.khat,
+            "reliable": log_z.reliable, "proposal": log_z.proposal,
+            "candidates": {name: {key: c[key] for key in ("log_z", *diag)} for name, c in log_z.candidates.items()}},
+        "noise_term": None if noise_w is None else {key: noise_w[key] for key in diag},
+    }
     if data_file is not None:
         x, raw_labels = prepare_scoring_data(data_file, run.preprocessor, label=run.config.data.label,
                                              return_labels=True)

@@ -858,7 +858,8 @@ class Trainer:
 
     @torch.no_grad()
     def _log_pn(self, x: Tensor | None) -> Tensor | None:
-        if x is None or not getattr(self.objective, "uses_noise", True) or self.noise is None:
+        if x is None or not getattr(self.objective, "uses_noise", True) or self.noise is None \
+                or not getattr(self.noise, "has_density", True):
             return None
         chunks = [self.noise.log_prob(x[i:i + 8192]) for i in range(0, x.shape[0], 8192)]
         return torch.cat(chunks).detach().to(x.dtype)

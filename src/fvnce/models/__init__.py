@@ -57,10 +57,12 @@ def _conv_vae(x_dim: int, z_dim: int = 8, likelihood: str = "bernoulli", image_s
 
 
 def _tilted_vae(x_dim: int, z_dim: int = 8, hidden: Sequence[int] = (128, 256), likelihood: str = "bernoulli",
-                tilt_hidden: Sequence[int] = (128,), image_shape: Sequence[int] | None = None):
-    """Unnormalised: a VAE joint times exp(g(x)) with a learnable log-normaliser."""
+                tilt_hidden: Sequence[int] = (128,), tilt_bound: float | None = None, freeze_base: bool = False,
+                image_shape: Sequence[int] | None = None):
+    """Unnormalised: a VAE joint times exp(g(x)) with a learnable log-normaliser;
+    ``tilt_bound`` bounds |g|, ``freeze_base`` trains the tilt only."""
     base = VAE(x_dim, z_dim, hidden, likelihood)
-    return EnergyTiltedVAE(base, x_dim, tilt_hidden), _encoder(x_dim, z_dim, hidden, None, "mlp")
+    return EnergyTiltedVAE(base, x_dim, tilt_hidden, tilt_bound, freeze_base), _encoder(x_dim, z_dim, hidden, None, "mlp")
 
 
 def _mlp_energy(x_dim: int, z_dim: int = 4, hidden: Sequence[int] = (128, 128), lam: float = 0.05,

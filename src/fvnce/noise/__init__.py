@@ -11,7 +11,9 @@ the training data (reproducibly, given ``seed``). Pick one by name::
 Adding a noise = one small file in this folder (a :class:`NoiseDistribution` subclass
 with ``name``, ``_fit``, ``sample``, ``log_prob``) + one line in :data:`NOISES`.
 A name ``"module:callable"`` loads a user plug-in (see :mod:`fvnce.noise.plugin`); that
-is the only place user code is executed.
+is the only place user code is executed.  The ``base`` noise (:mod:`fvnce.noise.base_model`)
+is built from an energy-tilted model's frozen base instead of being fitted, so it is not
+in the registry.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from fvnce.errors import ConfigError
 
 from .base import NoiseDistribution
+from .base_model import BaseModelNoise
 from .flow import FlowNoise
 from .gaussian import DiagGaussianNoise, FullGaussianNoise, StandardNormalNoise
 from .kde import KDENoise
@@ -33,7 +36,7 @@ from .plugin import PluginNoise, is_plugin_spec
 from .student_t import StudentTNoise
 from .uniform import UniformNoise
 
-__all__ = ["NOISES", "NoiseDistribution", "PluginNoise", "load_noise", "make_noise", "noise_options"]
+__all__ = ["BaseModelNoise", "NOISES", "NoiseDistribution", "PluginNoise", "load_noise", "make_noise", "noise_options"]
 
 NOISES: dict[str, type[NoiseDistribution]] = {
     "standard_normal": StandardNormalNoise,

@@ -37,6 +37,8 @@ class NoiseDistribution(Distribution):
 
     name: str = ""
     discrete: bool = False
+    #: whether ``log_prob`` exists (False for the model-derived ``base`` noise)
+    has_density: bool = True
     arg_constraints: dict = {}
     has_rsample = False
 

@@ -291,7 +291,10 @@ def calibrate_log_normaliser(model, encoder, noise: Distribution, n: int = 1024,
     if model.c is None:
         return 0.0
     y = noise.sample((n,)).to(model.c.dtype)
-    lr = estimate_log_ratio(model, encoder, y, noise.log_prob(y).to(y.dtype), k)
+    if getattr(noise, "exact_log_ratio", None) is not None:
+        lr = noise.exact_log_ratio(model, y)
+    else:
+        lr = estimate_log_ratio(model, encoder, y, noise.log_prob(y).to(y.dtype), k)
     lr = lr[torch.isfinite(lr)]
     if lr.numel() == 0:
         return 0.0
