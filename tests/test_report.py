@@ -362,3 +362,151 @@ def test_low_ess_log_likelihood_is_flagged_unreliable():
     assert "unreliable" in ll_cell(-60.0, "estimate", 5e-5) and "5.0e-05" in ll_cell(-60.0, "estimate", 5e-5)
     assert "unreliable" not in ll_cell(-13.5, "estimate", 0.9) and "(estimate)" in ll_cell(-13.5, "estimate", 0.9)
     assert "estimate" not in ll_cell(-13.5, "iwae_bound", 1e-6)
+
+
+# --------------------------------------------------------------------------- verdicts of the poc
+
+
+def write_verdict_poc(root: Path, labels: bool = True) -> Path:
+    """A POC directory whose summary comes from fvnce.poc's own assessment and choice: the VAE
+    wins, one power run is degraded, one kl run has an unreliable log-likelihood, and the
+    training logs hold stabilisation changes and warnings."""
+    from fvnce.poc import _choose, assess_runs
+
+    specs = [("elbo-vae", "elbo", None, 0.97, -30.0, None),
+             ("fvnce-power1.5-kde", "fvnce", "power", 0.62, -33.0,
+              {"log_z": 1.0, "ess_fraction": 0.3, "khat": 0.41, "reliable": True, "proposal": "encoder"}),
+             ("fvnce-kl-kde", "fvnce", "kl", 0.99, -11.0,
+              {"log_z": -19.0, "ess_fraction": 7e-5, "khat": 1.38, "reliable": False, "proposal": "noise"}),
+             ("fvnce-kl-gmm", "fvnce", "kl", 0.96, -30.1,
+              {"log_z": 2.0, "ess_fraction": 0.2, "khat": 0.55, "reliable": True, "proposal": "encoder"})]
+    runs = []
+    for i, (name, obj, rule, auroc, ll, log_z) in enumerate(specs):
+        rd = root / "runs" / name
+        write_run(rd, objective=obj, rule=rule or "kl", dim=5, labels=labels, seed=i)
+        ev = json.loads((rd / "evaluation.json").read_text())
+        ev["log_z"] = log_z
+        heavy = name == "fvnce-kl-kde"
+        ev["noise_term"] = None if obj == "elbo" else {"khat": 0.95 if heavy else 0.2,
+                                                       "ess_fraction": 0.004 if heavy else 0.5, "reliable": not heavy}
+        (rd / "evaluation.json").write_text(json.dumps(ev))
+        if rule == "power":
+            with open(rd / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"step": 120, "event": "stabilise", "reason": "log w above tau on 3% of rows",
+                                    "from": {"exp_mode": "exact", "tau": 10}, "to": {"exp_mode": "linear", "tau": 10}})
+                        + "\n")
+                f.write(json.dumps({"step": 150, "event": "warning", "kind": "heavy_tail",
+                                    "message": "noise-side weights have k-hat 0.93 " + EVIL}) + "\n")
+        m = {"auroc": auroc if labels else None, "log_likelihood": ll, "log_likelihood_se": 0.2,
+             "log_likelihood_reliable": None, "auprc": 0.5, "fpr_at_95_tpr": 0.1, "noise_accuracy": 0.8}
+        runs.append({"name": name, "objective": obj, "rule": rule,
+                     "rule_params": {"alpha": 1.5} if rule == "power" else {},
+                     "noise": None if obj == "elbo" else name.rsplit("-", 1)[1], "model": "vae", "run_dir": f"runs/{name}",
+                     "status": "ok", "error": None, "train_time_s": 3.0, "metrics": dict(m), "val_metrics": dict(m),
+                     "log_z": log_z, "noise_term": ev["noise_term"],
+                     "started_from": "elbo-vae" if obj == "fvnce" else None})
+    counts = {"normal": 300, "anomaly": 60} if labels else None
+    assess_runs(runs, counts)
+    summary = {"fvnce_version": "0.1.0", "created": "2024-05-01T12:00:00+00:00", "wall_time_s": 30.0,
+               "data": {"source": "sensors.csv", "n_train": 1000, "n_val": 360, "n_test": 360, "dim": 5,
+                        "has_labels": labels, "val_counts": counts},
+               "criteria": {"auroc_margin_min": 0.02, "se_factor": 2.0, "khat_max": 0.7, "ess_fraction_min": 0.05,
+                            "reference": "elbo-vae"},
+               "runs": runs, "baselines": [], "recommended": _choose(runs, labels, counts)}
+    (root / "summary.json").write_text(json.dumps(summary))
+    return root
+
+
+@pytest.fixture(scope="module")
+def verdict_report(tmp_path_factory) -> tuple[dict, str]:
+    poc = write_verdict_poc(tmp_path_factory.mktemp("verdict") / "poc")
+    return json.loads((poc / "summary.json").read_text()), build_report(poc).read_text()
+
+
+def test_report_shows_vae_recommendation_in_the_headline(verdict_report):
+    summary, text = verdict_report
+    _check_common(text)
+    rec = summary["recommended"]
+    assert rec["run"] == "elbo-vae"
+    statement = ("No FVNCE configuration beat the VAE it started from on validation data; "
+                 "the VAE is recommended.")
+    assert rec["vae_statement"].startswith("No eligible FVNCE configuration beat the VAE it started from")
+    header = text[text.index("<header>"):text.index("</header>")]
+    assert html_mod.escape(rec["vae_statement"]) in header and html_mod.escape(rec["reason"]) in header
+    # 60 anomalies: 0.97 and 0.96 are within noise, and the VAE's log-likelihood is the higher
+    assert ("elbo-vae is recommended because, of the 2 eligible runs whose validation AUROC is within noise "
+            "(2 standard errors) of the best (0.9700), it has the highest validation log-likelihood (-30.00 nats, "
+            "AUROC 0.9700), ahead of fvnce-kl-gmm (-30.10 nats, AUROC 0.9600)") in header
+    assert statement not in text  # the higher-scoring kl run was left out, and the text says so
+    assert "fvnce-kl-kde (unreliable log-likelihood)" in header
+    assert text.count('<tr class="rec">') == 1
+
+
+def test_report_shows_degraded_and_unreliable_runs_with_their_sentences(verdict_report):
+    summary, text = verdict_report
+    by = {r["name"]: r for r in summary["runs"]}
+    assert by["fvnce-power1.5-kde"]["status"] == "degraded" and by["fvnce-kl-kde"]["reliable"] is False
+    assert '<tr class="degraded first">' in text and '<tr class="degraded detail">' in text
+    assert '<span class="tag degraded">degraded</span>' in text
+    assert html_mod.escape(by["fvnce-power1.5-kde"]["status_reason"]) in text
+    assert "validation AUROC 0.6200 is 0.3500 below the VAE&#x27;s 0.9700" in text
+    assert '<tr class="unreliable first">' in text and '<span class="tag unreliable">unreliable</span>' in text
+    for w in by["fvnce-kl-kde"]["warnings"]:
+        assert html_mod.escape(w) in text
+    # the unreliable log-likelihood only ever appears with its warning, k-hat and ESS
+    cell = re.search(r"-11\.00[^<]*<span[^>]*>([^<]*)</span>", text)
+    assert cell and "unreliable" in cell.group(1) and "k-hat 1.38" in cell.group(1)
+    assert "7.0e-05" in cell.group(1)
+    assert text.count("-11.00") == 1
+    # the k-hat and ESS columns, with the usual reading
+    assert "log Z: k-hat · ESS" in text and "Noise term: k-hat · ESS" in text
+    assert '<span class="bad-text">1.38 · 0.01% unreliable</span>' in text
+    assert '<span class="bad-text">0.95 · 0.40% unreliable</span>' in text and "0.41 · 30.0%" in text
+    assert "Pareto k-hat above 0.7" in text and "Hanley &amp; McNeil 1982" in text
+    # the matrix marks both and stars neither; the VAE is quoted for reference
+    matrix = text[text.index("Noise distribution × rule"):]
+    matrix = matrix[:matrix.index("</table>")]
+    assert "degraded</span>" in matrix and "unreliable</span>" in matrix
+    assert matrix.count("★</span>") == 1 and '<span class="best-cell">0.960 ★</span>' in matrix
+    assert "the VAE elbo-vae they started from has 0.970" in matrix
+
+
+def test_report_lists_training_events(verdict_report):
+    _, text = verdict_report
+    assert '<h3 id="training-events">Training events</h3>' in text
+    assert ("step 120: the objective&#x27;s stabilisation was changed automatically from exp_mode=exact, tau=10 "
+            "to exp_mode=linear, tau=10 (log w above tau on 3% of rows)") in text
+    assert "1 × stabilisation changed, 1 × warning" in text
+    assert "step 150: warning (heavy_tail): noise-side weights have k-hat 0.93" in text
+    assert EVIL not in text and html_mod.escape(EVIL) in text
+    assert "changed automatically 1 time(s) (dashed purple lines)" in text and "1 warning(s)" in text
+
+
+def test_report_without_labels_ranks_by_log_likelihood(tmp_path):
+    poc = write_verdict_poc(tmp_path / "nolab", labels=False)
+    summary = json.loads((poc / "summary.json").read_text())
+    text = build_report(poc).read_text()
+    _check_common(text)
+    # the kl run's 19-nat artefact is not recommended; the power run is degraded on log-likelihood
+    assert summary["recommended"]["run"] == "elbo-vae"
+    assert "validation log-likelihood -33.00 nats is 3.00 below the VAE&#x27;s -30.00" in text
+    assert ("elbo-vae is recommended because it has the highest validation log-likelihood (-30.00 nats) of the 2 "
+            "eligible runs, ahead of fvnce-kl-gmm (-30.10 nats)") in text
+
+
+def test_single_run_report_shows_weight_diagnostics_and_events(tmp_path):
+    run = tmp_path / "run"
+    write_run(run, dim=3)
+    ev = json.loads((run / "evaluation.json").read_text())
+    ev["log_z"] = {"log_z": -19.0, "ess_fraction": 2e-3, "khat": 1.21, "reliable": False, "proposal": "noise"}
+    ev["noise_term"] = {"khat": 0.45, "ess_fraction": 0.31, "reliable": True}
+    (run / "evaluation.json").write_text(json.dumps(ev))
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 7, "event": "stabilise", "from": {"exp_mode": "exact", "tau": 10},
+                            "to": {"exp_mode": "linear", "tau": 10}}) + "\n")
+    text = build_report(run).read_text()
+    _check_common(text)
+    assert "(estimate, unreliable: log Z weights have k-hat 1.21, ESS fraction 2.0e-03)" in text
+    assert '<span class="bad-text">1.21 · 0.20% unreliable</span>' in text
+    assert "Noise term importance weights (k-hat · ESS)</td><td>0.45 · 31.0%" in text
+    assert "step 7: the objective&#x27;s stabilisation was changed automatically from exp_mode=exact" in text

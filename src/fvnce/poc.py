@@ -6,11 +6,21 @@ Output directory::
     DIR/runs/<name>/     one run directory per trained configuration
     DIR/summary.json     runs, baselines, metrics, the recommendation and its criterion
     DIR/report.html      the self-contained report (fvnce.report)
+
+Each run's entry in ``summary.json`` has a ``status``: ``ok``; ``degraded`` (an FVNCE run
+that ended clearly worse on validation data than the poc's VAE ``elbo-vae``, beyond
+statistical noise: :func:`degradation`; the sentence with the numbers is in
+``status_reason``); ``diverged`` or ``failed`` (with ``error``). ``reliable`` says whether
+its log-likelihood can be trusted (:func:`ll_reliability`: k-hat and ESS of the
+importance weights behind log Z), ``warnings`` holds sentences for the report. The
+recommendation (:func:`_choose`) is taken among the ``ok`` and reliable runs, the VAE
+included, on validation data only.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,17 +31,28 @@ from typing import Any, Callable
 from . import __version__
 from .checkpoint import atomic_write_json
 from .data import DataSpec, load_dataset
+from .diagnostics import ESS_FRACTION_MIN, KHAT_MAX
+from .diagnostics import reliable as weights_reliable
 from .errors import ConfigError, FvnceError
 from .noise import NOISES, make_noise
 from .rules import scoring_rule
 from .runs import RunConfig, check_model_sizes, evaluate_run, train_run
 from .train import DivergenceError, TrainConfig
 
-__all__ = ["BUDGETS", "PocConfig", "parse_rule", "run_poc"]
+__all__ = ["BUDGETS", "PocConfig", "assess_runs", "auroc_standard_error", "degradation", "ll_reliability",
+           "parse_rule", "run_poc"]
 
 #: training steps per run for each budget preset
 BUDGETS = {"quick": 150, "default": 800, "long": 4000}
-METRIC_KEYS = ("log_likelihood", "noise_accuracy", "auroc", "auprc", "fpr_at_95_tpr")
+METRIC_KEYS = ("log_likelihood", "log_likelihood_se", "log_likelihood_reliable", "noise_accuracy", "auroc",
+               "auprc", "fpr_at_95_tpr")
+#: the VAE every FVNCE run of a poc starts from (and is compared with)
+VAE_RUN = "elbo-vae"
+#: a run is "degraded" when its validation AUROC is below the VAE's by more than
+#: max(AUROC_MARGIN_MIN, SE_FACTOR x standard error of the difference); SE_FACTOR also sets
+#: the log-likelihood margin and what counts as a tie in the choice
+AUROC_MARGIN_MIN = 0.02
+SE_FACTOR = 2.0
 
 
 def parse_rule(text: str) -> tuple[str, dict]:
@@ -104,18 +125,330 @@ def _metrics(ev: dict) -> tuple[dict, dict]:
     return test, val
 
 
-def _choose(runs: list[dict], has_labels: bool) -> dict | None:
-    ok = [r for r in runs if r["status"] == "ok" and r["objective"] == "fvnce"]
-    key, criterion = ("auroc", "highest validation AUROC") if has_labels else \
-        ("log_likelihood", "highest validation log-likelihood")
-    scored = [r for r in ok if r["val_metrics"].get(key) is not None]
-    if not scored:
+# --------------------------------------------------------------------------- assessment
+#
+# After the grid has run, every entry gets a verdict that the choice and the report rest on:
+#
+# * ``reliable`` (bool): is its log-likelihood trustworthy? A normalised model's is an IWAE
+#   lower bound (reliable); an unnormalised model's rests on an importance-sampled log Z,
+#   reliable only if the Pareto k-hat of its weights is at most KHAT_MAX and their effective
+#   sample size fraction at least ESS_FRACTION_MIN (fvnce.diagnostics). Unreliable runs
+#   never rank by log-likelihood and are never recommended.
+# * status ``degraded``: an FVNCE run that ended clearly worse on validation data than the
+#   VAE of the same poc (see :func:`degradation`).
+
+
+def _num(x: Any) -> float | None:
+    """``x`` as a finite float, else None."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
         return None
-    best = max(scored, key=lambda r: (r["val_metrics"][key], r["val_metrics"].get("log_likelihood") or -1e300))
-    v = best["val_metrics"][key]
-    reason = (f"{best['name']} has the {criterion.split(' ', 1)[1]} ({v:.4g}) among {len(scored)} FVNCE runs; "
-              "the choice used validation data only, test figures are reported for it separately")
-    return {"run": best["name"], "criterion": criterion, "reason": reason}
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _weights_ok(khat: Any, ess: Any) -> bool | None:
+    """Importance weights usable? None when neither diagnostic is known (older files)."""
+    k, e = _num(khat), _num(ess)
+    if k is None and e is None:
+        return None
+    if k is not None and e is not None:
+        return bool(weights_reliable(k, e))
+    return (k is None or k <= KHAT_MAX) and (e is None or e >= ESS_FRACTION_MIN)
+
+
+def _weights_text(diag: dict) -> str:
+    """``Pareto k-hat 1.32 (limit 0.7) and effective sample size 0.01% (minimum 5%)``."""
+    parts = []
+    k, e = _num(diag.get("khat")), _num(diag.get("ess_fraction"))
+    if k is not None:
+        parts.append(f"Pareto k-hat {k:.2f} (limit {KHAT_MAX:g})")
+    if e is not None:
+        parts.append(f"effective sample size {100 * e:.2g}% (minimum {100 * ESS_FRACTION_MIN:g}%)")
+    return " and ".join(parts) or "no diagnostics"
+
+
+def ll_reliability(entry: dict) -> tuple[bool, str | None]:
+    """Whether ``entry``'s log-likelihood can be trusted, and a warning sentence if not.
+
+    Unreliable when its log Z estimate is (``log_z.reliable`` false; for older files
+    without the flag, k-hat > KHAT_MAX or ESS fraction < ESS_FRACTION_MIN), when log Z
+    carries no diagnostics at all, or when evaluation flagged a split's log-likelihood
+    (``log_likelihood_reliable`` false). Normalised models (no log Z) give a lower bound:
+    reliable unless a split is flagged."""
+    name = entry.get("name")
+    tail = "; it is not used for ranking and the run cannot be recommended."
+    lz = entry.get("log_z")
+    if isinstance(lz, dict):
+        ok = lz.get("reliable")
+        ok = _weights_ok(lz.get("khat"), lz.get("ess_fraction")) if ok is None else bool(ok)
+        if not ok:
+            return False, (f"The log-likelihood of {name} is unreliable: its log Z estimate rests on "
+                           f"importance weights with {_weights_text(lz)}{tail}")
+    flagged = [split for split, key in (("validation", "val_metrics"), ("test", "metrics"))
+               if (entry.get(key) or {}).get("log_likelihood_reliable") is False]
+    if flagged:
+        return False, (f"The log-likelihood of {name} is unreliable: evaluation flagged its "
+                       f"{' and '.join(flagged)} estimate{tail}")
+    return True, None
+
+
+#: objectives without a noise side: their runs' noise-term diagnostics describe no training term
+NO_NOISE_TERM = ("elbo", "iwae")
+
+
+def _noise_term_warning(entry: dict) -> str | None:
+    """A sentence when the noise-side weights of a noise-contrastive run are unreliable."""
+    nt = entry.get("noise_term")
+    if not isinstance(nt, dict) or entry.get("objective") in NO_NOISE_TERM:
+        return None
+    ok = nt.get("reliable")
+    ok = _weights_ok(nt.get("khat"), nt.get("ess_fraction")) if ok is None else bool(ok)
+    if ok is not False:
+        return None
+    return (f"The noise term of {entry.get('name')} rests on heavy-tailed importance weights, with "
+            f"{_weights_text(nt)}: training optimised a high-variance estimate of the objective.")
+
+
+def auroc_standard_error(auroc: Any, n_anomaly: Any, n_normal: Any) -> float | None:
+    """Standard error of an AUROC from ``n_anomaly`` anomalous and ``n_normal`` normal items
+    (Hanley & McNeil 1982, Radiology 143:29, eq. 2, with Q1 = A/(2-A), Q2 = 2A^2/(1+A)).
+    None when the AUROC or either count is unknown."""
+    a, n1, n0 = _num(auroc), _num(n_anomaly), _num(n_normal)
+    if a is None or not n1 or not n0 or n1 < 1 or n0 < 1:
+        return None
+    q1, q2 = a / (2.0 - a), 2.0 * a * a / (1.0 + a)
+    var = (a * (1.0 - a) + (n1 - 1.0) * (q1 - a * a) + (n0 - 1.0) * (q2 - a * a)) / (n1 * n0)
+    return math.sqrt(max(var, 0.0))
+
+
+def _combined_se(*ses: float | None) -> float | None:
+    """sqrt(se1^2 + se2^2): the standard error of a difference, ignoring the (positive)
+    correlation of two figures measured on the same rows, so it errs towards larger."""
+    if any(s is None for s in ses):
+        return None
+    return math.sqrt(sum(s * s for s in ses))
+
+
+def _auroc_se(entry: dict, counts: dict | None) -> float | None:
+    counts = counts or {}
+    return auroc_standard_error(entry["val_metrics"].get("auroc"), counts.get("anomaly"), counts.get("normal"))
+
+
+def _vae_phrase(run: dict, vae: dict) -> str:
+    if run.get("started_from") == vae.get("name"):
+        return f"{vae.get('name')}, the VAE it started from"
+    return f"the VAE baseline {vae.get('name')}"
+
+
+def _auroc_drop(run: dict, vae: dict, counts: dict | None) -> str | None:
+    a, b = _num(run["val_metrics"].get("auroc")), _num(vae["val_metrics"].get("auroc"))
+    if a is None or b is None:
+        return None
+    se = _combined_se(_auroc_se(run, counts), _auroc_se(vae, counts))
+    margin = max(AUROC_MARGIN_MIN, SE_FACTOR * se) if se is not None else AUROC_MARGIN_MIN
+    if b - a <= margin:
+        return None
+    how = (f"the larger of {AUROC_MARGIN_MIN:g} and {SE_FACTOR:g} standard errors of the difference "
+           "(Hanley & McNeil 1982)" if se is not None else
+           "the minimum margin; the class counts needed for a standard error are unknown")
+    return (f"its validation AUROC {a:.4f} is {b - a:.4f} below the VAE's {b:.4f}, "
+            f"more than the margin {margin:.4f} ({how})")
+
+
+def _ll_drop(run: dict, vae: dict) -> str | None:
+    if not (_is_reliable(run) and _is_reliable(vae)):
+        return None
+    a, b = _num(run["val_metrics"].get("log_likelihood")), _num(vae["val_metrics"].get("log_likelihood"))
+    se = _combined_se(_num(run["val_metrics"].get("log_likelihood_se")),
+                      _num(vae["val_metrics"].get("log_likelihood_se")))
+    if a is None or b is None or se is None:
+        return None
+    margin = SE_FACTOR * se
+    if b - a <= margin:
+        return None
+    return (f"its validation log-likelihood {a:.2f} nats is {b - a:.2f} below the VAE's {b:.2f}, "
+            f"more than the margin {margin:.2f} ({SE_FACTOR:g} standard errors of the difference)")
+
+
+def degradation(run: dict, vae: dict, counts: dict | None = None) -> str | None:
+    """A sentence saying why ``run`` ended clearly worse on validation than ``vae``, else None.
+
+    "Clearly" means beyond noise, on either of two tests:
+
+    * AUROC (when both have a validation AUROC): the VAE's exceeds the run's by more than
+      max(AUROC_MARGIN_MIN, SE_FACTOR * sqrt(se_run^2 + se_vae^2)) = max(0.02, 2 SE), each SE
+      from Hanley & McNeil (1982) with the validation class ``counts``
+      ({"normal": n0, "anomaly": n1}); without counts the margin is 0.02.
+    * log-likelihood (when both are reliable and carry ``log_likelihood_se``, the standard
+      error of the mean over validation rows): the VAE's exceeds the run's by more than
+      SE_FACTOR * sqrt(se_run^2 + se_vae^2) nats.
+
+    Both standard errors of a difference ignore that the two models were scored on the same
+    rows (a positive correlation), so they err towards larger: a run is called degraded only
+    when the evidence is clear.
+    """
+    drops = [d for d in (_auroc_drop(run, vae, counts), _ll_drop(run, vae)) if d]
+    if not drops:
+        return None
+    return f"{run.get('name')} ended clearly worse than {_vae_phrase(run, vae)}: " + ", and ".join(drops) + "."
+
+
+def _is_reliable(entry: dict) -> bool:
+    rel = entry.get("reliable")
+    return ll_reliability(entry)[0] if rel is None else bool(rel)
+
+
+def find_vae(runs: list[dict]) -> dict | None:
+    """The poc's VAE run (named ``elbo-vae``; else the first ``elbo`` run)."""
+    return (next((r for r in runs if r.get("name") == VAE_RUN), None)
+            or next((r for r in runs if r.get("objective") == "elbo"), None))
+
+
+def assess_runs(runs: list[dict], counts: dict | None = None) -> None:
+    """Set ``reliable``, ``warnings`` and, for degraded runs, ``status = "degraded"`` with its
+    sentence in ``status_reason``, on the poc's summary entries (in place).
+
+    ``counts`` = {"normal": n0, "anomaly": n1} of the validation split (None without labels).
+    Failed and diverged runs keep their status and get ``reliable = None``."""
+    for r in runs:
+        r.setdefault("val_metrics", {})
+        r.setdefault("metrics", {})
+        r["warnings"] = []
+        if r.get("status") not in ("ok", "degraded"):
+            r["reliable"] = None
+            continue
+        r["reliable"], warning = ll_reliability(r)
+        r["warnings"] += [w for w in (warning, _noise_term_warning(r)) if w]
+    vae = find_vae(runs)
+    if vae is None or vae.get("status") != "ok":
+        return
+    for r in runs:
+        if r is vae or r.get("objective") != "fvnce" or r.get("status") != "ok":
+            continue
+        why = degradation(r, vae, counts)
+        if why:
+            r["status"], r["status_reason"] = "degraded", why
+
+
+# --------------------------------------------------------------------------- the choice
+
+
+def _crit(has_labels: bool) -> tuple[str, str]:
+    return ("auroc", "highest validation AUROC") if has_labels else \
+        ("log_likelihood", "highest validation log-likelihood")
+
+
+def _fmt(key: str, v: Any) -> str:
+    v = _num(v)
+    if v is None:
+        return "n/a"
+    return f"{v:.4f}" if key == "auroc" else f"{v:.2f} nats"
+
+
+def _exclusion(r: dict, key: str) -> str | None:
+    """Why ``r`` cannot be recommended (None if it can)."""
+    status = r.get("status")
+    if status != "ok":
+        return str(status or "unknown status")
+    if not _is_reliable(r):
+        return "unreliable log-likelihood"
+    if _num((r.get("val_metrics") or {}).get(key)) is None:
+        return f"no validation {'AUROC' if key == 'auroc' else 'log-likelihood'}"
+    return None
+
+
+def _rank(eligible: list[dict], has_labels: bool, counts: dict | None) -> tuple[list[dict], int]:
+    """Eligible runs best first, and how many lead as a tie within noise.
+
+    Without labels: by validation log-likelihood. With labels: the runs whose validation
+    AUROC is within SE_FACTOR * sqrt(se_best^2 + se^2) (Hanley & McNeil) of the best lead,
+    ordered by validation log-likelihood; the rest follow by AUROC."""
+    ll = lambda r: _num(r["val_metrics"].get("log_likelihood"))  # noqa: E731
+    auc = lambda r: _num(r["val_metrics"].get("auroc"))  # noqa: E731
+    if not has_labels:
+        return sorted(eligible, key=lambda r: -ll(r)), 1
+    best = max(eligible, key=auc)
+    se_best = _auroc_se(best, counts)
+
+    def tied(r: dict) -> bool:
+        se = _combined_se(se_best, _auroc_se(r, counts))
+        return auc(best) - auc(r) <= (SE_FACTOR * se if se is not None else 0.0)
+
+    lead = sorted((r for r in eligible if tied(r)),
+                  key=lambda r: (ll(r) is not None, ll(r) or 0.0, auc(r)), reverse=True)
+    rest = sorted((r for r in eligible if not tied(r)), key=auc, reverse=True)
+    return lead + rest, len(lead)
+
+
+def _reason(ranked: list[dict], n_lead: int, key: str, has_labels: bool) -> str:
+    """One sentence: the run, the criterion, its value and the runner-up."""
+    w, n = ranked[0], len(ranked)
+    tail = "; the choice used validation data only."
+    val = lambda r, k=key: _fmt(k, r["val_metrics"].get(k))  # noqa: E731
+    what = "validation AUROC" if key == "auroc" else "validation log-likelihood"
+    if n == 1:
+        return (f"{w['name']} is recommended because it is the only eligible run, with {what} "
+                f"{val(w)}; no other run was eligible{tail}")
+    r = ranked[1]
+    if has_labels and n_lead > 1 and _num(w["val_metrics"].get("log_likelihood")) is not None:
+        best = max(_num(x["val_metrics"].get("auroc")) for x in ranked)
+        return (f"{w['name']} is recommended because, of the {n_lead} eligible runs whose validation AUROC "
+                f"is within noise ({SE_FACTOR:g} standard errors) of the best ({_fmt('auroc', best)}), it has "
+                f"the highest validation log-likelihood ({val(w, 'log_likelihood')}, AUROC {val(w)}), ahead of "
+                f"{r['name']} ({val(r, 'log_likelihood')}, AUROC {val(r)}){tail}")
+    return (f"{w['name']} is recommended because it has the highest {what} ({val(w)}) of the "
+            f"{n} eligible runs, ahead of {r['name']} ({val(r)}){tail}")
+
+
+def _vae_statement(runs: list[dict], vae: dict, excluded: dict, key: str) -> str | None:
+    """Plain words for the case where the VAE is recommended over every FVNCE run."""
+    fv = [r for r in runs if r.get("objective") == "fvnce"]
+    if not fv:
+        return None
+    phrase = "the VAE it started from" if any(r.get("started_from") == vae.get("name") for r in fv) \
+        else "the VAE baseline"
+    v = _num(vae["val_metrics"].get(key))
+    higher = [r["name"] for r in fv if r["name"] in excluded and v is not None
+              and (_num((r.get("val_metrics") or {}).get(key)) or -math.inf) > v]
+    if not higher:
+        return f"No FVNCE configuration beat {phrase} on validation data; the VAE is recommended."
+    names = ", ".join(f"{n} ({excluded[n]})" for n in higher[:3]) + (" and others" if len(higher) > 3 else "")
+    return (f"No eligible FVNCE configuration beat {phrase} on validation data (those that scored higher "
+            f"were left out: {names}); the VAE is recommended.")
+
+
+def _choose(runs: list[dict], has_labels: bool, counts: dict | None = None) -> dict | None:
+    """The recommendation among ``runs`` (VAE included), chosen on validation data only.
+
+    Eligible: status ``ok`` (not degraded, diverged or failed) and a reliable log-likelihood
+    (:func:`ll_reliability`). Criterion: validation AUROC when labels exist, runs within
+    noise of the best ranked by validation log-likelihood (:func:`_rank`); else validation
+    log-likelihood. Returns None without runs, a record with ``run = None`` and the reason
+    when none is eligible."""
+    if not runs:
+        return None
+    key, criterion = _crit(has_labels)
+    if has_labels:
+        criterion += " (runs within noise of the best ranked by validation log-likelihood)"
+    excluded = {r.get("name"): why for r in runs if (why := _exclusion(r, key))}
+    eligible = [r for r in runs if r.get("name") not in excluded]
+    rec: dict[str, Any] = {"run": None, "criterion": criterion, "n_eligible": len(eligible),
+                           "excluded": excluded, "vae_recommended": False, "vae_statement": None,
+                           "runner_up": None, "value": None}
+    if not eligible:
+        why = "; ".join(f"{n}: {w}" for n, w in excluded.items())
+        rec["reason"] = f"No run could be recommended because none is eligible ({why})."
+        return rec
+    ranked, n_lead = _rank(eligible, has_labels, counts)
+    best = ranked[0]
+    rec.update(run=best["name"], value=best["val_metrics"].get(key), reason=_reason(ranked, n_lead, key, has_labels))
+    if len(ranked) > 1:
+        rec["runner_up"] = {"run": ranked[1]["name"], "value": ranked[1]["val_metrics"].get(key)}
+    vae = find_vae(runs)
+    if vae is not None and vae is best:
+        rec["vae_recommended"] = True
+        rec["vae_statement"] = _vae_statement(runs, vae, excluded, key)
+    return rec
 
 
 def run_poc(config: PocConfig, out_dir: str | Path, *, log: Callable[[str], None] = lambda m: None,
@@ -149,8 +482,8 @@ def run_poc(config: PocConfig, out_dir: str | Path, *, log: Callable[[str], None
     # The VAE of the same architecture is trained first: it is a baseline, and every
     # FVNCE run starts from its weights (an energy-tilted VAE whose tilt starts at zero),
     # so the noise-contrastive rules spend their budget on what the VAE got wrong.
-    base_dir = out_dir / "runs" / "elbo-vae"
-    plan: list[tuple[str, RunConfig]] = [("elbo-vae", RunConfig(
+    base_dir = out_dir / "runs" / VAE_RUN
+    plan: list[tuple[str, RunConfig]] = [(VAE_RUN, RunConfig(
         data=config.data, objective="elbo", model="vae" if config.model == "auto" else config.model,
         model_options=dict(config.model_options), noise=noises[0], train=_train_cfg(config.train, steps),
         eval_k=config.eval_k))]
@@ -202,6 +535,11 @@ def run_poc(config: PocConfig, out_dir: str | Path, *, log: Callable[[str], None
     if bar is not None:
         bar.close()
 
+    counts = _val_counts(dataset) if has_labels else None
+    assess_runs(runs, counts)
+    for r in runs:
+        for line in ([r["status_reason"]] if r.get("status") == "degraded" else []) + r["warnings"]:
+            log(f"fvnce: {r['name']}: {line}")
     baselines = []
     if config.baselines:
         baselines.append(_isolation_forest(dataset, config.train.seed))
@@ -211,13 +549,16 @@ def run_poc(config: PocConfig, out_dir: str | Path, *, log: Callable[[str], None
         "data": {"source": config.data.source, "spec": config.data.to_dict(), "n_train": len(dataset.train),
                  "n_val": len(dataset.val), "n_test": len(dataset.test), "dim": dataset.dim,
                  "image_shape": list(dataset.image_shape) if dataset.image_shape else None,
-                 "binary": bool(dataset.binary), "notes": list(dataset.notes), "has_labels": has_labels},
+                 "binary": bool(dataset.binary), "notes": list(dataset.notes), "has_labels": has_labels,
+                 "val_counts": counts},
+        "criteria": {"auroc_margin_min": AUROC_MARGIN_MIN, "se_factor": SE_FACTOR, "khat_max": KHAT_MAX,
+                     "ess_fraction_min": ESS_FRACTION_MIN, "reference": VAE_RUN},
         "steps_per_run": steps,
         "noises": noises,
         "rules": config.rules,
         "runs": runs,
         "baselines": baselines,
-        "recommended": _choose(runs, has_labels),
+        "recommended": _choose(runs, has_labels, counts),
         "toy_2d": dataset.dim == 2,
     }
     summary["wall_time_s"] = time.perf_counter() - t0
@@ -229,12 +570,19 @@ def run_poc(config: PocConfig, out_dir: str | Path, *, log: Callable[[str], None
     return summary
 
 
+def _val_counts(dataset) -> dict:
+    """Normal and anomalous rows of the validation split (for AUROC standard errors)."""
+    n1 = int((dataset.val_labels != 0).sum())
+    return {"normal": int(len(dataset.val_labels)) - n1, "anomaly": n1}
+
+
 def _run_one(name: str, rc: RunConfig, dataset, fitted: dict, out_dir: Path, log) -> dict:
     """Train and evaluate one run of the grid; its summary entry (errors recorded, not raised)."""
     entry: dict[str, Any] = {"name": name, "objective": rc.objective, "model": None, "noise": rc.noise,
                              "rule": rc.objective_options.get("rule"), "run_dir": f"runs/{name}",
                              "rule_params": {k: v for k, v in rc.objective_options.items() if k in ("alpha", "c")},
-                             "status": "ok", "error": None, "metrics": {}, "val_metrics": {}}
+                             "status": "ok", "error": None, "metrics": {}, "val_metrics": {},
+                             "started_from": Path(rc.init_from).name if rc.init_from else None}
     t_run = time.perf_counter()
     try:
         if rc.noise not in fitted:
@@ -247,7 +595,8 @@ def _run_one(name: str, rc: RunConfig, dataset, fitted: dict, out_dir: Path, log
         entry["train_time_s"] = time.perf_counter() - t_run
         ev = evaluate_run(run_dir, dataset=dataset, k=rc.eval_k)
         entry["metrics"], entry["val_metrics"] = _metrics(ev)
-        entry["log_z"] = ev.get("log_z")  # estimate, effective sample size and proposal (unnormalised models)
+        entry["log_z"] = ev.get("log_z")  # estimate, k-hat, effective sample size, proposal (unnormalised)
+        entry["noise_term"] = ev.get("noise_term")  # k-hat and ESS of the noise-side weights
         entry["model"] = rc.resolved_model(dataset.binary)[0]
     except DivergenceError as exc:
         entry.update(status="diverged", error=str(exc))

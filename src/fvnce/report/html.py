@@ -108,8 +108,17 @@ td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 table.kv th{background:#f7f9fb;font-weight:600;white-space:nowrap}
 tr.rec td{background:#fff6d6;font-weight:600}
 tr.bad td{color:#8a1c1c;background:#fdf1f1}
-tr.bad.first td{border-bottom:none}
-tr.bad.detail td{border-top:none;padding-top:0}
+tr.degraded td{background:#fff4e5}
+tr.unreliable td{background:#f6f2fb}
+tr.warn.detail td{color:#5a3d00;background:#fffaf0}
+tr.first td{border-bottom:none}
+tr.detail td{border-top:none;padding-top:0}
+.tag{display:inline-block;font-size:.72rem;padding:0 .35rem;border-radius:.5rem;font-weight:700}
+.tag.degraded{background:#e67700;color:#fff}
+.tag.unreliable{background:#6f42c1;color:#fff}
+p.verdict{margin:.3rem 0}
+.bad-text{color:#8a1c1c}
+.verdict-box{border-left-color:#1565c0;background:#f4f8fd}
 .badge{display:inline-block;font-size:.75rem;padding:0 .4rem;border-radius:.6rem;
 background:#f2b705;color:#222;font-weight:700;margin-left:.3rem}
 .small{font-size:.8rem;color:#5b6677;font-weight:normal}

@@ -9,8 +9,8 @@ from typing import Any
 
 from .html import DASH, esc, fmt_num, fmt_pct, fmt_time, kv_table, page, table
 from .load import RunFiles, finite, load_run
-from .sections import (Entry, glossary, headline, ll_cell, roc_section, rule_label,
-                       samples_section, training_section)
+from .sections import (ESS_FRACTION_MIN, KHAT_MAX, Entry, glossary, headline, ll_cell, roc_section,
+                       rule_label, samples_section, training_section, weights_cell, weights_reliable)
 
 __all__ = ["poc_page", "run_page"]
 
@@ -61,9 +61,34 @@ def _config_text(r: dict) -> str:
     return " · ".join(bits)
 
 
-def _ll_ess(run: RunFiles | None) -> Any:
-    """ESS fraction behind the run's log Z estimate (None when there is none)."""
-    return _d(_d(run.evaluation if run is not None else None).get("log_z")).get("ess_fraction")
+def _log_z(r: dict, run: RunFiles | None) -> dict:
+    """Diagnostics of the run's log Z estimate: from summary.json, else from evaluation.json."""
+    lz = _d(r.get("log_z"))
+    return lz or _d(_d(run.evaluation if run is not None else None).get("log_z"))
+
+
+def _noise_term(r: dict, run: RunFiles | None) -> dict:
+    """Diagnostics of the noise-side weights; none for objectives without a noise side."""
+    if r.get("objective") in ("elbo", "iwae"):
+        return {}
+    nt = _d(r.get("noise_term"))
+    return nt or _d(_d(run.evaluation if run is not None else None).get("noise_term"))
+
+
+def _run_ll_cell(value: Any, r: dict, run: RunFiles | None) -> str:
+    """Log-likelihood cell of a summary entry: marked unreliable when the poc marked it so."""
+    lz = _log_z(r, run)
+    rel = r.get("reliable") if isinstance(r.get("reliable"), bool) else lz.get("reliable")
+    return ll_cell(value, _ll_kind(r, run), lz.get("ess_fraction"), lz.get("khat"), rel)
+
+
+def _is_unreliable(r: dict, run: RunFiles | None) -> bool:
+    if r.get("status") not in ("ok", "degraded"):
+        return False
+    if isinstance(r.get("reliable"), bool):
+        return not r["reliable"]
+    lz = _log_z(r, run)
+    return bool(lz) and weights_reliable(lz.get("khat"), lz.get("ess_fraction"), lz.get("reliable")) is False
 
 
 def _ll_kind(r: dict, run: RunFiles | None) -> Any:
@@ -73,20 +98,42 @@ def _ll_kind(r: dict, run: RunFiles | None) -> Any:
     return kind
 
 
+def _verdict(rec: dict) -> str:
+    """The recommendation sentence and, when the VAE won, the plain-words statement (HTML)."""
+    parts = []
+    if rec.get("vae_statement"):
+        parts.append(f'<p class="verdict"><b>{esc(rec["vae_statement"])}</b></p>')
+    if rec.get("reason"):
+        parts.append(f'<p class="verdict">{esc(rec["reason"])}</p>')
+    return "".join(parts)
+
+
+def _headline_text(rec: dict) -> str:
+    """The verdict at the top of the page: the VAE statement (when it applies) and the reason."""
+    text = _verdict(rec)
+    return f'<div class="card verdict-box">{text}</div>' if text else ""
+
+
 def _recommendation(summary: dict, runs: list[dict], files: dict[str, RunFiles],
                     baselines: list[dict]) -> str:
     rec = _d(summary.get("recommended"))
     name = rec.get("run")
     r = next((x for x in runs if x.get("name") == name), None) if name is not None else None
     explain = ("The configuration we suggest taking forward. It was chosen using the "
-               "<b>validation data only</b>; all figures shown are measured on <b>held-out test "
+               "<b>validation data only</b>, among the runs that finished normally (not failed, "
+               "diverged or degraded) and whose log-likelihood is reliable; the VAE every FVNCE "
+               "run starts from competes too. All figures shown are measured on <b>held-out test "
                "data</b> that played no part in training or in the choice.")
     if r is None:
-        body = ('<div class="card none">No configuration could be recommended'
-                + (f" (the recommended run {esc(name)!s} is not in the list of runs)" if name else
-                   " &mdash; most likely every run failed; see the comparison table below")
-                + ".</div>")
-        return _sec("recommendation", "Recommendation", explain, body)
+        if name is None and rec.get("reason"):
+            text = esc(rec["reason"])
+        elif name:
+            text = (f"No configuration could be recommended (the recommended run {esc(name)} is not in the "
+                    "list of runs).")
+        else:
+            text = ("No configuration could be recommended &mdash; most likely every run failed; see the "
+                    "comparison table below.")
+        return _sec("recommendation", "Recommendation", explain, f'<div class="card none">{text}</div>')
     m = _d(r.get("metrics"))
     base = ""
     for b in baselines:
@@ -97,8 +144,7 @@ def _recommendation(summary: dict, runs: list[dict], files: dict[str, RunFiles],
     base = f"<p>For comparison:</p><ul>{base}</ul>" if base else ""
     body = (f'<div class="card"><p><b>Recommended:</b> {esc(name)} '
             f'<span class="small">({esc(_config_text(r))})</span></p>'
-            f"<p><b>Chosen by:</b> {esc(rec.get('criterion') or DASH)}. "
-            f"{esc(rec.get('reason') or '')}</p>"
+            + f"<p><b>Chosen by:</b> {esc(rec.get('criterion') or DASH)}.</p>"
             + headline(m.get("auroc"), m.get("fpr_at_95_tpr"), m.get("log_likelihood"),
                        _ll_kind(r, files.get(name)))
             + base + "</div>")
@@ -112,48 +158,114 @@ def _sec(anchor: str, title: str, explain: str, body: str) -> str:
 
 
 
+def _criteria(summary: dict) -> dict:
+    """Thresholds the poc used (summary.json ``criteria``), with today's defaults for older files."""
+    c = _d(summary.get("criteria"))
+    return {"auroc_margin_min": finite(c.get("auroc_margin_min")) or 0.02,
+            "se_factor": finite(c.get("se_factor")) or 2.0,
+            "khat_max": finite(c.get("khat_max")) or KHAT_MAX,
+            "ess_fraction_min": finite(c.get("ess_fraction_min")) or ESS_FRACTION_MIN,
+            "reference": c.get("reference") or "elbo-vae"}
+
+
+def _status_cell(r: dict, unreliable: bool) -> str:
+    """Status word, with ``degraded`` and ``unreliable`` drawn as distinct tags."""
+    status = r.get("status") or "unknown"
+    cell = f'<span class="tag {esc(status)}">{esc(status)}</span>' if status == "degraded" else esc(status)
+    if unreliable:
+        cell += ' <span class="tag unreliable">unreliable</span>'
+    return cell
+
+
+def _details(r: dict, unreliable: bool) -> list[tuple[str, str]]:
+    """(row class, HTML) of the full-width rows below a run: error, degradation, warnings."""
+    status = r.get("status") or "unknown"
+    out = []
+    if r.get("error"):
+        out.append(("bad", f'<span class="small">Why it {esc(status)}:</span> '
+                           f'<span class="err">{esc(r["error"])}</span>'))
+    if status == "degraded" and r.get("status_reason"):
+        out.append(("degraded", f'<span class="small">Why it is degraded:</span> {esc(r["status_reason"])}'))
+    warnings = [w for w in r.get("warnings") or [] if isinstance(w, str)]
+    if unreliable and not any("unreliable" in w for w in warnings):
+        warnings.insert(0, "The log-likelihood estimate of this run is unreliable (see k-hat and ESS of log Z); "
+                           "it is not used for ranking and the run cannot be recommended.")
+    for w in warnings:
+        out.append(("warn", f'<span class="small">Warning:</span> {esc(w)}'))
+    return out
+
+
+_COMPARE_HEADER = ["Configuration", "Status", "Test AUROC", "Test AUPRC", "False alarms at 95% detection",
+                   "Test log-likelihood (nats)", "log Z: k-hat · ESS", "Noise term: k-hat · ESS",
+                   "Noise accuracy", "Validation AUROC", "Train time"]
+
+
+def _run_rows(r: dict, run: RunFiles | None, is_rec: bool) -> list[tuple[list[str], str]]:
+    """The comparison-table row of one run and the full-width rows that explain it."""
+    m, vm = _d(r.get("metrics")), _d(r.get("val_metrics"))
+    status = r.get("status") or "unknown"
+    unreliable = _is_unreliable(r, run)
+    badge = '<span class="badge">recommended</span>' if is_rec else ""
+    cells = [f"<b>{esc(r.get('name'))}</b>{badge}<br><span class=\"small\">{esc(_config_text(r))}</span>",
+             _status_cell(r, unreliable), fmt_num(m.get("auroc")), fmt_num(m.get("auprc")),
+             fmt_pct(m.get("fpr_at_95_tpr")), _run_ll_cell(m.get("log_likelihood"), r, run),
+             weights_cell(_log_z(r, run)), weights_cell(_noise_term(r, run)),
+             fmt_pct(m.get("noise_accuracy")), fmt_num(vm.get("auroc")), fmt_time(r.get("train_time_s"))]
+    if is_rec:
+        cls = "rec"
+    elif status in ("ok", "degraded"):
+        cls = "degraded" if status == "degraded" else ("unreliable" if unreliable else "")
+    else:
+        cls = "bad"
+    details = _details(r, unreliable)
+    rows = [(cells, (cls + (" first" if details and cls else "")).strip())]
+    return rows + [([html], f"{kind} detail") for kind, html in details]
+
+
+def _baseline_row(b: dict) -> tuple[list[str], str]:
+    m, vm = _d(b.get("metrics")), _d(b.get("val_metrics"))
+    return ([f"<b>{esc(b.get('name'))}</b><br><span class=\"small\">baseline</span>", "ok",
+             fmt_num(m.get("auroc")), fmt_num(m.get("auprc")), fmt_pct(m.get("fpr_at_95_tpr")),
+             ll_cell(m.get("log_likelihood"), m.get("log_likelihood_kind")), DASH, DASH,
+             fmt_pct(m.get("noise_accuracy")), fmt_num(vm.get("auroc")), fmt_time(b.get("train_time_s"))], "")
+
+
+def _comparison_explain(c: dict, has_labels: bool) -> str:
+    """How to read the table, with the thresholds behind ``degraded`` and ``unreliable``."""
+    k, f = c["se_factor"], c["auroc_margin_min"]
+    text = ("Every configuration tried, with its results on the held-out test data. "
+            "Higher AUROC/AUPRC and log-likelihood are better; fewer false alarms are better. "
+            "The highlighted row is the recommendation. Failed or diverged runs are shown "
+            "in red with the reason. "
+            f"<b>degraded</b> (amber): the run ended clearly worse on validation data than the VAE "
+            f"it started from ({esc(c['reference'])}): its validation AUROC is lower by more than "
+            f"the larger of {f:g} and {k:g} standard errors of the difference (each from Hanley "
+            f"&amp; McNeil 1982, combined as the square root of the sum of squares), or, when both "
+            f"log-likelihoods are reliable, its validation log-likelihood is lower by more than "
+            f"{k:g} standard errors of the difference. "
+            "<b>unreliable</b>: the log-likelihood rests on a log Z estimate whose importance weights "
+            f"have a Pareto k-hat above {c['khat_max']:g} or an effective sample size (ESS) below "
+            f"{100 * c['ess_fraction_min']:g}% of the samples; such a figure may be off by many nats, "
+            "is never used for ranking, and the run is never recommended. The k-hat · ESS columns "
+            "show these diagnostics for log Z and for the training objective's noise term (k-hat up "
+            f"to 0.5 is good, up to {c['khat_max']:g} usable, above it unreliable).")
+    if not has_labels:
+        text += " Detection figures are empty because the data has no anomaly labels."
+    return text
+
+
 def _comparison(runs: list[dict], files: dict[str, RunFiles], baselines: list[dict],
-                rec_name: Any, has_labels: bool) -> str:
-    header = ["Configuration", "Test AUROC", "Test AUPRC", "False alarms at 95% detection",
-              "Test log-likelihood (nats)", "Noise accuracy", "Validation AUROC", "Train time",
-              "Status"]
+                rec_name: Any, has_labels: bool, criteria: dict | None = None) -> str:
     rows = []
     for r in runs:
-        m, vm = _d(r.get("metrics")), _d(r.get("val_metrics"))
-        name = r.get("name")
-        is_rec = rec_name is not None and name == rec_name
-        badge = '<span class="badge">recommended</span>' if is_rec else ""
-        status = r.get("status") or "unknown"
-        cells = [f"<b>{esc(name)}</b>{badge}<br><span class=\"small\">{esc(_config_text(r))}</span>",
-                 fmt_num(m.get("auroc")), fmt_num(m.get("auprc")), fmt_pct(m.get("fpr_at_95_tpr")),
-                 ll_cell(m.get("log_likelihood"), _ll_kind(r, files.get(name)), _ll_ess(files.get(name))),
-                 fmt_pct(m.get("noise_accuracy")), fmt_num(vm.get("auroc")),
-                 fmt_time(r.get("train_time_s")), esc(status)]
-        bad = status != "ok"
-        error = r.get("error")
-        rows.append((cells, "rec" if is_rec else ("bad" + (" first" if error else "") if bad else "")))
-        if error:
-            rows.append(([f'<span class="small">Why it {esc(status)}:</span> '
-                          f'<span class="err">{esc(error)}</span>'], "bad detail"))
-    for b in baselines:
-        m, vm = _d(b.get("metrics")), _d(b.get("val_metrics"))
-        cells = [f"<b>{esc(b.get('name'))}</b><br><span class=\"small\">baseline</span>",
-                 fmt_num(m.get("auroc")), fmt_num(m.get("auprc")), fmt_pct(m.get("fpr_at_95_tpr")),
-                 ll_cell(m.get("log_likelihood"), m.get("log_likelihood_kind")),
-                 fmt_pct(m.get("noise_accuracy")), fmt_num(vm.get("auroc")),
-                 fmt_time(b.get("train_time_s")), "ok"]
-        rows.append((cells, ""))
-    explain = ("Every configuration tried, with its results on the held-out test data. "
-               "Higher AUROC/AUPRC and log-likelihood are better; fewer false alarms are better. "
-               "The highlighted row is the recommendation. Failed or diverged runs are shown "
-               "in red with the reason.")
-    if not has_labels:
-        explain += " Detection figures are empty because the data has no anomaly labels."
-    body = table(header, rows, cls="compare") + _matrix(runs, has_labels)
-    return _sec("comparison", "Comparison of all configurations", explain, body)
+        rows += _run_rows(r, files.get(r.get("name")), rec_name is not None and r.get("name") == rec_name)
+    rows += [_baseline_row(b) for b in baselines]
+    body = table(_COMPARE_HEADER, rows, cls="compare") + _matrix(runs, files, has_labels)
+    return _sec("comparison", "Comparison of all configurations",
+                _comparison_explain(criteria or _criteria({}), has_labels), body)
 
 
-def _matrix(runs: list[dict], has_labels: bool) -> str:
+def _matrix(runs: list[dict], files: dict[str, RunFiles], has_labels: bool) -> str:
     fv = [r for r in runs if r.get("objective") == "fvnce"]
     if not fv:
         return ""
@@ -164,27 +276,40 @@ def _matrix(runs: list[dict], has_labels: bool) -> str:
         noise, rule = str(r.get("noise") or DASH), rule_label(r.get("rule"), r.get("rule_params"))
         noises += [noise] if noise not in noises else []
         rules += [rule] if rule not in rules else []
-        v = finite(_d(r.get("val_metrics")).get(key)) if r.get("status") == "ok" else None
+        status = r.get("status") or "unknown"
+        v = finite(_d(r.get("val_metrics")).get(key)) if status in ("ok", "degraded") else None
+        mark = "degraded" if status == "degraded" else (
+            "unreliable" if _is_unreliable(r, files.get(r.get("name"))) else "")
+        # a value counts for the star only where it could be chosen on this criterion
+        rank = v if v is not None and not mark else None
         old = cells.get((noise, rule))
         if old is None or (v is not None and (old[0] is None or v > old[0])):
-            cells[(noise, rule)] = (v, r.get("status") or "unknown")
-    vals = [v for v, _ in cells.values() if v is not None]
-    best = max(vals) if vals else None
+            cells[(noise, rule)] = (v, status, mark, rank)
+    ranks = [c[3] for c in cells.values() if c[3] is not None]
+    best = max(ranks) if ranks else None
     rows = []
     for n in noises:
         out = [f"<b>{esc(n)}</b>"]
         for ru in rules:
-            v, status = cells.get((n, ru), (None, None))
+            v, status, mark, rank = cells.get((n, ru), (None, None, "", None))
             if v is not None:
                 text = fmt_num(v, 3 if has_labels else 2)
-                out.append(f'<span class="best-cell">{text} ★</span>' if v == best else text)
+                if mark:
+                    text += f' <span class="tag {mark}">{mark}</span>'
+                out.append(f'<span class="best-cell">{text} ★</span>' if rank is not None and rank == best else text)
             else:
                 out.append(esc(status) if status and status != "ok" else DASH)
         rows.append((out, ""))
+    vae = next((r for r in runs if r.get("objective") == "elbo" and r.get("status") == "ok"), None)
+    ref = ""
+    if vae is not None and finite(_d(vae.get("val_metrics")).get(key)) is not None:
+        ref = (f" For reference, the VAE {esc(vae.get('name'))} they started from has "
+               f"{fmt_num(_d(vae.get('val_metrics')).get(key), 3 if has_labels else 2)}.")
     return (f"<h3>Noise distribution × rule ({esc(what)})</h3>"
             f'<p class="explain">The {esc(what)} of each FVNCE run, by the noise distribution '
-            "(rows) and the rule (columns) it was trained with; ★ marks the best. "
-            "&ldquo;—&rdquo; means not tried.</p>" + table(["Noise \\ rule", *rules], rows))
+            "(rows) and the rule (columns) it was trained with; ★ marks the best of those that "
+            "are neither degraded nor unreliable. &ldquo;—&rdquo; means not tried." + ref + "</p>"
+            + table(["Noise \\ rule", *rules], rows))
 
 
 def poc_page(folder: Path, summary: dict) -> str:
@@ -215,7 +340,7 @@ def poc_page(folder: Path, summary: dict) -> str:
             f" · report generated {_generated()}</p>"
             '<p class="lead">Several ways of training an anomaly detector were tried on the same '
             "data and compared. This page recommends one, shows how well it works, and lets you "
-            "check the evidence.</p></header>")
+            "check the evidence.</p>" + _headline_text(_d(summary.get("recommended"))) + "</header>")
     data_sec = _sec("data", "The data", "What the models were trained and tested on.",
                     kv_table(data_rows))
     entries = []
@@ -234,7 +359,7 @@ def poc_page(folder: Path, summary: dict) -> str:
     body = "".join([
         head, data_sec,
         _recommendation(summary, runs, files, baselines),
-        _comparison(runs, files, baselines, rec_name, has_labels),
+        _comparison(runs, files, baselines, rec_name, has_labels, _criteria(summary)),
         _problems_note([(e.name, e.run) for e in run_entries]),
         training_section(run_entries + missing_dirs),
         roc_section([e for e in entries if e.run is None or (e.run.evaluation is not None)],
@@ -296,21 +421,25 @@ def run_page(run: RunFiles) -> str:
         has_labels = finite(ev.get("auroc")) is not None or bool(ev.get("roc")) or bool(
             _d(ev.get("scores")).get("anomaly"))
         reason = ""
+        lz = _d(ev.get("log_z"))
+        ll_diag = (lz.get("ess_fraction"), lz.get("khat"), lz.get("reliable"))
         metric_rows = [
             (["AUROC", fmt_num(ev.get("auroc")), fmt_num(val.get("auroc"))], ""),
             (["AUPRC", fmt_num(ev.get("auprc")), fmt_num(val.get("auprc"))], ""),
             (["False alarms at 95% detection", fmt_pct(ev.get("fpr_at_95_tpr")),
               fmt_pct(val.get("fpr_at_95_tpr"))], ""),
             (["Log-likelihood (nats per example)",
-              ll_cell(ev.get("log_likelihood"), kind, _d(ev.get("log_z")).get("ess_fraction")),
-              ll_cell(val.get("log_likelihood"), kind, _d(ev.get("log_z")).get("ess_fraction"))], ""),
+              ll_cell(ev.get("log_likelihood"), kind, *ll_diag),
+              ll_cell(val.get("log_likelihood"), kind, *ll_diag)], ""),
             (["Noise accuracy", fmt_pct(ev.get("noise_accuracy")), fmt_pct(val.get("noise_accuracy"))], ""),
         ]
-        lz = _d(ev.get("log_z"))
         if lz:
             metric_rows.append((["Estimated log normaliser (log Z)", fmt_num(lz.get("log_z"), 3)
-                                 + f' <span class="small">ESS {fmt_pct(lz.get("ess_fraction"))}, '
+                                 + f' <span class="small">k-hat · ESS {weights_cell(lz)}, '
                                  f'proposal {esc(lz.get("proposal") or DASH)}</span>', DASH], ""))
+        nt = _d(ev.get("noise_term"))
+        if nt:
+            metric_rows.append((["Noise term importance weights (k-hat · ESS)", weights_cell(nt), DASH], ""))
         res_body = (headline(ev.get("auroc"), ev.get("fpr_at_95_tpr"), ev.get("log_likelihood"), kind)
                     + table(["Metric", "Test", "Validation"], metric_rows))
     results = _sec("results", "Results", "Headline figures are on held-out test data.", res_body)

@@ -69,7 +69,8 @@ def _series(records: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def training_png(records: Sequence[dict], title: str) -> bytes | None:
-    """Loss terms (left) and noise accuracy (right) against step; retries as dotted lines."""
+    """Loss terms (left) and noise accuracy (right) against step; retries as dotted lines,
+    automatic stabilisation changes as dashed lines."""
     loss_keys = [("loss", "total loss", "#444444"), ("data_loss", "data term", _COLORS[0]),
                  ("noise_loss", "noise term", _COLORS[1]), ("val_loss", "validation loss", _COLORS[3])]
     curves = [(k, lab, c, *_series(records, k)) for k, lab, c in loss_keys]
@@ -77,8 +78,8 @@ def training_png(records: Sequence[dict], title: str) -> bytes | None:
     acc = _series(records, "accuracy")
     if not curves and not len(acc[0]):
         return None
-    retries = sorted({s for r in records if r.get("event") == "retry"
-                      and (s := finite(r.get("step"))) is not None})
+    retries, stabilised = ({s for r in records if r.get("event") == kind
+                            and (s := finite(r.get("step"))) is not None} for kind in ("retry", "stabilise"))
     fig = _figure(8.0, 3.0)
     ax1, ax2 = fig.subplots(1, 2)
     for key, lab, color, x, y in curves:
@@ -96,8 +97,10 @@ def training_png(records: Sequence[dict], title: str) -> bytes | None:
         ax2.set_xticks([])
         ax2.set_yticks([])
     for ax in (ax1, ax2):
-        for i, s in enumerate(retries):
+        for i, s in enumerate(sorted(retries)):
             ax.axvline(s, color=_COLORS[3], ls=":", lw=1.2, label="retry" if i == 0 else None)
+        for i, s in enumerate(sorted(stabilised)):
+            ax.axvline(s, color=_COLORS[4], ls="--", lw=1.0, label="stabilisation changed" if i == 0 else None)
         ax.set_xlabel("training step", fontsize=8)
         ax.tick_params(labelsize=7)
     for ax, loc in ((ax1, "upper right"), (ax2, "lower right")):

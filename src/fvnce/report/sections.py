@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+from ..diagnostics import ESS_FRACTION_MIN, KHAT_MAX
 from . import plots
 from .html import DASH, esc, fmt_num, fmt_pct, img
 from .load import RunFiles, finite
 
-__all__ = ["Entry", "glossary", "headline", "ll_cell", "roc_section", "rule_label", "samples_section",
-           "training_section"]
+
+__all__ = ["Entry", "event_text", "events_list", "glossary", "headline", "ll_cell", "roc_section", "rule_label",
+           "samples_section", "training_events", "training_section", "weights_cell", "weights_reliable"]
 
 
 @dataclass
@@ -40,21 +42,114 @@ def rule_label(rule: Any, params: Any = None) -> str:
 
 
 #: below this effective-sample-size fraction a log Z estimate is flagged as unreliable
-UNRELIABLE_ESS = 0.01
+#: (also flagged: Pareto k-hat above KHAT_MAX); both thresholds come from fvnce.diagnostics
+UNRELIABLE_ESS = ESS_FRACTION_MIN
 
 
-def ll_cell(value: Any, kind: Any, ess_fraction: Any = None) -> str:
+def weights_reliable(khat: Any, ess_fraction: Any, reliable: Any = None) -> bool | None:
+    """Are importance weights usable? ``reliable`` (as evaluation recorded it) wins; else
+    k-hat <= KHAT_MAX and ESS fraction >= ESS_FRACTION_MIN on what is known; None if nothing is."""
+    if isinstance(reliable, bool):
+        return reliable
+    k, e = finite(khat), finite(ess_fraction)
+    if k is None and e is None:
+        return None
+    return (k is None or k <= KHAT_MAX) and (e is None or e >= ESS_FRACTION_MIN)
+
+
+def _diag_text(khat: Any, ess_fraction: Any) -> str:
+    k, e = finite(khat), finite(ess_fraction)
+    parts = ([f"k-hat {k:.2f}"] if k is not None else []) + ([f"ESS fraction {e:.1e}"] if e is not None else [])
+    return ", ".join(parts)
+
+
+def ll_cell(value: Any, kind: Any, ess_fraction: Any = None, khat: Any = None, reliable: Any = None) -> str:
     """Log-likelihood with an "(estimate)" marker when it is not a proper bound, and a
-    warning when the importance sampling behind its log Z had too few effective samples."""
+    warning naming k-hat and ESS when it is unreliable: ``reliable`` false, or (for an
+    estimate through log Z, when ``reliable`` is unknown) k-hat > KHAT_MAX or ESS fraction
+    < ESS_FRACTION_MIN."""
     text = fmt_num(value, 2)
-    if text != DASH and kind == "estimate":
-        ess = finite(ess_fraction)
-        if ess is not None and ess < UNRELIABLE_ESS:
-            text += (f' <span class="small err">(estimate, unreliable: effective sample size '
-                     f'fraction {ess:.1e} behind log Z)</span>')
-        else:
-            text += ' <span class="small">(estimate)</span>'
+    if text == DASH:
+        return text
+    estimate = kind == "estimate"
+    if reliable is False or (estimate and weights_reliable(khat, ess_fraction, reliable) is False):
+        diag = _diag_text(khat, ess_fraction) if estimate else ""
+        why = f": log Z weights have {esc(diag)}" if diag else ""
+        text += f' <span class="small bad-text">({"estimate, " if estimate else ""}unreliable{why})</span>'
+    elif estimate:
+        text += ' <span class="small">(estimate)</span>'
     return text
+
+
+def weights_cell(diag: Any) -> str:
+    """``k-hat 0.42 · ESS 12%`` of a set of importance weights, red and marked when unreliable."""
+    if not isinstance(diag, dict):
+        return DASH
+    k, e = finite(diag.get("khat")), finite(diag.get("ess_fraction"))
+    if k is None and e is None:
+        return DASH
+    text = f"{fmt_num(k, 2)} · {fmt_pct(e, 2 if e is not None and e < 0.01 else 1)}"
+    if weights_reliable(k, e, diag.get("reliable")) is False:
+        return f'<span class="bad-text">{text} unreliable</span>'
+    return text
+
+
+# --------------------------------------------------------------------------- training events
+
+#: event kinds of metrics.jsonl shown in the report, with their plain name
+EVENT_KINDS = {"retry": "restart", "stabilise": "stabilisation changed", "warning": "warning"}
+
+
+def _setting(d: Any) -> str:
+    if not isinstance(d, dict):
+        return str(d)
+    return ", ".join(f"{k}={v:g}" if finite(v) is not None else f"{k}={v}" for k, v in d.items())
+
+
+def event_text(rec: dict) -> str:
+    """Plain-text line for one event record of metrics.jsonl (not escaped)."""
+    kind = rec.get("event")
+    if kind == "stabilise":
+        text = (f"the objective's stabilisation was changed automatically from {_setting(rec.get('from'))} "
+                f"to {_setting(rec.get('to'))}")
+        return text + (f" ({rec['reason']})" if rec.get("reason") else "")
+    if kind == "warning":
+        what = f" ({rec['kind']})" if rec.get("kind") else ""
+        return f"warning{what}: {rec.get('message') or ''}".rstrip(": ")
+    return f"restarted: {rec.get('reason', '')}".rstrip(": ")
+
+
+def training_events(records: Sequence[dict]) -> list[dict]:
+    """Event records (retry, stabilise, warning) of a run's metrics, in order."""
+    return [r for r in records if isinstance(r, dict) and r.get("event") in EVENT_KINDS]
+
+
+def events_list(events: Sequence[dict], limit: int = 10, text: Callable[[dict], str] = event_text) -> str:
+    """``<ul>`` of events (``step N: text``), at most ``limit`` items."""
+    items = "".join(f"<li>step {esc(r.get('step'))}: {esc(text(r))}</li>" for r in events[:limit])
+    more = f"<li>… and {len(events) - limit} more</li>" if len(events) > limit else ""
+    return f"<ul>{items}{more}</ul>"
+
+
+def _events_overview(entries: Sequence[Entry]) -> str:
+    """The short "Training events" list: how many of each kind per run."""
+    rows = []
+    for e in entries:
+        evs = training_events(e.run.metrics if e.run is not None else [])
+        if not evs:
+            continue
+        counts = [f"{sum(r.get('event') == k for r in evs)} × {name}" for k, name in EVENT_KINDS.items()
+                  if any(r.get("event") == k for r in evs)]
+        first = next((r for r in evs if r.get("event") != "retry"), evs[0])
+        rows.append(f"<li><b>{esc(e.name)}</b>: {esc(', '.join(counts))} &mdash; first at step "
+                    f"{esc(first.get('step'))}: {esc(event_text(first))}</li>")
+    if not rows:
+        return ""
+    return ('<h3 id="training-events">Training events</h3><p class="explain">Automatic interventions '
+            "and warnings during training: a <i>restart</i> after a numerical problem, a "
+            "<i>stabilisation change</i> (the objective switched to a safer way of computing "
+            "exp; a stabilised loss is no longer a guaranteed bound), and <i>warnings</i> such as "
+            f"heavy-tailed importance weights.</p><ul class=\"events\">{''.join(rows)}</ul>")
 
 
 def _section(anchor: str, title: str, explain: str, body: str) -> str:
@@ -70,16 +165,9 @@ def training_section(entries: Sequence[Entry]) -> str:
         if png is None:
             missing.append(e.name)
             continue
-        retries = [r for r in recs if r.get("event") == "retry"]
-        caption = ""
-        if retries:
-            items = "".join(f"<li>step {esc(r.get('step'))}: {esc(r.get('reason', ''))}</li>"
-                            for r in retries[:10])
-            more = f"<li>… and {len(retries) - 10} more</li>" if len(retries) > 10 else ""
-            caption = (f"<figcaption>Training was restarted {len(retries)} time(s) "
-                       f"(dotted red lines):<ul>{items}{more}</ul></figcaption>")
+        caption = _events_caption(recs)
         figs.append(f"<figure>{img(png, f'Training curves of {e.name}')}{caption}</figure>")
-    body = f'<div class="grid wide">{"".join(figs)}</div>' if figs else ""
+    body = _events_overview(entries) + (f'<div class="grid wide">{"".join(figs)}</div>' if figs else "")
     if missing:
         body += ('<p class="note">No training log (metrics.jsonl) for: '
                  + ", ".join(f"<b>{esc(n)}</b>" for n in missing) + ".</p>")
@@ -88,8 +176,29 @@ def training_section(entries: Sequence[Entry]) -> str:
                "(how well it rejects artificial noise) &mdash; plus the loss on validation data; "
                "curves that flatten out mean training converged. Right: how often the model "
                "tells real data from noise (50% is guessing). Dotted red lines mark automatic "
-               "restarts after a numerical problem.")
+               "restarts after a numerical problem, dashed purple lines automatic changes of the "
+               "objective's stabilisation.")
     return _section("training", "Training curves", explain, body)
+
+
+def _events_caption(recs: Sequence[dict]) -> str:
+    """Figure caption listing a run's restarts, stabilisation changes and warnings."""
+    evs = training_events(recs)
+    if not evs:
+        return ""
+    parts = []
+    retries = [r for r in evs if r.get("event") == "retry"]
+    if retries:
+        parts.append(f"Training was restarted {len(retries)} time(s) (dotted red lines):"
+                     + events_list(retries, text=lambda r: str(r.get("reason", ""))))
+    stab = [r for r in evs if r.get("event") == "stabilise"]
+    if stab:
+        parts.append(f"The objective's stabilisation was changed automatically {len(stab)} time(s) "
+                     "(dashed purple lines):" + events_list(stab))
+    warns = [r for r in evs if r.get("event") == "warning"]
+    if warns:
+        parts.append(f"{len(warns)} warning(s):" + events_list(warns))
+    return f"<figcaption>{''.join(parts)}</figcaption>"
 
 
 def _roc_of(e: Entry) -> tuple[list, list] | None:
@@ -208,6 +317,20 @@ def glossary() -> str:
          "The scoring rule used to compare data and noise during training (for example "
          "kl, power, shifted_log or logistic). Different rules weigh mistakes differently and "
          "can be more or less stable."),
+        ("Degraded",
+         "A run that ended clearly worse on validation data than the VAE it started from: by more "
+         "than twice the statistical uncertainty of the difference (and, for AUROC, by at least 0.02). "
+         "It is never recommended."),
+        ("Unreliable log-likelihood; k-hat and ESS",
+         "An estimated log-likelihood rests on importance sampling. The Pareto k-hat describes the "
+         "tail of the importance weights (below 0.5 good, up to 0.7 usable, above 0.7 unreliable: "
+         "the estimate can be far off however many samples are drawn); the effective sample size "
+         "(ESS) is the share of samples that actually carry the estimate (below 5% is too few). "
+         "A run whose log-likelihood is unreliable is never ranked by it nor recommended."),
+        ("Training events",
+         "Automatic interventions during training: a restart after a numerical problem, a change "
+         "of the objective's stabilisation (a safer way to compute exponentials, after which the "
+         "loss is no longer a guaranteed bound), and warnings such as heavy-tailed weights."),
         ("Validation vs test data",
          "Validation data is used to choose between configurations; test data is kept apart "
          "and only used to report the final figures, so they are not flattered by the choice."),
