@@ -36,7 +36,7 @@ from .diagnostics import reliable as weights_reliable
 from .errors import ConfigError, FvnceError
 from .noise import NOISES, make_noise
 from .rules import scoring_rule
-from .runs import RunConfig, check_model_sizes, evaluate_run, train_run
+from .runs import BASE_NOISE, RunConfig, _default_noise, check_model_sizes, evaluate_run, train_run
 from .train import DivergenceError, TrainConfig
 
 __all__ = ["BUDGETS", "PocConfig", "assess_runs", "auroc_standard_error", "degradation", "ll_reliability",
@@ -81,6 +81,10 @@ def _rule_label(name: str, params: dict) -> str:
     return name + "".join(f"{v:g}" for v in params.values())
 
 
+#: model options of the energy-tilted model that the VAE baseline does not take
+TILT_OPTIONS = ("tilt_bound", "freeze_base", "tilt_hidden")
+
+
 def default_noises(binary: bool) -> list[str]:
     return ["marginals", "gmm", "kde"] if binary else ["full_gaussian", "gmm", "kde"]
 
@@ -113,8 +117,9 @@ class PocConfig:
             raise ConfigError("--rules is empty")
         rules = [parse_rule(r) for r in self.rules]
         for n in self.noises or []:
-            if ":" not in n and n not in NOISES:
-                raise ConfigError(f"unknown noise {n!r}; valid noises: {', '.join(sorted(NOISES))}, or module:callable")
+            if ":" not in n and n not in NOISES and n != BASE_NOISE:
+                raise ConfigError(f"unknown noise {n!r}; valid noises: {BASE_NOISE}, {', '.join(sorted(NOISES))}, "
+                                  "or module:callable")
         check_model_sizes(self.model_options)
         return rules
 
@@ -483,9 +488,11 @@ def run_poc(config: PocConfig, out_dir: str | Path, *, log: Callable[[str], None
     # FVNCE run starts from its weights (an energy-tilted VAE whose tilt starts at zero),
     # so the noise-contrastive rules spend their budget on what the VAE got wrong.
     base_dir = out_dir / "runs" / VAE_RUN
+    vae_options = {k: v for k, v in config.model_options.items() if k not in TILT_OPTIONS}
+    fitted_noises = [n for n in noises if n != BASE_NOISE] or [_default_noise(dataset.binary)]
     plan: list[tuple[str, RunConfig]] = [(VAE_RUN, RunConfig(
         data=config.data, objective="elbo", model="vae" if config.model == "auto" else config.model,
-        model_options=dict(config.model_options), noise=noises[0], train=_train_cfg(config.train, steps),
+        model_options=vae_options, noise=fitted_noises[0], train=_train_cfg(config.train, steps),
         eval_k=config.eval_k))]
     warm = config.model == "auto"
     for noise_name in noises:
@@ -585,13 +592,13 @@ def _run_one(name: str, rc: RunConfig, dataset, fitted: dict, out_dir: Path, log
                              "started_from": Path(rc.init_from).name if rc.init_from else None}
     t_run = time.perf_counter()
     try:
-        if rc.noise not in fitted:
+        if rc.noise != BASE_NOISE and rc.noise not in fitted:
             fitted[rc.noise] = make_noise(rc.noise, dataset.train, seed=rc.train.seed)
         run_dir = out_dir / "runs" / name
         if run_dir.exists():
             import shutil
             shutil.rmtree(run_dir)
-        train_run(rc, run_dir, dataset=dataset, noise=fitted[rc.noise], log=log, progress=False)
+        train_run(rc, run_dir, dataset=dataset, noise=fitted.get(rc.noise), log=log, progress=False)
         entry["train_time_s"] = time.perf_counter() - t_run
         ev = evaluate_run(run_dir, dataset=dataset, k=rc.eval_k)
         entry["metrics"], entry["val_metrics"] = _metrics(ev)
