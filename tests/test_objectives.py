@@ -284,51 +284,294 @@ def test_contract_shapes_finite_gradients(name):
             assert p.grad.abs().sum() > 0, f"{name}: zero gradient for {pname}"
 
 
-@pytest.mark.parametrize("name", sorted(OBJECTIVES))
-def test_contract_config_round_trip(name):
-    model, enc, x, noise, params = _setup(name)
-    obj = make_objective(name, **params)
-    cfg = obj.config()
-    rebuilt = make_objective(**{**cfg})
-    assert rebuilt.config() == cfg
+def _run(name, setup, kwargs, seed, merge=True):
+    """Build objective ``name`` from ``kwargs`` and evaluate it on the inputs of
+    ``_setup(setup)`` with a pinned seed.  With ``merge`` the kwargs go on top of the
+    setup's parameters (a value of None drops a key).  Returns the objective, its output,
+    the gradient of the loss w.r.t. every model and encoder parameter (flattened, in a
+    fixed order) and the inputs."""
+    model, enc, x, noise, params = _setup(setup)
+    merged = {**params, **kwargs} if merge else dict(kwargs)
+    obj = make_objective(name, **{k: v for k, v in merged.items() if v is not None})
     e = enc if obj.uses_encoder else None
-    torch.manual_seed(9)
-    a = obj(model, e, x, noise).loss
-    torch.manual_seed(9)
-    b = rebuilt(model, e, x, noise).loss
-    assert a.item() == b.item()
+    torch.manual_seed(seed)
+    out = obj(model, e, x, noise)
+    mods = [model] + ([enc] if e is not None else [])
+    params_ = [p for m in mods for p in m.parameters()]
+    g = torch.autograd.grad(out.loss, params_, allow_unused=True, materialize_grads=True)
+    return obj, out, torch.cat([t.reshape(-1) for t in g]), (model, e, x, noise)
 
 
+def _defaults(name, rule=None):
+    """Constructor defaults of objective ``name`` and of its rule class."""
+    import inspect
+
+    from fvnce.rules import RULES
+
+    out = {}
+    classes = [RULES[rule]] if rule in RULES else []
+    for cls in classes + [OBJECTIVES[name]]:  # objective defaults win (nu)
+        out.update({p: v.default for p, v in inspect.signature(cls.__init__).parameters.items()
+                    if v.default is not inspect.Parameter.empty})
+    return out
+
+
+def _hyperparameter_names(name):
+    """Every constructor argument of objective ``name``; objectives that take rule
+    parameters (``**rule_params``) also take those of every plain-data rule."""
+    import inspect
+
+    from fvnce.rules import RULES
+
+    sig = inspect.signature(OBJECTIVES[name].__init__).parameters
+    names = {p for p, v in sig.items() if p != "self" and v.kind is not inspect.Parameter.VAR_KEYWORD}
+    if any(v.kind is inspect.Parameter.VAR_KEYWORD for v in sig.values()):
+        for rname, cls in RULES.items():
+            if rname == "generic":  # wraps a Python callable, not a plain-data hyper-parameter
+                continue
+            names |= {p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "exp_mode", "tau")}
+    return names
+
+
+def _flat_config(cfg):
+    """Objective config with the nested rule config merged in (objective keys win)."""
+    rule = dict(cfg.get("rule", {}))
+    flat = {("rule" if k == "name" else k): v for k, v in rule.items()}
+    flat.update({k: v for k, v in cfg.items() if k != "rule"})
+    return flat
+
+
+# Non-default values for every hyper-parameter of every objective, in combinations whose
+# outputs depend on them on the setup's inputs: small positive tau so that the stabilised
+# exponentials are active (fvnce's data-side log ratios reach ~3.9, nce's and vnce's ~10).
+# The optional third item overrides the setup (fvnce's noise_term only matters for a
+# normalised model with the KL rule: the VAE of the "elbo" setup).
+ROUND_TRIP = [
+    ("fvnce", {"rule": "power", "alpha": 1.3, "k": 3, "nu": 3, "exp_mode": "clip", "tau": 1.5,
+               "noise_encoder": "detach", "base_fit": "rule"}),
+    ("fvnce", {"rule": "shifted_log", "alpha": None, "c": 0.7, "k": 2, "nu": 2, "exp_mode": "linear", "tau": 0.8,
+               "noise_encoder": "grad", "base_fit": "elbo"}),
+    ("fvnce", {"rule": "kl", "alpha": None, "k": 2, "nu": 3, "noise_term": "estimate"}, "elbo"),
+    ("elbo", {"k": 3}),
+    ("iwae", {"k": 5}),
+    ("nce", {"rule": "power", "alpha": 1.8, "nu": 3, "exp_mode": "linear", "tau": 6.0}),
+    ("nce", {"rule": "shifted_log", "c": 0.4, "nu": 2, "exp_mode": "clip", "tau": 7.0}),
+    ("nce", {"nu": 3}),  # logistic: the rule's nu follows the objective's
+    ("vnce", {"rule": "power", "alpha": 1.25, "k": 3, "nu": 2, "exp_mode": "clip", "tau": 9.0}),
+    ("vnce", {"rule": "shifted_log", "c": 3.0, "k": 2, "nu": 3, "exp_mode": "linear", "tau": 7.0}),
+    ("vnce", {"k": 3, "nu": 2}),
+]
+
+
+def test_round_trip_cases_cover_every_hyperparameter():
+    """Across the cases, every hyper-parameter of every objective takes a non-default value."""
+    for name in OBJECTIVES:
+        covered = set()
+        for case in ROUND_TRIP:
+            if case[0] != name:
+                continue
+            rule = case[1].get("rule", _defaults(name).get("rule"))
+            defaults = _defaults(name, rule)
+            covered |= {k for k, v in case[1].items() if v is not None and v != defaults.get(k)}
+        assert _hyperparameter_names(name) <= covered, (name, _hyperparameter_names(name) - covered)
+
+
+@pytest.mark.parametrize("case", ROUND_TRIP, ids=[f"{c[0]}-{i}" for i, c in enumerate(ROUND_TRIP)])
+def test_contract_config_round_trip(case):
+    """config() -> JSON -> make_objective rebuilds the same objective: the config records
+    every hyper-parameter given, the rebuilt config is identical, and with the same seed
+    the rebuilt objective gives bit-identical losses, per-example terms and gradients."""
+    import json
+
+    name, kwargs = case[0], case[1]
+    setup = case[2] if len(case) > 2 else name
+    obj, out, grad, _ = _run(name, setup, kwargs, seed=9, merge=False)
+    cfg = obj.config()
+    assert cfg["name"] == name
+    # every hyper-parameter given is recorded with its value (a forgotten one fails here)
+    flat = _flat_config(cfg)
+    for key, value in kwargs.items():
+        if value is not None:
+            assert key in flat, f"{name}.config() forgets {key}: {cfg}"
+            assert flat[key] == value, f"{name}.config() records {key}={flat[key]!r}, expected {value!r}"
+    # plain data: identical after JSON; the rebuild comes from the saved config alone
+    saved = json.loads(json.dumps(cfg))
+    assert saved == cfg
+    rebuilt, out2, grad2, _ = _run(saved.pop("name"), setup, saved, seed=9, merge=False)
+    assert type(rebuilt) is type(obj)
+    assert rebuilt.config() == cfg
+    assert torch.equal(out.loss, out2.loss)
+    assert torch.equal(out.data_terms, out2.data_terms)
+    assert (out.noise_terms is None) == (out2.noise_terms is None)
+    if out.noise_terms is not None:
+        assert torch.equal(out.noise_terms, out2.noise_terms)
+    assert torch.equal(grad, grad2)
+
+
+# Pairs of configurations (on top of the setup's parameters; None drops a key) that differ
+# in one hyper-parameter only.  Every hyper-parameter of every objective appears (checked
+# below).  tau is always positive; the inputs are such that the stabilisation is active:
+# the setups' log ratios reach above every tau used here (asserted in the test).
+# "what" is the output that must change: the loss, or only the gradient (noise_encoder
+# decides whether the encoder is differentiated through the noise points, not the value).
 HYPER = {
-    "fvnce": [{"k": 4}, {"nu": 3}, {"alpha": 1.2}, {"exp_mode": "clip", "tau": -1.0},
-              {"rule": "shifted_log", "c": 1.0, "alpha": None}],
-    "elbo": [{"k": 5}],
-    "iwae": [{"k": 8}],
-    "nce": [{"nu": 5}, {"rule": "power", "alpha": 2.0}],
-    "vnce": [{"k": 6}, {"nu": 3}, {"rule": "power", "alpha": 1.5}],
+    "fvnce": [
+        ("rule", {}, {"rule": "shifted_log", "alpha": None, "c": 1.0}),
+        ("k", {}, {"k": 4}),
+        ("nu", {}, {"nu": 3}),
+        ("alpha", {}, {"alpha": 1.2}),
+        ("c", {"rule": "shifted_log", "alpha": None, "c": 0.5}, {"rule": "shifted_log", "alpha": None, "c": 2.0}),
+        ("exp_mode", {"exp_mode": "exact", "tau": 1.0}, {"exp_mode": "clip", "tau": 1.0}),
+        ("exp_mode", {"exp_mode": "exact", "tau": 1.0}, {"exp_mode": "linear", "tau": 1.0}),
+        ("exp_mode", {"exp_mode": "linear", "tau": 1.0}, {"exp_mode": "clip", "tau": 1.0}),
+        ("tau", {"exp_mode": "linear", "tau": 1.0}, {"exp_mode": "linear", "tau": 2.0}),
+        ("tau", {"exp_mode": "clip", "tau": 1.0}, {"exp_mode": "clip", "tau": 2.0}),
+        # enumerated latents (the RBM of the "nce" setup): identical values, so only the
+        # gradient can tell the two apart
+        ("noise_encoder", {"rule": "power", "alpha": 1.5, "noise_encoder": "grad"},
+         {"rule": "power", "alpha": 1.5, "noise_encoder": "detach"}, "grad", "nce"),
+        ("noise_term", {"rule": "kl", "alpha": None}, {"rule": "kl", "alpha": None, "noise_term": "estimate"},
+         "loss", "elbo"),
+        # the setup's energy-tilted VAE: its base fitted by the ELBO, or everything by the rule
+        ("base_fit", {"base_fit": "rule"}, {"base_fit": "elbo"}),
+        ("base_fit", {"base_fit": "rule"}, {"base_fit": "auto"}),
+    ],
+    "elbo": [("k", {}, {"k": 5})],
+    "iwae": [("k", {}, {"k": 8})],
+    "nce": [
+        ("rule", {}, {"rule": "power", "alpha": 2.0}),
+        ("nu", {}, {"nu": 5}),
+        ("alpha", {"rule": "power", "alpha": 1.5}, {"rule": "power", "alpha": 2.0}),
+        ("c", {"rule": "shifted_log", "c": 0.5}, {"rule": "shifted_log", "c": 2.0}),
+        ("exp_mode", {"rule": "power", "exp_mode": "exact", "tau": 5.0}, {"rule": "power", "exp_mode": "clip", "tau": 5.0}),
+        ("exp_mode", {"rule": "power", "exp_mode": "exact", "tau": 5.0},
+         {"rule": "power", "exp_mode": "linear", "tau": 5.0}),
+        ("exp_mode", {"rule": "shifted_log", "exp_mode": "linear", "tau": 5.0},
+         {"rule": "shifted_log", "exp_mode": "clip", "tau": 5.0}),
+        ("tau", {"rule": "power", "exp_mode": "linear", "tau": 5.0}, {"rule": "power", "exp_mode": "linear", "tau": 8.0}),
+    ],
+    "vnce": [
+        ("rule", {}, {"rule": "power", "alpha": 1.5}),
+        ("k", {}, {"k": 6}),
+        ("nu", {}, {"nu": 3}),
+        ("alpha", {"rule": "power", "alpha": 1.5}, {"rule": "power", "alpha": 1.2}),
+        ("c", {"rule": "shifted_log", "c": 0.5}, {"rule": "shifted_log", "c": 2.0}),
+        ("exp_mode", {"rule": "power", "exp_mode": "exact", "tau": 5.0}, {"rule": "power", "exp_mode": "clip", "tau": 5.0}),
+        ("exp_mode", {"rule": "power", "exp_mode": "exact", "tau": 5.0},
+         {"rule": "power", "exp_mode": "linear", "tau": 5.0}),
+        ("exp_mode", {"rule": "shifted_log", "exp_mode": "linear", "tau": 5.0},
+         {"rule": "shifted_log", "exp_mode": "clip", "tau": 5.0}),
+        ("tau", {"rule": "power", "exp_mode": "clip", "tau": 5.0}, {"rule": "power", "exp_mode": "clip", "tau": 8.0}),
+    ],
 }
+
+
+def _log_ratios(name, obj, out, inputs):
+    """The log ratios (data and noise side, log r_k for sampled latents) the rule saw."""
+    model, enc, x, noise = inputs
+    if name == "nce":
+        return torch.cat([out.parts["data-side model log-density log p~(x)"] - noise.log_prob(x),
+                          out.parts["noise-side model log-density log p~(y)"] - noise.log_prob(noise.last)])
+    if name == "vnce":
+        lw_d = (out.parts["data-side model log-density log p~(x,z)"] - out.parts["data-side encoder log-density log q(z|x)"]
+                - noise.log_prob(x))
+        return torch.cat([lw_d.reshape(-1), torch.logsumexp(out.parts["noise-side log-ratio"], 0)
+                          - math.log(out.parts["noise-side log-ratio"].shape[0])])
+    lw = [out.parts[f"{side}-side log-ratio"] for side in ("data", "noise") if f"{side}-side log-ratio" in out.parts]
+    return torch.cat([torch.logsumexp(t, 0) - math.log(t.shape[0]) for t in lw])
+
+
+def test_hyperparameter_pairs_cover_every_hyperparameter():
+    assert set(HYPER) == set(OBJECTIVES)
+    for name in OBJECTIVES:
+        assert _hyperparameter_names(name) <= {pair[0] for pair in HYPER[name]}, name
 
 
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))
 def test_every_hyperparameter_changes_the_output(name):
-    model, enc, x, noise, params = _setup(name)
-    e = enc if OBJECTIVES[name].uses_encoder else None
-    torch.manual_seed(10)
-    base = make_objective(name, **params)(model, e, x, noise).loss.item()
-    for change in HYPER[name]:
-        torch.manual_seed(10)
-        merged = {k: v for k, v in {**params, **change}.items() if v is not None}
-        other = make_objective(name, **merged)(model, e, x, noise).loss.item()
-        assert other != pytest.approx(base, rel=1e-6), change
+    """Changing any one hyper-parameter (tau > 0 throughout) changes the loss, or for
+    noise_encoder the gradient, on inputs where the option is active."""
+    for pair in HYPER[name]:
+        hyper, a, b = pair[:3]
+        what = pair[3] if len(pair) > 3 else "loss"
+        setup = pair[4] if len(pair) > 4 else name
+        obj_a, out_a, grad_a, inputs = _run(name, setup, a, seed=10)
+        obj_b, out_b, grad_b, _ = _run(name, setup, b, seed=10)
+        # the two configurations differ in this hyper-parameter only
+        fa, fb = _flat_config(obj_a.config()), _flat_config(obj_b.config())
+        changed = {k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k)}
+        assert hyper in changed and changed <= {hyper} | ({"alpha", "c"} if hyper == "rule" else set()), pair
+        for cfg in (fa, fb):
+            assert cfg.get("tau", 1.0) > 0
+        if hyper in ("exp_mode", "tau"):
+            # stabilisation active: some log ratio lies beyond the larger band edge
+            taus = [c["tau"] for c in (fa, fb)]
+            lr = _log_ratios(name, obj_a, out_a, inputs)
+            assert (lr > max(taus)).any(), (pair, lr.max())
+        assert torch.isfinite(out_a.loss) and torch.isfinite(out_b.loss)
+        if what == "loss":
+            assert out_b.loss.item() != pytest.approx(out_a.loss.item(), rel=1e-6, abs=1e-9), pair
+        else:
+            assert out_b.loss.item() == pytest.approx(out_a.loss.item(), rel=1e-12), pair
+            assert not torch.allclose(grad_a, grad_b, rtol=1e-6, atol=1e-12), pair
 
 
 def test_noise_term_option_changes_normalised_kl():
-    model, enc, x, noise, _ = _setup("elbo")
+    """Normalised model, KL rule: ``noise_term="auto"`` adds the exact expectation 1 of the
+    noise term; ``"estimate"`` adds the sampled mean of w(y, z) = p(y, z) / (q(z|y) p_n(y)),
+    checked against an independent computation with the same seed, whose expectation is
+    1 for any encoder and noise."""
+    model, enc, x, noise, _ = _setup("elbo")  # the registry's VAE with its (untrained) encoder
+    b, nu = x.shape[0], 3
+
+    def log_w(pts, q, z):
+        return model.log_joint(pts, z) - q.log_prob(z) - noise.log_prob(pts)
+
+    # auto: the one random draw is z ~ q(.|x); loss = mean(-log w(x, z)) + 1 exactly
     torch.manual_seed(11)
-    a = make_objective("fvnce")(model, enc, x, noise)
+    auto = make_objective("fvnce")(model, enc, x, noise)
     torch.manual_seed(11)
-    b = make_objective("fvnce", noise_term="estimate")(model, enc, x, noise)
-    assert a.noise_terms is None and b.noise_terms is not None and a.loss.item() != b.loss.item()
+    qx = enc(x)
+    data_ref = -log_w(x, qx, qx.rsample((1,)))[0]
+    assert auto.noise_terms is None
+    torch.testing.assert_close(auto.data_terms, data_ref, rtol=0, atol=1e-10)
+    assert auto.loss.item() == pytest.approx(data_ref.mean().item() + 1.0, abs=1e-10)
+    assert auto.diagnostics["noise_loss"] == 1.0
+    # estimate: y ~ p_n first, then z ~ q(.|x) and z' ~ q(.|y) (no encoder gradient: the
+    # KL noise loss is linear in r); noise terms w(y, z'), loss = mean(-log w(x, z)) + mean w(y, z')
+    torch.manual_seed(11)
+    est = make_objective("fvnce", noise_term="estimate", nu=nu)(model, enc, x, noise)
+    torch.manual_seed(11)
+    y = noise.base.sample((nu * b,))
+    qx, qy = enc(x), enc(y)
+    zx = qx.rsample((1,))
+    zy = qy.sample((1,))
+    noise_ref = torch.exp(log_w(y, qy, zy)[0])
+    assert torch.equal(noise.last, y)
+    assert est.noise_terms is not None and est.noise_terms.shape == (nu * b,)
+    torch.testing.assert_close(est.noise_terms, noise_ref, rtol=1e-12, atol=0)
+    torch.testing.assert_close(est.data_terms, -log_w(x, qx, zx)[0], rtol=0, atol=1e-10)
+    assert est.loss.item() == pytest.approx(est.data_terms.mean().item() + noise_ref.mean().item(), abs=1e-10)
+    assert est.diagnostics["noise_loss"] == pytest.approx(noise_ref.mean().item(), rel=1e-12)
+    assert abs(noise_ref.mean().item() - 1.0) > 1e-3  # one draw is not the constant
+
+    # the estimate is unbiased for 1 with a wrong encoder (weights with finite variance:
+    # an overdispersed q and a noise wider than the model)
+    torch.manual_seed(14)
+    lg_model = LinearGaussian(3, 2, sigma=0.8)
+    wrong_q = PerturbedPosterior(lg_model)
+    wide = gaussian_noise(3, 2.0)
+    x = lg_model.sample(32)
+    obj = make_objective("fvnce", noise_term="estimate", nu=256)
+    with torch.no_grad():
+        draws = torch.tensor([obj(lg_model, wrong_q, x, wide).noise_terms.mean().item() for _ in range(20)])
+    se = draws.std().item() / math.sqrt(len(draws))
+    assert se < 0.01, se  # the check below is sharp
+    assert abs(draws.mean().item() - 1.0) < 4 * se, (draws.mean().item(), se)
+    auto = make_objective("fvnce")
+    with torch.no_grad():
+        out = auto(lg_model, wrong_q, x, wide)
+    assert out.noise_terms is None and out.loss.item() == pytest.approx(out.data_terms.mean().item() + 1.0, abs=1e-12)
 
 
 def test_nonfinite_loss_names_the_term():
@@ -365,7 +608,10 @@ def _grads(loss, params):
 
 def test_noise_encoder_auto_choice_and_bad_value():
     assert make_objective("fvnce", rule="kl").detaches_noise_encoder()
-    assert not make_objective("fvnce", rule="kl", exp_mode="linear").detaches_noise_encoder()
+    # the stabilised KL rule is the KL rule (its weight r f'' is constant): still linear in r
+    assert make_objective("fvnce", rule="kl", exp_mode="linear").detaches_noise_encoder()
+    assert make_objective("fvnce", rule="shifted_log", c=0.0, exp_mode="linear").detaches_noise_encoder()
+    assert not make_objective("fvnce", rule="shifted_log", c=1.0).detaches_noise_encoder()
     assert not make_objective("fvnce", rule="power", alpha=1.5).detaches_noise_encoder()
     assert not make_objective("fvnce", rule="kl", noise_encoder="grad").detaches_noise_encoder()
     assert make_objective("fvnce", rule="power", noise_encoder="detach").detaches_noise_encoder()

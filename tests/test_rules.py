@@ -138,9 +138,67 @@ def test_bad_parameters_named(bad):
 
 
 def test_registry_covers_documented_rules():
-    assert {"kl", "power", "shifted_log", "logistic", "generic"} <= set(rules.RULES)
-    for name in ("kl", "power", "shifted_log", "logistic"):
-        rule = scoring_rule(name)
-        assert rule.name == name
-        rebuilt = scoring_rule(**{**rule.config()})
-        assert rebuilt.config() == rule.config()
+    """README's rules table and ``rules.RULES`` agree both ways (internal rules listed
+    here), and each rule's ``l1``/``l0`` equal the table's formulas, written below as
+    independent float64 oracles, at ratios across (0, inf) and for several parameters."""
+    import re
+    from pathlib import Path
+
+    # rules in RULES that the README table does not list, and why
+    internal = {"generic": "wraps a Python callable f (GenericRule(f)): not selectable by name from a config or the CLI"}
+    # the table's l1 and l0 cells verbatim, the parameters to try, and the formulas
+    log = math.log
+    oracles = {
+        "kl": ("-log r", "r", [{}],
+               lambda r: -log(r), lambda r: r),
+        "power": ("-(r^(a-1)-1)/(a-1)", "(r^a-1)/a", [{"alpha": 1.25}, {"alpha": 1.5}, {"alpha": 2.0}],
+                  lambda r, alpha: -(r ** (alpha - 1) - 1) / (alpha - 1), lambda r, alpha: (r ** alpha - 1) / alpha),
+        "shifted_log": ("-log(r+c)", "r - c log(r+c)", [{"c": 0.0}, {"c": 0.5}, {"c": 2.0}],
+                        lambda r, c: -log(r + c), lambda r, c: r - c * log(r + c)),
+        "logistic": ("log(1+nu/r)", "nu log(1+r/nu)", [{"nu": 1.0}, {"nu": 3.0}],
+                     lambda r, nu: log(1 + nu / r), lambda r, nu: nu * log(1 + r / nu)),
+    }
+
+    lines = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8").splitlines()
+    header = [i for i, line in enumerate(lines) if re.match(r"\|\s*rule\s*\|\s*`l1\(r\)`\s*\|\s*`l0\(r\)`\s*\|", line)]
+    assert len(header) == 1, "README.md needs exactly one rules table (| rule | `l1(r)` | `l0(r)` | ...)"
+    table = {}
+    for line in lines[header[0] + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        name = re.match(r"`(\w+)`", cells[0])
+        assert name, f"rules table row without a `name` first: {line}"
+        table[name.group(1)] = (cells[1].strip("`"), cells[2].strip("`"))
+    assert table, "empty rules table"
+
+    assert set(internal) <= set(rules.RULES) and not set(internal) & set(table)
+    assert set(table) == set(rules.RULES) - set(internal), (set(table), set(rules.RULES))
+    assert set(oracles) == set(table)  # an oracle for every documented rule
+
+    ratios = [1e-3, 0.2, 1.0, 2.5, 40.0]
+    t = torch.tensor([log(r) for r in ratios], dtype=torch.float64)
+    for name, (l1_doc, l0_doc, param_sets, l1, l0) in oracles.items():
+        assert " ".join(table[name][0].split()) == l1_doc, (name, table[name][0])
+        assert " ".join(table[name][1].split()) == l0_doc, (name, table[name][1])
+        for params in param_sets:
+            # exact mode everywhere; the stabilised modes inside their band |log r| <= tau
+            for mode, tau in (("exact", 20.0), ("linear", 7.5), ("clip", 7.5)):  # |log r| <= 6.91
+                rule = scoring_rule(name, exp_mode=mode, tau=tau, **params)
+                assert rule.name == name and isinstance(rule, rules.RULES[name])
+                assert scoring_rule(**rule.config()).config() == rule.config()
+                want1 = torch.tensor([l1(r, **params) for r in ratios], dtype=torch.float64)
+                want0 = torch.tensor([l0(r, **params) for r in ratios], dtype=torch.float64)
+                torch.testing.assert_close(rule.data_loss(t), want1, rtol=1e-12, atol=1e-12,
+                                           msg=lambda m: f"{name} {params} {mode}: l1 {m}")
+                torch.testing.assert_close(rule.noise_loss(t), want0, rtol=1e-12, atol=1e-12,
+                                           msg=lambda m: f"{name} {params} {mode}: l0 {m}")
+
+    # (stabilisation semantics) the KL rule's weight r f''(r) = 1 is constant, so "linear"
+    # is the KL rule itself far outside the band, and its noise side l0 = r is linear in r,
+    # so the tangent extension of "clip" leaves it unchanged too
+    far = torch.tensor([-30.0, -3.0, 0.5, 3.0, 30.0], dtype=torch.float64)
+    lin, clip = scoring_rule("kl", exp_mode="linear", tau=1.0), scoring_rule("kl", exp_mode="clip", tau=1.0)
+    torch.testing.assert_close(lin.data_loss(far), -far, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(lin.noise_loss(far), torch.exp(far), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(clip.noise_loss(far), torch.exp(far), rtol=1e-12, atol=1e-12)
