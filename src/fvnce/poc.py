@@ -85,8 +85,12 @@ def _rule_label(name: str, params: dict) -> str:
 TILT_OPTIONS = ("tilt_bound", "freeze_base", "tilt_hidden")
 
 
-def default_noises(binary: bool) -> list[str]:
-    return ["marginals", "gmm", "kde"] if binary else ["full_gaussian", "gmm", "kde"]
+def default_noises(binary: bool, tilted: bool = True) -> list[str]:
+    """The poc's noise candidates: the VAE's own samples (``base``: the closest noise, an
+    exact ratio, reliable log Z), a simple fitted noise, and near-miss perturbations (kde).
+    docs/benchmarks.md has the measurements behind the choice."""
+    simple = ["marginals", "kde"] if binary else ["full_gaussian", "kde"]
+    return ([BASE_NOISE] if tilted else []) + simple + ([] if tilted else ["gmm"])
 
 
 @dataclass
@@ -476,7 +480,7 @@ def run_poc(config: PocConfig, out_dir: str | Path, *, log: Callable[[str], None
     for note in dataset.notes:
         log(f"fvnce: note: {note}")
     has_labels = dataset.val_labels is not None and bool(dataset.val_labels.any())
-    noises = config.noises or default_noises(dataset.binary)
+    noises = config.noises or default_noises(dataset.binary, tilted=config.model in ("auto", "tilted_vae"))
     steps = config.steps()
     fitted: dict[str, Any] = {}
     for n in noises:  # user plug-ins are checked before anything is written: a bad one is an input error
