@@ -132,7 +132,7 @@ def main(argv=None) -> dict:
     out = {"benchmark": "known_density", "machine": C.machine(args.threads), "steps": steps or "cli default",
            "seeds": seeds, "true_mean_log_density": best_ll, "results": results, "table": table,
            "torch": torch.__version__}
-    print(C.table(table, ["rule", "spearman_min", "spearman_median", "log_likelihood_median", "runs", "failed"]))
+    C.table(table, ["rule", "spearman_min", "spearman_median", "log_likelihood_median", "runs", "failed"])
     print(f"true mean log-density of the training rows: {best_ll:.3f}")
     C.write_json(args.out, out)
     return out

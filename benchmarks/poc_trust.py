@@ -48,9 +48,33 @@ def spec_for(name: str, adbench_dir: Path, fashion_rows: int):
     return DataSpec(source=str(adbench_dir / f"{name}.csv"), label="label", normal="normal")
 
 
-def assess(summary: dict) -> dict:
-    """The issue's checks on one poc summary."""
+def _row_log_likelihoods(out: Path | None, run: str):
+    """Per-row test log-likelihoods of the normal rows (the negated anomaly scores that
+    evaluation.json keeps), in the split's row order; None when not kept."""
+    import json
+
+    if out is None:
+        return None
+    path = out / "runs" / run / "evaluation.json"
+    if not path.exists():
+        return None
+    scores = (json.loads(path.read_text()).get("scores") or {}).get("normal")
+    return None if scores is None else [-s for s in scores]
+
+
+def _paired_se(a, b) -> float | None:
+    """Standard error of the mean of the per-row differences a - b (same rows)."""
+    if a is None or b is None or len(a) != len(b) or len(a) < 2:
+        return None
+    d = [x - y for x, y in zip(a, b)]
+    m = sum(d) / len(d)
+    return math.sqrt(sum((v - m) ** 2 for v in d) / (len(d) - 1) / len(d))
+
+
+def assess(summary: dict, out: Path | None = None) -> dict:
+    """The issue's checks on one poc summary (``out``: its directory, for paired errors)."""
     runs = {r["name"]: r for r in summary["runs"]}
+    vae_rows = _row_log_likelihoods(out, "elbo-vae")
     vae = runs.get("elbo-vae")
     vae_auc = (vae or {}).get("metrics", {}).get("auroc")
     vae_ll = (vae or {}).get("metrics", {}).get("log_likelihood")
@@ -71,7 +95,9 @@ def assess(summary: dict) -> dict:
             ll, se = m.get("log_likelihood"), m.get("log_likelihood_se")
             if r.get("reliable") and ll is not None and vae_ll is not None:
                 gain = ll - vae_ll
-                se_d = math.sqrt((se or 0.0) ** 2 + (vae_se or 0.0) ** 2)
+                se_d = _paired_se(_row_log_likelihoods(out, r["name"]), vae_rows)
+                if se_d is None:  # unpaired (conservative) when the per-row values are not kept
+                    se_d = math.sqrt((se or 0.0) ** 2 + (vae_se or 0.0) ** 2)
                 row["ll_gain"], row["ll_gain_se"] = gain, se_d
                 if gain > 0:
                     beats.append({"run": r["name"], "gain": gain, "se": se_d})
@@ -93,7 +119,11 @@ def main(argv=None) -> dict:
     p.add_argument("--fashion-rows", type=int, default=4000)
     p.add_argument("--budget", default=None, help="poc budget (default: the poc default)")
     p.add_argument("--keep", type=Path, default=None, help="keep the poc directories under this folder")
+    p.add_argument("--reassess", type=Path, default=None,
+                   help="only re-read the poc directories kept under this folder (no training)")
     args = p.parse_args(argv)
+    if args.reassess is not None:
+        return reassess(args.reassess, args.out)
     C.set_threads(args.threads)
     from fvnce.poc import PocConfig, run_poc
 
@@ -118,12 +148,12 @@ def main(argv=None) -> dict:
                 results[name] = {"error": f"{type(exc).__name__}: {exc}"}
                 print(f"{name}: error {exc}", flush=True)
                 continue
-            res = assess(summary)
+            res = assess(summary, out)
             res["wall_s"] = time.perf_counter() - t0
             res["n_train"] = summary["data"]["n_train"]
             results[name] = res
-            print(C.table(res["rows"], ["run", "status", "reliable", "auroc", "log_likelihood", "ll_gain",
-                                        "log_z_khat", "log_z_ess", "noise_khat", "noise_ess"], title=name))
+            C.table(res["rows"], ["run", "status", "reliable", "auroc", "log_likelihood", "ll_gain",
+                                        "log_z_khat", "log_z_ess", "noise_khat", "ll_gain_se", "noise_ess"], title=name)
             gains = ", ".join(f"{b['run']} +{b['gain']:.2f} (SE {b['se']:.2f})" for b in res["beats_vae_ll"])
             print(f"{name}: recommended {res['recommended']} (reliable: {res['recommended_reliable']}); "
                   f"ok runs > {AUROC_DROP} AUROC below the VAE: {res['ok_runs_below_vae_auroc'] or 'none'}; "
@@ -143,6 +173,22 @@ def main(argv=None) -> dict:
     C.write_json(args.out, {"benchmark": "poc_trust", "machine": C.machine(args.threads), "budget": budget,
                             "results": results, "overall": overall})
     return overall
+
+
+def reassess(folder: Path, out_json: Path) -> dict:
+    """The checks of every poc directory kept under ``folder`` (``--keep``), re-read."""
+    import json
+
+    results = {}
+    for d in sorted(p for p in folder.iterdir() if (p / "summary.json").exists()):
+        res = assess(json.loads((d / "summary.json").read_text()), d)
+        results[d.name] = res
+        C.table(res["rows"], ["run", "status", "reliable", "auroc", "log_likelihood", "ll_gain", "ll_gain_se",
+                                    "log_z_khat", "log_z_ess", "noise_khat", "noise_ess"], title=d.name)
+        print(f"{d.name}: recommended {res['recommended']} (reliable: {res['recommended_reliable']}); "
+              f"ok runs > {AUROC_DROP} AUROC below the VAE: {res['ok_runs_below_vae_auroc'] or 'none'}")
+    C.write_json(out_json, {"benchmark": "poc_trust", "reassessed": str(folder), "results": results})
+    return results
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ def run_reference(tmp_path, name="ref", steps=40, **kw):
 # -- configuration ----------------------------------------------------------------------
 def test_config_defaults_round_trip():
     c = TrainConfig()
-    assert c.total_steps(1000) == 2000 and c.batch_size == 128 and c.lr == 1e-3 and c.grad_clip == 10.0
+    assert c.total_steps(1000) == 4000 and c.batch_size == 128 and c.lr == 1e-3 and c.grad_clip == 10.0
     assert TrainConfig.from_dict(c.to_dict()) == c
     assert TrainConfig(epochs=3, batch_size=10).total_steps(95) == 30
     json.dumps(c.to_dict())

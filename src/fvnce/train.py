@@ -74,7 +74,7 @@ __all__ = [
 
 PRECISIONS = ("fp32", "bf16", "auto")
 #: default number of steps when neither ``steps`` nor ``epochs`` is given
-DEFAULT_STEPS = 2000
+DEFAULT_STEPS = 4000
 CHECKPOINT_NAME = "checkpoint.pt"
 BEST_NAME = "best.pt"
 METRICS_NAME = "metrics.jsonl"
@@ -119,7 +119,7 @@ class TrainConfig:
     """Hyper-parameters of the training loop (plain data; see :meth:`to_dict`).
 
     Exactly one of ``steps`` and ``epochs`` may be given; with neither, training runs
-    ``DEFAULT_STEPS`` (2000) steps.  Invalid values raise :class:`ConfigError`.
+    ``DEFAULT_STEPS`` (4000) steps.  Invalid values raise :class:`ConfigError`.
     """
 
     steps: int | None = None
