@@ -188,6 +188,7 @@ def test_unreliable_runs_are_never_recommended():
     runs = [vae(None, -30.0), run("fvnce-power1.5-gmm", None, -11.0, log_z=BAD_LZ)]
     assess_runs(runs, None)
     assert runs[1]["reliable"] is False and "unreliable" in runs[1]["warnings"][0]
+    assert runs[1]["status"] == "unreliable" and runs[1]["status_reason"] == runs[1]["warnings"][0]
     rec = _choose(runs, False, None)
     assert rec["run"] == "elbo-vae"
     assert rec["excluded"] == {"fvnce-power1.5-gmm": "unreliable log-likelihood"}

@@ -10,7 +10,9 @@ Output directory::
 Each run's entry in ``summary.json`` has a ``status``: ``ok``; ``degraded`` (an FVNCE run
 that ended clearly worse on validation data than the poc's VAE ``elbo-vae``, beyond
 statistical noise: :func:`degradation`; the sentence with the numbers is in
-``status_reason``); ``diverged`` or ``failed`` (with ``error``). ``reliable`` says whether
+``status_reason``); ``unreliable`` (its log-likelihood rests on importance weights with
+Pareto k-hat > 0.7 or ESS < 5 %; the sentence is in ``status_reason``); ``diverged`` or
+``failed`` (with ``error``). ``reliable`` says whether
 its log-likelihood can be trusted (:func:`ll_reliability`: k-hat and ESS of the
 importance weights behind log Z), ``warnings`` holds sentences for the report. The
 recommendation (:func:`_choose`) is taken among the ``ok`` and reliable runs, the VAE
@@ -329,14 +331,18 @@ def assess_runs(runs: list[dict], counts: dict | None = None) -> None:
         r["reliable"], warning = ll_reliability(r)
         r["warnings"] += [w for w in (warning, _noise_term_warning(r)) if w]
     vae = find_vae(runs)
-    if vae is None or vae.get("status") != "ok":
-        return
-    for r in runs:
-        if r is vae or r.get("objective") != "fvnce" or r.get("status") != "ok":
-            continue
-        why = degradation(r, vae, counts)
-        if why:
-            r["status"], r["status_reason"] = "degraded", why
+    if vae is not None and vae.get("status") == "ok":
+        for r in runs:
+            if r is vae or r.get("objective") != "fvnce" or r.get("status") != "ok":
+                continue
+            why = degradation(r, vae, counts)
+            if why:
+                r["status"], r["status_reason"] = "degraded", why
+    for r in runs:  # a run whose log-likelihood cannot be trusted is not "ok" either
+        if r.get("status") == "ok" and r.get("reliable") is False:
+            r["status"] = "unreliable"
+            r["status_reason"] = next((w for w in r["warnings"] if "unreliable" in w), r["warnings"][0]
+                                      if r["warnings"] else "its log-likelihood estimate is unreliable")
 
 
 # --------------------------------------------------------------------------- the choice
@@ -357,6 +363,8 @@ def _fmt(key: str, v: Any) -> str:
 def _exclusion(r: dict, key: str) -> str | None:
     """Why ``r`` cannot be recommended (None if it can)."""
     status = r.get("status")
+    if status == "unreliable" or (status == "ok" and not _is_reliable(r)):
+        return "unreliable log-likelihood"
     if status != "ok":
         return str(status or "unknown status")
     if not _is_reliable(r):

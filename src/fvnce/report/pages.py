@@ -83,6 +83,8 @@ def _run_ll_cell(value: Any, r: dict, run: RunFiles | None) -> str:
 
 
 def _is_unreliable(r: dict, run: RunFiles | None) -> bool:
+    if r.get("status") == "unreliable":
+        return True
     if r.get("status") not in ("ok", "degraded"):
         return False
     if isinstance(r.get("reliable"), bool):
@@ -171,6 +173,8 @@ def _criteria(summary: dict) -> dict:
 def _status_cell(r: dict, unreliable: bool) -> str:
     """Status word, with ``degraded`` and ``unreliable`` drawn as distinct tags."""
     status = r.get("status") or "unknown"
+    if status == "unreliable":  # the poc's status for an unreliable log-likelihood
+        return '<span class="tag unreliable">unreliable</span>'
     cell = f'<span class="tag {esc(status)}">{esc(status)}</span>' if status == "degraded" else esc(status)
     if unreliable:
         cell += ' <span class="tag unreliable">unreliable</span>'
@@ -213,7 +217,7 @@ def _run_rows(r: dict, run: RunFiles | None, is_rec: bool) -> list[tuple[list[st
              fmt_pct(m.get("noise_accuracy")), fmt_num(vm.get("auroc")), fmt_time(r.get("train_time_s"))]
     if is_rec:
         cls = "rec"
-    elif status in ("ok", "degraded"):
+    elif status in ("ok", "degraded", "unreliable"):
         cls = "degraded" if status == "degraded" else ("unreliable" if unreliable else "")
     else:
         cls = "bad"
@@ -277,7 +281,7 @@ def _matrix(runs: list[dict], files: dict[str, RunFiles], has_labels: bool) -> s
         noises += [noise] if noise not in noises else []
         rules += [rule] if rule not in rules else []
         status = r.get("status") or "unknown"
-        v = finite(_d(r.get("val_metrics")).get(key)) if status in ("ok", "degraded") else None
+        v = finite(_d(r.get("val_metrics")).get(key)) if status in ("ok", "degraded", "unreliable") else None
         mark = "degraded" if status == "degraded" else (
             "unreliable" if _is_unreliable(r, files.get(r.get("name"))) else "")
         # a value counts for the star only where it could be chosen on this criterion
