@@ -24,6 +24,8 @@ EXPECTED = {
     "instances": ["machine", "config", "aggregate", "by_rule", "runs"],
     "consistency": ["machine", "config", "rows", "targets", "fits"],
     "anomaly": ["machine", "config", "per_class", "means"],
+    "known_density": ["machine", "results", "table", "true_mean_log_density"],
+    "poc_trust": ["machine", "results", "overall"],
 }
 EXTRA = {
     "step_cost": ["--batch", "64", "--rounds", "3", "--no-bf16"],
@@ -31,6 +33,8 @@ EXTRA = {
     "anomaly": ["--sets", "breast-cancer", "--budget", "30"],
     "instances": ["--steps", "20", "--base-steps", "50", "--logz-n", "500"],
     "pyro_vae": ["--epochs", "1", "--max-rows", "1200"],
+    "known_density": ["--rules", "kl,power1.5", "--steps", "60"],
+    "poc_trust": ["--sets", "breast-cancer", "--budget", "30"],
 }
 
 
