@@ -140,6 +140,10 @@ def test_python_dash_m_and_help():
     (["train", "--steps", "-5", "--out", "X"], "steps"),
     (["evaluate", "not_a_run"], "run directory not found"),
     (["poc", "--rules", "logistic", "--out", "X"], "noise side"),
+    (["train", "--tau", "0", "--out", "X"], "tau must be a positive"),
+    (["train", "--tau", "-2", "--exp-mode", "clip", "--out", "X"], "tau must be a positive"),
+    (["train", "--tilt-bound", "-1", "--out", "X"], "tilt_bound must be a positive"),
+    (["train", "--noise", "base", "--objective", "nce", "--out", "X"], "works with objective fvnce"),
 ])
 def test_bad_input_one_line_exit_2(argv, fragment, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -14,7 +14,7 @@ from torch import nn
 from ..encoders import BernoulliEncoder, CategoricalEncoder, ConvGaussianEncoder, GaussianEncoder
 from ..errors import ConfigError
 from .base import LatentVariableModel
-from .energy import EnergyTiltedVAE, MLPEnergy
+from .energy import EnergyTiltedVAE, GaussianReference, MLPEnergy
 from .linear_gaussian import LinearGaussian
 from .mixture import TwoGaussianMixture
 from .rbm import RBM
@@ -25,6 +25,7 @@ __all__ = [
     "EnergyTiltedVAE",
     "FromLogJoint",
     "FromVAE",
+    "GaussianReference",
     "LatentVariableModel",
     "LinearGaussian",
     "MLPEnergy",
@@ -72,9 +73,10 @@ def _tilted_vae(x_dim: int, z_dim: int = 8, hidden: Sequence[int] = (128, 256), 
 
 
 def _mlp_energy(x_dim: int, z_dim: int = 4, hidden: Sequence[int] = (128, 128), lam: float = 0.05,
-                image_shape: Sequence[int] | None = None):
-    """Unnormalised: an MLP energy E(x, z) with Gaussian confinement."""
-    return MLPEnergy(x_dim, z_dim, hidden, lam), GaussianEncoder(x_dim, z_dim, tuple(hidden))
+                energy_bound: float | None = None, image_shape: Sequence[int] | None = None):
+    """Unnormalised: an MLP energy E(x, z) with Gaussian confinement; ``energy_bound``
+    bounds |E| (then the confinement is a reliable log Z proposal)."""
+    return MLPEnergy(x_dim, z_dim, hidden, lam, energy_bound), GaussianEncoder(x_dim, z_dim, tuple(hidden))
 
 
 def _rbm(x_dim: int, h_dim: int = 8, visible: str = "bernoulli", image_shape: Sequence[int] | None = None):

@@ -14,7 +14,8 @@
   with the base frozen the base is a fixed distribution and can serve as the noise
   (:class:`fvnce.noise.BaseModelNoise`), for which ``r(x) = exp(g(x) - c)`` exactly.
 * :class:`MLPEnergy` -- ``log p~(x, z) = -E(x, z) - |z|^2/2 - lam |x|^2/2 - c`` with
-  ``E`` an MLP of ``(x, z)``; the quadratic terms keep it integrable.
+  ``E`` an MLP of ``(x, z)``; the quadratic terms keep it integrable.  ``energy_bound``
+  bounds ``|E|`` so that the Gaussian confinement is a reliable proposal for ``log Z``.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from typing import Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.distributions import Normal
 
 from ..encoders import mlp
 from .base import LatentVariableModel
 
-__all__ = ["EnergyTiltedVAE", "MLPEnergy"]
+__all__ = ["EnergyTiltedVAE", "GaussianReference", "MLPEnergy"]
 
 
 class EnergyTiltedVAE(LatentVariableModel):
@@ -85,19 +87,68 @@ class EnergyTiltedVAE(LatentVariableModel):
                                   "(importance resampling through the base model)")
 
 
+class GaussianReference(LatentVariableModel):
+    """``x ~ N(0, I / lam)``, ``z ~ N(0, I)``: the normalised confinement of :class:`MLPEnergy`,
+    used as its importance proposal for ``log Z``."""
+
+    normalised = True
+
+    def __init__(self, x_dim: int, z_dim: int, lam: float) -> None:
+        super().__init__()
+        self.x_dim, self.z_dim = x_dim, z_dim
+        self.register_buffer("x_scale", torch.tensor(1.0 / math.sqrt(lam)))
+
+    def _dists(self):
+        zero = torch.zeros((), dtype=self.x_scale.dtype, device=self.x_scale.device)
+        return Normal(zero, self.x_scale), Normal(zero, torch.ones_like(self.x_scale))
+
+    def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
+        px, pz = self._dists()
+        return px.log_prob(x).sum(-1) + pz.log_prob(z).sum(-1)
+
+    @torch.no_grad()
+    def sample_joint(self, n: int) -> tuple[Tensor, Tensor]:
+        px, pz = self._dists()
+        return px.sample((n, self.x_dim)), pz.sample((n, self.z_dim))
+
+    @torch.no_grad()
+    def sample(self, n: int) -> Tensor:
+        return self.sample_joint(n)[0]
+
+
 class MLPEnergy(LatentVariableModel):
+    """``log p~(x, z) = -E(x, z) - |z|^2/2 - lam |x|^2/2 - c`` (module docstring).
+
+    ``energy_bound=B`` makes ``E = B tanh(E_raw / B)``: the model then stays within a
+    factor ``e^{+-B}`` of its Gaussian confinement, which serves as a reliable importance
+    proposal for ``log Z`` (:meth:`proposal`; weights in an interval of ratio ``e^{2B}``).
+    """
+
     normalised = False
 
-    def __init__(self, x_dim: int, z_dim: int = 4, hidden: Sequence[int] = (128, 128), lam: float = 0.05) -> None:
+    def __init__(self, x_dim: int, z_dim: int = 4, hidden: Sequence[int] = (128, 128), lam: float = 0.05,
+                 energy_bound: float | None = None) -> None:
         super().__init__()
         if lam <= 0:
             raise ValueError(f"lam must be positive to keep the model integrable, got {lam}")
+        if energy_bound is not None and not (isinstance(energy_bound, (int, float)) and math.isfinite(energy_bound)
+                                             and energy_bound > 0):
+            raise ValueError(f"energy_bound must be a positive number or None, got energy_bound={energy_bound!r}")
         self.energy = mlp([x_dim + z_dim, *hidden, 1])
-        self.lam, self.z_dim = lam, z_dim
+        self.lam, self.z_dim, self.x_dim = lam, z_dim, x_dim
+        self.energy_bound = None if energy_bound is None else float(energy_bound)
         self._init_log_normaliser()
 
     def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
         xb = x.expand(*z.shape[:-1], x.shape[-1])
         e = self.energy(torch.cat([xb, z], dim=-1)).squeeze(-1)
+        if self.energy_bound is not None:
+            e = self.energy_bound * torch.tanh(e / self.energy_bound)
         return -e - 0.5 * (z ** 2).sum(-1) - 0.5 * self.lam * (xb ** 2).sum(-1) - self.log_normaliser
 
+    def proposal(self) -> LatentVariableModel | None:
+        """The Gaussian confinement (normalised), when the energy is bounded."""
+        if self.energy_bound is None:
+            return None
+        ref = GaussianReference(self.x_dim, self.z_dim, self.lam)
+        return ref.to(dtype=self.log_normaliser.dtype, device=self.log_normaliser.device)
