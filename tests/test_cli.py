@@ -182,3 +182,16 @@ def test_resume_may_only_change_the_length(table, tmp_path, capsys):
     assert "only --steps or --epochs may change (got --lr)" in capsys.readouterr().err
     assert main(["train", "--out", str(run), "--resume", "--steps", "30", "--quiet", "--no-eval"]) == 0
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 30
+
+
+def test_headline_never_shows_an_estimated_log_likelihood_without_its_diagnostics():
+    from fvnce.cli import _headline
+
+    bad = _headline({"log_likelihood": -3.0, "log_likelihood_kind": "estimate",
+                     "log_z": {"khat": 1.2, "ess_fraction": 0.001, "reliable": False}})
+    assert "UNRELIABLE estimate: log Z k-hat 1.20, ESS 0.1 %" in bad
+    good = _headline({"log_likelihood": -3.0, "log_likelihood_kind": "estimate",
+                      "log_z": {"khat": 0.2, "ess_fraction": 0.5, "reliable": True}})
+    assert "(estimate: log Z k-hat 0.20, ESS 50 %)" in good and "UNRELIABLE" not in good
+    assert _headline({"log_likelihood": -3.0, "log_likelihood_kind": "iwae_bound", "log_z": None}) \
+        == "test log-likelihood -3.000 nats"

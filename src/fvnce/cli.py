@@ -320,6 +320,12 @@ def _headline(ev: dict) -> str:
     parts = []
     if ev.get("log_likelihood") is not None:
         kind = " (estimate)" if ev.get("log_likelihood_kind") == "estimate" else ""
+        lz = ev.get("log_z") or {}
+        if lz:  # an importance-sampled log Z: its diagnostics always go with the number
+            khat, ess = lz.get("khat"), lz.get("ess_fraction")
+            diag = f"log Z k-hat {khat:.2f}" if isinstance(khat, (int, float)) else "log Z k-hat n/a"
+            diag += f", ESS {100 * ess:.2g} %" if isinstance(ess, (int, float)) else ""
+            kind = f" ({'estimate' if lz.get('reliable') else 'UNRELIABLE estimate'}: {diag})"
         parts.append(f"test log-likelihood {ev['log_likelihood']:.3f} nats{kind}")
     if ev.get("noise_accuracy") is not None:
         parts.append(f"noise accuracy {ev['noise_accuracy']:.3f}")
