@@ -11,8 +11,8 @@ an uninterrupted one.
 Each concern has its own module; :mod:`~fvnce.train.loop` holds the :class:`Trainer`
 whose ``fit`` calls them, and imports run one way (loop -> parts):
 
-* :mod:`~fvnce.train.config` -- :class:`TrainConfig`;
-* :mod:`~fvnce.train.loop` -- :class:`Trainer`, ``fit``, :class:`TrainResult`;
+* :mod:`~fvnce.train.config` -- :class:`TrainConfig` and :class:`TrainResult`;
+* :mod:`~fvnce.train.loop` -- :class:`Trainer` and its ``fit``;
 * :mod:`~fvnce.train.step` -- one optimisation step with its finiteness checks;
 * :mod:`~fvnce.train.guard` -- explosion detection, rollback and retries (stabilisation);
 * :mod:`~fvnce.train.state` -- the checkpoint payload, saving, resuming;
@@ -27,10 +27,10 @@ whose ``fit`` calls them, and imports run one way (loop -> parts):
 """
 
 from ..checkpoint import load_checkpoint, save_checkpoint  # noqa: F401 - names of the old module
-from .config import DEFAULT_STEPS, PRECISIONS, TrainConfig, steps_per_epoch
+from .config import DEFAULT_STEPS, PRECISIONS, TrainConfig, TrainResult, steps_per_epoch
 from .guard import STABILISED_EXPLODE_FACTOR, DivergenceError
 from .interrupt import TrainingInterrupted
-from .loop import TrainResult, Trainer, train
+from .loop import Trainer, train
 from .metrics import METRICS_NAME
 from .metrics import truncate_metrics as _truncate_metrics  # noqa: F401 - used by tests
 from .state import BEST_NAME, CHECKPOINT_NAME

@@ -1,16 +1,18 @@
-"""``TrainConfig``: the hyper-parameters of the training loop, validated on creation."""
+"""What goes into the training loop and what comes out: ``TrainConfig``, the
+hyper-parameters (validated on creation), and ``TrainResult``."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from ..errors import ConfigError
 
-__all__ = ["DEFAULT_STEPS", "PRECISIONS", "TrainConfig", "steps_per_epoch"]
+__all__ = ["DEFAULT_STEPS", "PRECISIONS", "TrainConfig", "TrainResult", "steps_per_epoch"]
 
 PRECISIONS = ("fp32", "bf16", "auto")
 #: default number of steps when neither ``steps`` nor ``epochs`` is given
@@ -126,3 +128,17 @@ class TrainConfig:
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
     return max(1, math.ceil(n / batch_size))
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`Trainer.fit` returns."""
+
+    history: list[dict] = field(default_factory=list)
+    step: int = 0
+    retries: int = 0
+    best_val: float | None = None
+    best_step: int | None = None
+    final_loss: float | None = None
+    elapsed: float = 0.0
+    run_dir: Path | None = None

@@ -20,10 +20,11 @@ import torch
 from torch import Tensor
 
 from ..errors import NonFiniteLossError
+from ..objectives.base import calibrate_log_normaliser
 from ._tree import clone_state, deepclone
 from .rng import rng_state, set_rng_state
 
-__all__ = ["DivergenceError", "Guard", "Rollback", "STABILISED_EXPLODE_FACTOR", "explosion", "rule_of"]
+__all__ = ["DivergenceError", "Guard", "Rollback", "STABILISED_EXPLODE_FACTOR", "calibrate", "explosion", "rule_of"]
 
 #: with clip/linear exponentials, log ratios this many times ``explode_log_ratio`` count
 #: as exploding (they cannot overflow, but such ratios mean the noise misses the data)
@@ -80,6 +81,19 @@ def explosion(out, objective, limit: float) -> str | None:
         if math.isfinite(v) and v > limit:
             return f"exploding importance weights: {key} = {v:.3g} exceeds explode_log_ratio = {limit:g}"
     return None
+
+
+@torch.no_grad()
+def calibrate(model, encoder, objective, noise) -> str | None:
+    """Start the log-normaliser ``c`` of an unnormalised model in closed form, so that the
+    noise-side mean of ``r`` is 1 (power rules get no gradient for ``c`` when it starts
+    far off); returns the line to log, or None when there was nothing to calibrate."""
+    if getattr(model, "c", None) is None:
+        return None
+    if not getattr(objective, "uses_noise", True) or noise is None:
+        return None
+    shift = calibrate_log_normaliser(model, encoder, noise)
+    return f"fvnce: calibrated the log-normaliser (shift {shift:+.4g}, c = {float(model.c):.4g})"
 
 
 @dataclass

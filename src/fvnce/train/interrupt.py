@@ -31,6 +31,13 @@ class StopFlag:
     def request(self, code: int = -1) -> None:
         self.signal = code
 
+    def asked(self, agree=None) -> bool:
+        """Whether to stop now; ``agree(flag)`` (torch.distributed) makes every rank stop
+        when any was asked."""
+        if agree is not None and agree(self.signal is not None) and self.signal is None:
+            self.signal = -2  # another rank was signalled: stop together
+        return self.signal is not None
+
     def install(self):
         """Catch SIGINT and SIGTERM (main thread only); returns the old handlers."""
         self.signal = None

@@ -1,65 +1,33 @@
 """The training loop: :class:`Trainer` and its ``fit``, which reads top to bottom --
-batch, step, record, validate, checkpoint -- and hands every concern to its part:
-
-=================  ==========================================================
-``config``         :class:`TrainConfig`
-``batches``        data on the device, ``log p_n`` of its rows, the batch order
-``step``           one optimiser step with its finiteness checks
-``guard``          explosion detection, rollback, retries
-``state``          the checkpoint payload, saving and resuming
-``rng``            the global RNG state
-``metrics``        ``metrics.jsonl`` and the records in memory
-``validation``     validation loss, ``best.pt`` and the noise-tail warning
-``parallel``       DistributedDataParallel and batch shards under torchrun
-``precision``      device, bfloat16 autocast hooks, ``torch.compile``
-``interrupt``      SIGINT/SIGTERM
-``progress``       log lines and the progress bar
-=================  ==========================================================
-
-Imports run one way: this module imports the parts, no part imports it.
+batch, step, record, validate, checkpoint -- and hands every concern to its part (the
+list is in :mod:`fvnce.train`).  Imports run one way: this module imports the parts, no
+part imports it.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import torch
 from torch import Tensor, nn
 
 from .. import distributed as _dist
 from ..errors import CheckpointError, ConfigError
-from ..objectives.base import calibrate_log_normaliser
 from . import state
 from .batches import BatchOrder, noise_log_prob, prepare_data
-from .config import TrainConfig
-from .guard import Guard
+from .config import TrainConfig, TrainResult
+from .guard import Guard, calibrate
 from .interrupt import StopFlag, TrainingInterrupted
 from .metrics import METRICS_NAME, MetricsLog, train_record
 from .parallel import Parallel
-from .precision import Bf16Hooks, compile_modules, cpu_native_bf16, move_to, resolve_device, resolve_precision
+from .precision import Precision, move_to, resolve_device, resolve_precision
 from .progress import Progress, default_log
-from .rng import rng_state, seed_all, set_rng_state
-from .step import StepFailure, take_step
+from .rng import rng_state, seed_all
+from .step import StepFailure, make_optimizer, take_step, trainable_parameters
 from .validation import Validator, mean_loss
 
-__all__ = ["TrainResult", "Trainer", "train"]
-
-
-@dataclass
-class TrainResult:
-    """What :meth:`Trainer.fit` returns."""
-
-    history: list[dict] = field(default_factory=list)
-    step: int = 0
-    retries: int = 0
-    best_val: float | None = None
-    best_step: int | None = None
-    final_loss: float | None = None
-    elapsed: float = 0.0
-    run_dir: Path | None = None
+__all__ = ["Trainer", "train"]
 
 
 class Trainer:
@@ -88,23 +56,11 @@ class Trainer:
         self.device = resolve_device(self.config.device)
         self._parallel = Parallel(self.device)
         self.rank, self.world, self.is_main = self._parallel.rank, self._parallel.world, self._parallel.is_main
-        self.precision = resolve_precision(self.config.precision, self.device)
-        if self.precision == "bf16" and self.device.type == "cpu" and not any(cpu_native_bf16()):
-            self._say("fvnce: this CPU has no native bfloat16 arithmetic (no AMX, no AVX512-BF16): "
-                      "bf16 steps run several times slower than fp32 here")
-        self._compiled = False
+        self._precision = Precision(self.config.precision, self.device, self.config.compile, self._say)
+        self.precision = self._precision.name
         self._stop = StopFlag()
-        params = list(model.parameters())
-        if encoder is not None:
-            seen = {id(p) for p in params}
-            params += [p for p in encoder.parameters() if id(p) not in seen]
-        self._params = [p for p in params if p.requires_grad]
-        if not self._params:
-            raise ConfigError("the model and encoder have no trainable parameters")
-        self._bf16 = Bf16Hooks(self.device.type, self._params[0].dtype)
-        # foreach: one multi-tensor kernel per update instead of a Python loop over parameters
-        self.optimizer = torch.optim.Adam(self._params, lr=self.config.lr,
-                                          weight_decay=self.config.weight_decay, foreach=True)
+        self._params = trainable_parameters(model, encoder)
+        self.optimizer = make_optimizer(self._params, self.config)
         self.guard = Guard(self.config, model, encoder, self.optimizer, objective, self.device)
         best = None if not self._writes else (lambda step, v: state.save_best(
             self.run_dir / state.BEST_NAME, step, v, self.model, self.encoder))
@@ -164,16 +120,13 @@ class Trainer:
         if resume and self.run_dir is None:
             raise ConfigError("resume=True needs a run directory")
         self._move()
-        if self.config.compile and not self._compiled:
-            self._compiled = True
-            compile_modules(self.model, self.encoder, self._say)
+        self._precision.compile_once(self.model, self.encoder)
         dtype = self._params[0].dtype
         train = prepare_data(train, "training", dtype, self.device)
         val = prepare_data(val, "validation", dtype, self.device)
         n = train.shape[0]
         self._parallel.check_batches(n, self.config.batch_size)
-        if self._parallel.active and self.config.dist_noise == "shard" and self.noise is not None:
-            self.noise = _dist.ShardedNoise(self.noise)
+        self.noise = self._parallel.share_noise(self.noise, self.config.dist_noise)
         self._metrics.history = []
         self._order = BatchOrder(self.config.seed, self.config.batch_size)
         if resume:
@@ -196,8 +149,10 @@ class Trainer:
     def _prepare(self, train: Tensor, val: Tensor | None, resume: bool):
         """Calibration, ``log p_n`` of the data, DDP, precision hooks, the first snapshot."""
         cfg = self.config
-        if not resume:
-            self._calibrate()
+        if not resume and self.config.calibrate:
+            msg = calibrate(self.model, self.encoder, self.objective, self.noise)
+            if msg is not None:
+                self._say(msg)
             if self._parallel.active and cfg.dist_noise == "rank" and self.rank != 0:
                 seed_all(_dist.rank_seed(cfg.seed, self.rank), self.device)
         train_lp = noise_log_prob(train, self.objective, self.noise)
@@ -219,10 +174,7 @@ class Trainer:
 
     def _batch(self, train: Tensor, train_lp: Tensor | None, n: int):
         """This rank's rows of the step's batch, their ``log p_n``, the loss scale and the row count."""
-        idx = self._order.index(self.step, n)
-        local, scale, rows, (a, b) = self._parallel.shard(idx)
-        if isinstance(self.noise, _dist.ShardedNoise):  # global-size noise draws, this rank's slice
-            self.noise.set_shard(a, b - a, len(idx))
+        local, scale, rows = self._parallel.shard(self._order.index(self.step, n), self.noise)
         local = local.to(self.device)
         return train[local], None if train_lp is None else train_lp[local], scale, rows
 
@@ -231,8 +183,7 @@ class Trainer:
         try:
             return self._step(x, x_log_pn, scale)
         finally:
-            if isinstance(self.noise, _dist.ShardedNoise):
-                self.noise.clear()
+            self._parallel.end_step(self.noise)
 
     def _step(self, x: Tensor, x_log_pn: Tensor | None, scale: float = 1.0):
         """One optimiser step (:func:`fvnce.train.step.take_step`); raises
@@ -265,20 +216,12 @@ class Trainer:
             self._say(msg)
 
     def _validate(self, val: Tensor, val_log_pn: Tensor | None, n_train: int) -> None:
-        if self._parallel.active:  # each rank evaluates its rows; weighted mean over ranks
-            a, b = self._parallel.local_rows(val.shape[0])
-            local = self.evaluate(val[a:b], None if val_log_pn is None else val_log_pn[a:b]) if b > a else 0.0
-            v = self._parallel.weighted_mean(local, b - a)
-        else:
-            v = self.evaluate(val, val_log_pn)
+        v = self._parallel.shard_mean(self.evaluate, val, val_log_pn)
         for rec in self.validator.record(v, self.step, self._elapsed(), self.last_val_noise_log_ratio):
             self._metrics.record(rec)
 
     def _stop_if_asked(self, n: int) -> None:
-        if self._parallel.active and self._parallel.agree(self._stop.signal is not None) \
-                and self._stop.signal is None:
-            self._stop.request(-2)  # another rank was signalled: stop together
-        if self._stop.signal is None:
+        if not self._stop.asked(self._parallel.agree):
             return
         if self._last_saved != self.step:
             self.save(n)
@@ -309,13 +252,8 @@ class Trainer:
         self.guard.load_state(ckpt)
         self.validator.best_val, self.validator.best_step = ckpt.get("best_val"), ckpt.get("best_step")
         self._elapsed0 = float(ckpt.get("elapsed", 0.0))
-        rng_ranks, cfg = ckpt.get("rng_ranks"), self.config
-        if self._parallel.active and rng_ranks and len(rng_ranks) == self.world:
-            set_rng_state(rng_ranks[self.rank])
-        elif self._parallel.active and cfg.dist_noise == "rank" and self.rank != 0:
-            seed_all(_dist.rank_seed(cfg.seed, self.rank, self.step), self.device)
-        else:
-            set_rng_state(ckpt["rng"])
+        p = self._parallel
+        state.restore_rng(ckpt, self.config, self.device, p.rank if p.active else 0, p.world if p.active else 1)
 
     # -- validation ------------------------------------------------------------------------
     def evaluate(self, x: Tensor, x_log_pn: Tensor | None = None, batch_size: int | None = None) -> float:
@@ -326,29 +264,16 @@ class Trainer:
         return v
 
     # -- small helpers ---------------------------------------------------------------------
-    @torch.no_grad()
-    def _calibrate(self) -> None:
-        model = self.model
-        if getattr(model, "c", None) is None or not self.config.calibrate:
-            return
-        if not getattr(self.objective, "uses_noise", True) or self.noise is None:
-            return
-        shift = calibrate_log_normaliser(model, self.encoder, self.noise)
-        self._say(f"fvnce: calibrated the log-normaliser (shift {shift:+.4g}, c = {float(model.c):.4g})")
-
     def _move(self) -> None:
         self.noise = move_to(self.device, self._modules(), self.noise)
 
     def _install_precision_hooks(self) -> None:
-        if self.precision == "bf16":
-            self._bf16.install(self._modules())
+        self._precision.install(self._modules(), self._params[0].dtype)
 
     def _remove_precision_hooks(self) -> None:
-        self._bf16.remove()
+        self._precision.remove()
 
-    @property
-    def _hooks(self) -> list:
-        return self._bf16.handles
+    _hooks = property(lambda self: [] if self._precision.hooks is None else self._precision.hooks.handles)
 
     def _batch_index(self, step: int, n: int) -> Tensor:
         """Row indices of the batch for 0-based ``step``."""

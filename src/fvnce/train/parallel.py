@@ -75,13 +75,27 @@ class Parallel:
             raise ConfigError(f"batch_size={batch_size} on {n} training rows leaves a batch of {smallest} "
                               f"rows, fewer than the {self.world} processes: use a larger batch_size")
 
-    def shard(self, idx: Tensor) -> tuple[Tensor, float, int, tuple[int, int]]:
-        """This rank's rows of the global batch ``idx``, the loss scale, their count and
-        their bounds ``(start, stop)`` in the batch."""
+    def share_noise(self, noise, dist_noise: str):
+        """The noise as this rank samples it: with ``dist_noise="shard"`` a
+        :class:`~fvnce.distributed.ShardedNoise` (global-size draws, this rank's slice)."""
+        if self.active and dist_noise == "shard" and noise is not None:
+            return _dist.ShardedNoise(noise)
+        return noise
+
+    def shard(self, idx: Tensor, noise=None) -> tuple[Tensor, float, int]:
+        """This rank's rows of the global batch ``idx``, the loss scale and their count;
+        a sharded ``noise`` is told the rows for the coming step (:meth:`end_step` after it)."""
         if not self.active:
-            return idx, 1.0, len(idx), (0, len(idx))
+            return idx, 1.0, len(idx)
         a, b = _dist.shard_bounds(len(idx), self.rank, self.world)
-        return idx[a:b], self.world * (b - a) / len(idx), b - a, (a, b)
+        if isinstance(noise, _dist.ShardedNoise):
+            noise.set_shard(a, b - a, len(idx))
+        return idx[a:b], self.world * (b - a) / len(idx), b - a
+
+    @staticmethod
+    def end_step(noise) -> None:
+        if isinstance(noise, _dist.ShardedNoise):
+            noise.clear()
 
     def gather_rng(self, state: dict) -> list | None:
         """Every rank's RNG state (None in a single process)."""
@@ -99,12 +113,13 @@ class Parallel:
             rec[k] = float(tot[i] / tot[-1])
         return rec
 
-    def local_rows(self, n: int) -> tuple[int, int]:
-        return _dist.shard_bounds(n, self.rank, self.world) if self.active else (0, n)
-
-    def weighted_mean(self, value: float, count: int) -> float:
-        """Mean over ranks of ``value`` weighted by ``count``."""
-        tot = _dist.all_reduce_sum(torch.tensor([value * count, float(count)], dtype=torch.float64,
+    def shard_mean(self, fn, x: Tensor, x_log_pn: Tensor | None) -> float:
+        """``fn(x, x_log_pn)``, a mean over rows, with each rank taking its share of the rows."""
+        if not self.active:
+            return fn(x, x_log_pn)
+        a, b = _dist.shard_bounds(x.shape[0], self.rank, self.world)
+        local = fn(x[a:b], None if x_log_pn is None else x_log_pn[a:b]) if b > a else 0.0
+        tot = _dist.all_reduce_sum(torch.tensor([local * (b - a), float(b - a)], dtype=torch.float64,
                                                 device=self.comm_device))
         return float(tot[0] / tot[1])
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from .. import distributed as _dist
 from ..errors import ConfigError
 
-__all__ = ["Bf16Hooks", "compile_modules", "cpu_native_bf16", "move_to", "resolve_device",
+__all__ = ["Bf16Hooks", "Precision", "compile_modules", "cpu_native_bf16", "move_to", "resolve_device",
            "resolve_precision"]
 
 
@@ -65,6 +65,36 @@ def move_to(device: torch.device, modules, noise):
         if moved is not None:
             return moved
     return noise
+
+
+class Precision:
+    """The arithmetic of a trainer's steps: ``name`` is "fp32" or "bf16" (``auto``
+    resolved for ``device``); ``compile`` compiles model and encoder once."""
+
+    def __init__(self, name: str, device: torch.device, compile: bool, say: Callable[[str], None]) -> None:
+        self.name = resolve_precision(name, device)
+        self.device, self.compile, self.say, self._compiled = device, compile, say, False
+        if self.name == "bf16" and device.type == "cpu" and not any(cpu_native_bf16()):
+            say("fvnce: this CPU has no native bfloat16 arithmetic (no AMX, no AVX512-BF16): "
+                "bf16 steps run several times slower than fp32 here")
+        self.hooks: Bf16Hooks | None = None
+
+    def compile_once(self, model: nn.Module, encoder: nn.Module | None) -> None:
+        if self.compile and not self._compiled:
+            self._compiled = True
+            compile_modules(model, encoder, self.say)
+
+    def install(self, modules: list, dtype: torch.dtype) -> None:
+        """bf16: autocast hooks on ``modules`` (outputs cast back to ``dtype``)."""
+        if self.name != "bf16":
+            return
+        if self.hooks is None:
+            self.hooks = Bf16Hooks(self.device.type, dtype)
+        self.hooks.install(modules)
+
+    def remove(self) -> None:
+        if self.hooks is not None:
+            self.hooks.remove()
 
 
 class Bf16Hooks:

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
+from .. import distributed as _dist
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..errors import CheckpointError
 from ._tree import to_cpu
+from .rng import seed_all, set_rng_state
 
-__all__ = ["BEST_NAME", "CHECKPOINT_NAME", "load_for_resume", "payload", "save_best", "write"]
+__all__ = ["BEST_NAME", "CHECKPOINT_NAME", "load_for_resume", "payload", "restore_rng", "save_best", "write"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 BEST_NAME = "best.pt"
@@ -85,3 +89,16 @@ def load_for_resume(path: Path, config, n_train: int, model, encoder, optimizer)
         line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"checkpoint {path} does not match this model: {line}") from None
     return ckpt
+
+
+def restore_rng(ckpt: dict, config, device: torch.device, rank: int = 0, world: int = 1) -> None:
+    """The RNG state of a resumed run: this rank's saved state; with another world size,
+    rank 0 takes the saved state and, under ``dist_noise="rank"``, the others a fresh
+    rank seed for the step."""
+    rng_ranks = ckpt.get("rng_ranks")
+    if world > 1 and rng_ranks and len(rng_ranks) == world:
+        set_rng_state(rng_ranks[rank])
+    elif world > 1 and config.dist_noise == "rank" and rank != 0:
+        seed_all(_dist.rank_seed(config.seed, rank, int(ckpt["step"])), device)
+    else:
+        set_rng_state(ckpt["rng"])

@@ -15,9 +15,26 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..errors import NonFiniteLossError
+from ..errors import ConfigError, NonFiniteLossError
 
-__all__ = ["StepFailure", "nonfinite_grad_names", "take_step"]
+__all__ = ["StepFailure", "make_optimizer", "nonfinite_grad_names", "take_step", "trainable_parameters"]
+
+
+def trainable_parameters(model, encoder) -> list:
+    """The parameters of ``model`` and ``encoder`` that require a gradient, each once."""
+    params = list(model.parameters())
+    if encoder is not None:
+        seen = {id(p) for p in params}
+        params += [p for p in encoder.parameters() if id(p) not in seen]
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise ConfigError("the model and encoder have no trainable parameters")
+    return params
+
+
+def make_optimizer(params: list, config) -> torch.optim.Optimizer:
+    # foreach: one multi-tensor kernel per update instead of a Python loop over parameters
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
 
 
 class StepFailure(Exception):
