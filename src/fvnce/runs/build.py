@@ -1,0 +1,72 @@
+"""Model, encoder, objective and noise of a run: built from its configuration,
+checked against each other, optionally started from another run's weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..checkpoint import load_checkpoint
+from ..errors import ConfigError
+from ..models import make_model
+from ..objectives import make_objective
+from ..train import CHECKPOINT_NAME
+from .files import CONFIG_NAME
+
+if TYPE_CHECKING:
+    from .config import RunConfig
+
+
+def _build(config: RunConfig, x_dim: int, image_shape, binary: bool):
+    name, opts = config.resolved_model(binary)
+    if image_shape is not None:
+        opts.setdefault("image_shape", tuple(image_shape))
+    model, encoder = make_model(name, x_dim, **opts)
+    objective = make_objective(config.objective, **config.objective_options)
+    objective.check_model(model)
+    if not objective.uses_encoder:
+        encoder = None
+    return name, opts, model, encoder, objective
+
+
+def _check_noise_support(noise, binary: bool, model_name: str, opts: dict) -> None:
+    discrete_model = opts.get("likelihood") == "bernoulli" or model_name == "rbm"
+    if discrete_model and not getattr(noise, "discrete", False):
+        raise ConfigError(f"noise {noise.name!r} is a continuous density but the model ({model_name}, binary "
+                          "data) is a probability mass function, so their ratio is meaningless; use a discrete "
+                          "noise for binary data: marginals, gmm or kde")
+    if not discrete_model and getattr(noise, "discrete", False):
+        raise ConfigError(f"noise {noise.name!r} is discrete but the model is a density; use a continuous noise")
+
+
+def _base_noise(model, resume: bool, run_dir: Path):
+    """The ``base`` noise of a tilted model; on resume its frozen base comes from the
+    checkpoint first (the noise must be the one the run started with)."""
+    from ..noise import BaseModelNoise
+
+    if resume:
+        ckpt = load_checkpoint(run_dir / CHECKPOINT_NAME)
+        model.load_state_dict(ckpt["model"])
+    return BaseModelNoise.from_model(model)
+
+
+def _warm_start(model, encoder, source: str) -> None:
+    """Copy a finished run's parameters into ``model`` (or into its ``base`` when the
+    model is an energy-tilted version of the source) and into ``encoder``."""
+    src = Path(source)
+    path = src / "best.pt" if (src / "best.pt").exists() else src / "checkpoint.pt"
+    if not (src / CONFIG_NAME).exists():
+        raise ConfigError(f"--init-from {source}: not an fvnce run directory (no {CONFIG_NAME})")
+    ckpt = load_checkpoint(path)
+    target = model.base if hasattr(model, "base") and not _fits(model, ckpt["model"]) else model
+    try:
+        target.load_state_dict(ckpt["model"])
+        if encoder is not None and ckpt.get("encoder") is not None:
+            encoder.load_state_dict(ckpt["encoder"])
+    except RuntimeError as exc:
+        raise ConfigError(f"--init-from {source}: its model does not match this one "
+                          f"({str(exc).splitlines()[0]}); use the same model size options") from None
+
+
+def _fits(module, state: dict) -> bool:
+    return set(module.state_dict()) == set(state)

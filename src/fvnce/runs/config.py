@@ -1,0 +1,115 @@
+"""Run configuration: :class:`RunConfig`, everything a run needs besides the data
+values, and the defaults it resolves (model and noise by data type)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..data import DataSpec
+from ..errors import ConfigError
+from ..models import MODELS
+from ..noise import NOISES
+from ..objectives import OBJECTIVES, make_objective
+from ..train import TrainConfig
+from .files import _jsonable
+
+
+BASE_NOISE = "base"
+
+
+def _default_noise(binary: bool) -> str:
+    return "marginals" if binary else "full_gaussian"
+
+
+@dataclass
+class RunConfig:
+    """Everything a training run needs besides the data values themselves.
+
+    ``model="auto"`` picks a VAE for ``elbo``/``iwae`` and its energy-tilted
+    (unnormalised) version for the noise-contrastive objectives, with a Bernoulli
+    decoder for binary data and a Gaussian one otherwise.  ``noise="auto"`` picks the
+    product of marginals for binary data and a full-covariance Gaussian otherwise.
+    """
+
+    data: DataSpec = field(default_factory=DataSpec)
+    objective: str = "fvnce"
+    objective_options: dict[str, Any] = field(default_factory=dict)
+    model: str = "auto"
+    model_options: dict[str, Any] = field(default_factory=dict)
+    noise: str = "auto"
+    noise_options: dict[str, Any] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval_k: int = 64
+    #: a finished run whose weights start this one (a pre-trained VAE starts an
+    #: energy-tilted model: its base and encoder are copied, the tilt starts at zero)
+    init_from: str | None = None
+
+    def validate(self) -> None:
+        """Check names and options before any data is read or file written."""
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"unknown objective {self.objective!r}; valid objectives: {', '.join(OBJECTIVES)}")
+        make_objective(self.objective, **self.objective_options)
+        if self.model != "auto" and self.model not in MODELS:
+            raise ConfigError(f"unknown model {self.model!r}; valid models: auto, {', '.join(MODELS)}")
+        check_model_sizes(self.model_options)
+        if self.noise not in ("auto", BASE_NOISE) and ":" not in self.noise and self.noise not in NOISES:
+            raise ConfigError(f"unknown noise {self.noise!r}; valid noises: auto, {BASE_NOISE}, "
+                              f"{', '.join(sorted(NOISES))}, or module:callable")
+        if self.noise == BASE_NOISE:
+            if self.objective != "fvnce":
+                raise ConfigError(f"noise {BASE_NOISE!r} (the frozen base VAE of a tilted model) works with "
+                                  f"objective fvnce, not {self.objective}")
+            if self.model not in ("auto", "tilted_vae"):
+                raise ConfigError(f"noise {BASE_NOISE!r} needs model tilted_vae (or auto), got {self.model!r}")
+        if isinstance(self.eval_k, bool) or not isinstance(self.eval_k, int) or self.eval_k < 1:
+            raise ConfigError(f"eval_k must be a positive integer, got {self.eval_k!r}")
+
+    def resolved_model(self, binary: bool) -> tuple[str, dict]:
+        opts = dict(self.model_options)
+        name = self.model
+        if name == "auto":
+            name = "vae" if self.objective in ("elbo", "iwae") else "tilted_vae"
+        if name in ("vae", "tilted_vae", "conv_vae"):
+            opts.setdefault("likelihood", "bernoulli" if binary else "gaussian")
+        if self.noise == BASE_NOISE:  # a noise must stay fixed: the base it samples from is frozen
+            opts["freeze_base"] = True
+        return name, opts
+
+    def resolved_noise(self, binary: bool) -> str:
+        return _default_noise(binary) if self.noise == "auto" else self.noise
+
+    def to_dict(self) -> dict:
+        return {"data": self.data.to_dict(), "objective": self.objective,
+                "objective_options": dict(self.objective_options), "model": self.model,
+                "model_options": _jsonable(self.model_options), "noise": self.noise,
+                "noise_options": _jsonable(self.noise_options), "train": self.train.to_dict(), "eval_k": self.eval_k,
+                "init_from": self.init_from}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(d) - known)
+        if bad:
+            raise ConfigError(f"unknown configuration key {bad[0]!r}; valid keys: {', '.join(sorted(known))}")
+        d = dict(d)
+        if "data" in d:
+            d["data"] = DataSpec.from_dict(d["data"]) if isinstance(d["data"], dict) else d["data"]
+        if "train" in d:
+            d["train"] = TrainConfig.from_dict(d["train"]) if isinstance(d["train"], dict) else d["train"]
+        return cls(**d)
+
+
+def check_model_sizes(options: dict) -> None:
+    """Latent and hidden sizes must be positive integers (torch would fail with a traceback
+    on a negative one and silently build an empty layer for zero)."""
+    for key in ("z_dim", "h_dim"):
+        v = options.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ConfigError(f"{key.replace('_', '-')} must be a positive integer, got {v!r}")
+    for key in ("hidden", "tilt_hidden"):
+        v = options.get(key)
+        if v is not None and (not isinstance(v, (list, tuple))
+                              or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in v)):
+            raise ConfigError(f"{key} must be a list of positive integers, got {v!r}")

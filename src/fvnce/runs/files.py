@@ -1,0 +1,136 @@
+"""The files of a run directory and the JSON helpers that write and read them.
+
+    config.json        everything needed to rebuild model, noise and data (plain JSON)
+    preprocess.json    the fitted preprocessing, re-applied at scoring time
+    noise.pt           the fitted noise (tensors and plain data only)
+    checkpoint.pt      latest training state; best.pt the best-validation parameters
+    metrics.jsonl      training curves
+    evaluation.json    metrics on validation and test data; samples.npy model samples
+
+Every file is written atomically."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..checkpoint import atomic_write_bytes, atomic_write_json, atomic_torch_save
+from ..data import Dataset
+from ..errors import CheckpointError, ConfigError
+
+CONFIG_NAME = "config.json"
+PREPROCESS_NAME = "preprocess.json"
+NOISE_NAME = "noise.pt"
+EVALUATION_NAME = "evaluation.json"
+SAMPLES_NAME = "samples.npy"
+
+if TYPE_CHECKING:
+    from .config import RunConfig
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+def _check_new_run_dir(run_dir: Path) -> None:
+    """A new run goes into a new (or empty) folder, or replaces an earlier fvnce run."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"output {run_dir} exists and is not a directory; choose a new --out")
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not (run_dir / CONFIG_NAME).exists():
+            raise ConfigError(f"output directory {run_dir} exists and is not an fvnce run; choose a new --out")
+    parent = next((a for a in run_dir.absolute().parents if a.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ConfigError(f"cannot create {run_dir}: {parent} is a file, not a directory")
+
+
+def _write_run_files(run_dir: Path, config: RunConfig, dataset: Dataset, name: str, opts: dict, objective,
+                     noise) -> None:
+    _check_new_run_dir(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (EVALUATION_NAME, SAMPLES_NAME, "report.html"):
+        (run_dir / stale).unlink(missing_ok=True)
+    atomic_write_json(run_dir / CONFIG_NAME, _config_record(config, dataset, name, opts, objective, noise))
+    atomic_write_json(run_dir / PREPROCESS_NAME, dataset.preprocessor.state())
+    atomic_torch_save(noise.state(), run_dir / NOISE_NAME)
+
+
+def _config_record(config: RunConfig, dataset: Dataset, model_name: str, model_opts: dict, objective, noise) -> dict:
+    return {
+        "fvnce_version": __version__,
+        "run": config.to_dict(),
+        "data": config.data.to_dict(),
+        "model": {"name": model_name, "options": _jsonable(model_opts)},
+        "objective": objective.config(),
+        "noise": {"name": noise.name, "options": _jsonable(config.noise_options)},
+        "train": config.train.to_dict(),
+        "x_dim": dataset.dim,
+        "image_shape": list(dataset.image_shape) if dataset.image_shape else None,
+        "binary": bool(dataset.binary),
+        "feature_names": list(dataset.feature_names),
+    }
+
+
+def _read_config(run_dir: Path) -> dict:
+    path = run_dir / CONFIG_NAME
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory not found: {run_dir}")
+    if not path.exists():
+        raise CheckpointError(f"{run_dir} is not an fvnce run directory (no {CONFIG_NAME})")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(cfg, dict) or "run" not in cfg:
+            raise ValueError("missing 'run' section")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is corrupt: {exc}") from None
+    return cfg
+
+
+def _load_noise_state(run_dir: Path):
+    noise_path = run_dir / NOISE_NAME
+    if not noise_path.exists():
+        raise CheckpointError(f"{run_dir} is incomplete: {NOISE_NAME} is missing")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = torch.load(noise_path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # corrupt or crafted file: never executed
+        line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(f"cannot read {noise_path} (corrupt, truncated or not plain data): {line}") from None
+    if not isinstance(state, dict) or not isinstance(state.get("name"), str):
+        raise CheckpointError(f"{noise_path} is not an fvnce noise file")
+    return state
+
+
+def _check_output_file(out: Path) -> None:
+    """Checked before any work: the output's folder exists and the output is not a folder."""
+    if out.is_dir():
+        raise ConfigError(f"output {out} is a directory; give a file name")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise ConfigError(f"cannot write {out}: folder {parent} does not exist")
+
+
+def _finite_json(obj):
+    """Replace NaN/inf floats by None so the JSON is standard."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_json(v) for v in obj]
+    return obj
+
+
+def _atomic_npy(path: Path, array: np.ndarray) -> None:
+    import io
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())

@@ -1,0 +1,84 @@
+"""A trained run rebuilt from its directory."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoint import load_checkpoint
+from ..data import Dataset, load_dataset
+from ..data.preprocess import Preprocessor
+from ..errors import CheckpointError
+from ..noise import load_noise
+from .build import _build
+from .config import BASE_NOISE, RunConfig
+from .files import PREPROCESS_NAME, _load_noise_state, _read_config
+
+
+@dataclass
+class LoadedRun:
+    """A trained run rebuilt from its directory (on the CPU, in evaluation mode)."""
+
+    run_dir: Path
+    record: dict
+    config: RunConfig
+    model: torch.nn.Module
+    encoder: torch.nn.Module | None
+    objective: Any
+    noise: Any
+    preprocessor: Preprocessor
+    weights: str
+
+    @property
+    def image_shape(self):
+        return tuple(self.record["image_shape"]) if self.record.get("image_shape") else None
+
+
+def load_run(run_dir: str | Path, *, weights: str = "best", dataset: Dataset | None = None) -> LoadedRun:
+    """Rebuild model, encoder, noise and preprocessing from a run directory.
+
+    ``weights="best"`` takes the best-validation parameters when the run kept them, else
+    the latest checkpoint.  Plug-in noises are re-created from the training data.
+    """
+    run_dir = Path(run_dir)
+    record = _read_config(run_dir)
+    config = RunConfig.from_dict(record["run"])
+    try:
+        pre = Preprocessor.from_state(json.loads((run_dir / PREPROCESS_NAME).read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise CheckpointError(f"{run_dir} is incomplete: {PREPROCESS_NAME} is missing") from None
+    except ValueError as exc:
+        raise CheckpointError(f"{run_dir / PREPROCESS_NAME} is corrupt: {exc}") from None
+    if record.get("fvnce_version", "0.1.0") == "0.1.0" and "tilt_bound" not in config.model_options \
+            and config.resolved_model(record["binary"])[0] == "tilted_vae":
+        config.model_options["tilt_bound"] = None  # runs of 0.1.0 had an unbounded tilt
+    _, _, model, encoder, objective = _build(config, record["x_dim"], record.get("image_shape"), record["binary"])
+    path = run_dir / "best.pt"
+    used = "best"
+    if weights != "best" or not path.exists():
+        path, used = run_dir / "checkpoint.pt", "last"
+    ckpt = load_checkpoint(path)
+    try:
+        model.load_state_dict(ckpt["model"])
+        if encoder is not None and ckpt.get("encoder") is not None:
+            encoder.load_state_dict(ckpt["encoder"])
+    except (KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"{path} does not match the run's model: {str(exc).splitlines()[0]}") from None
+    noise_state = _load_noise_state(run_dir)
+    data = None
+    if isinstance(noise_state, dict) and noise_state.get("name") == "plugin":
+        data = (dataset or load_dataset(config.data)).train
+    if isinstance(noise_state, dict) and noise_state.get("name") == BASE_NOISE:
+        from ..noise import BaseModelNoise
+
+        noise = BaseModelNoise.from_model(model)
+    else:
+        noise = load_noise(noise_state, data=data)
+    model.eval()
+    if encoder is not None:
+        encoder.eval()
+    return LoadedRun(run_dir, record, config, model, encoder, objective, noise, pre, used)

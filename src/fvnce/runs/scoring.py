@@ -1,0 +1,62 @@
+"""Using a trained run: one anomaly score per row of a file, and model samples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import atomic_write_bytes
+from ..data import prepare_scoring_data
+from ..errors import ConfigError
+from .files import _atomic_npy, _check_output_file
+from .loading import load_run
+
+
+def score_file(run_dir: str | Path, data_file: str, out: str | Path, *, k: int | None = None,
+               missing: str | None = None) -> int:
+    """Write one anomaly score per row of ``data_file`` (same order) to the CSV ``out``.
+
+    The score is the negative estimated log-density (higher = more anomalous).  Returns
+    the number of rows written.
+    """
+    from .. import evaluate as ev
+
+    _check_output_file(Path(out))
+    run = load_run(run_dir)
+    x = prepare_scoring_data(data_file, run.preprocessor, missing=missing)
+    torch.manual_seed(run.config.train.seed + 2)
+    xt = torch.as_tensor(x).to(next(run.model.parameters()).dtype)
+    scores = ev.anomaly_scores(run.model, run.encoder, xt, k=k or run.config.eval_k).numpy()
+    lines = ["row,score"] + [f"{i},{s:.9g}" for i, s in enumerate(scores)]
+    from ..checkpoint import atomic_write_text
+    atomic_write_text(Path(out), "\n".join(lines) + "\n")
+    return len(scores)
+
+
+def sample_run(run_dir: str | Path, n: int, out: str | Path) -> str:
+    """Draw ``n`` model samples into ``out``: ``.npy`` (in model space), or ``.png``
+    (an image grid; image data only).  Returns the sampling method used."""
+    from .. import evaluate as ev
+
+    out = Path(out)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"--n must be a positive integer, got {n!r}")
+    if out.suffix not in (".npy", ".png"):
+        raise ConfigError(f"sample output must end in .npy or .png, got {out.name!r}")
+    _check_output_file(out)
+    run = load_run(run_dir)
+    if out.suffix == ".png" and run.image_shape is None:
+        raise ConfigError("a .png grid needs image data; this run's data are not images: use .npy")
+    torch.manual_seed(run.config.train.seed + 3)
+    try:
+        samples, method = ev.sample(run.model, run.encoder, n, noise=run.noise)
+    except NotImplementedError as exc:
+        raise ConfigError(f"this model cannot be sampled: {exc}") from None
+    arr = samples.detach().cpu().numpy()
+    if out.suffix == ".npy":
+        _atomic_npy(out, arr)
+    else:
+        from ..report.plots import image_grid_png
+        atomic_write_bytes(out, image_grid_png(arr, run.image_shape, f"{n} samples ({method})"))
+    return method

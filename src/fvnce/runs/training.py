@@ -1,0 +1,90 @@
+"""Training one run into its directory: data -> noise fitted on the training split ->
+model + objective -> :class:`fvnce.train.Trainer` -> run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .. import distributed
+from ..checkpoint import load_checkpoint
+from ..data import Dataset, load_dataset
+from ..errors import CheckpointError
+from ..noise import load_noise, make_noise
+from ..train import CHECKPOINT_NAME, TrainConfig, Trainer
+from .build import _base_noise, _build, _check_noise_support, _warm_start
+from .config import BASE_NOISE, RunConfig
+from .files import _check_new_run_dir, _load_noise_state, _read_config, _write_run_files
+
+
+def train_run(config: RunConfig, run_dir: str | Path, *, resume: bool = False, dataset: Dataset | None = None,
+              noise=None, log: Callable[[str], None] = lambda m: None, progress: bool | None = None):
+    """Train one run into ``run_dir`` (created only once every input has been checked).
+
+    ``dataset`` and ``noise`` may be passed to share them between runs (the proof of
+    concept does).  With ``resume=True`` the run's own saved configuration is used; only
+    ``steps``/``epochs`` of a ``config`` passed along are taken (to train longer).
+    Returns ``(trainer_result, dataset)``.
+    """
+    run_dir = Path(run_dir)
+    if resume:
+        saved = _read_config(run_dir)
+        length = {k: v for k, v in (config.train.to_dict().items() if config is not None else ())
+                  if k in ("steps", "epochs")}
+        config = RunConfig.from_dict(saved["run"])
+        if length:  # the only settings a resumed run may change: how long it trains
+            config.train = TrainConfig.from_dict({**config.train.to_dict(), **length})
+        if progress is not None:
+            config.train.progress = progress
+    config.validate()
+    if progress is not None:
+        config.train.progress = progress
+    if resume:  # fail before reading (possibly large) data when the run cannot be resumed
+        if not (run_dir / CHECKPOINT_NAME).exists():
+            raise CheckpointError(f"nothing to resume: no {CHECKPOINT_NAME} in {run_dir}")
+        load_checkpoint(run_dir / CHECKPOINT_NAME)
+        noise_state = _load_noise_state(run_dir)
+    else:
+        _check_new_run_dir(run_dir)
+    if dataset is None:
+        dataset = load_dataset(config.data)
+        for note in dataset.notes:
+            log(f"fvnce: note: {note}")
+    torch.manual_seed(config.train.seed)
+    name, opts, model, encoder, objective = _build(config, dataset.dim, dataset.image_shape, dataset.binary)
+    base_noise = config.noise == BASE_NOISE
+    if base_noise:
+        noise = None  # built from the model once its base holds the starting weights
+    elif resume:
+        noise = load_noise(noise_state, data=dataset.train)
+    elif noise is None:  # fitted once (rank 0 under torch.distributed) and broadcast
+        noise = distributed.fit_on_main(
+            lambda: make_noise(config.resolved_noise(dataset.binary), dataset.train, seed=config.train.seed,
+                               **config.noise_options),
+            lambda fitted: fitted.state(), lambda state: load_noise(state, data=dataset.train))
+    if config.init_from and not resume:
+        _warm_start(model, encoder, config.init_from)
+        log(f"fvnce: starting from the weights of {config.init_from}")
+    if base_noise:
+        if not config.init_from and not resume:
+            log(f"fvnce: note: noise {BASE_NOISE!r} without --init-from samples an untrained base VAE; "
+                "start from a trained VAE run")
+        noise = _base_noise(model, resume, run_dir)
+    for w in getattr(noise, "warnings", []):
+        log(f"fvnce: note: {w}")
+    _check_noise_support(noise, dataset.binary, name, opts)
+
+    # the trainer checks the device, precision and parameters: before anything is written
+    trainer = Trainer(model, encoder, objective, noise, config.train, run_dir=run_dir, log=log)
+    if not resume:  # rank 0 only under torch.distributed (its errors reach every rank)
+        distributed.main_first(lambda: _write_run_files(run_dir, config, dataset, name, opts, objective, noise))
+    result = trainer.fit(dataset.train, normal_rows(dataset.val, dataset.val_labels), resume=resume)
+    return result, dataset
+
+
+def normal_rows(x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """The rows labelled normal (all rows when there are no labels): the validation loss
+    measures fit to the data distribution, which the anomalies are not part of."""
+    return x if labels is None else x[labels == 0]
