@@ -26,6 +26,7 @@ EXPECTED = {
     "anomaly": ["machine", "config", "per_class", "means"],
     "known_density": ["machine", "results", "table", "true_mean_log_density"],
     "poc_trust": ["machine", "results", "overall"],
+    "adbench": ["machine", "rows", "raw"],
 }
 EXTRA = {
     "step_cost": ["--batch", "64", "--rounds", "3", "--no-bf16"],
@@ -35,6 +36,7 @@ EXTRA = {
     "pyro_vae": ["--epochs", "1", "--max-rows", "1200"],
     "known_density": ["--rules", "kl,power1.5", "--steps", "60"],
     "poc_trust": ["--sets", "breast-cancer", "--budget", "30"],
+    "adbench": ["--sets", "wbc", "--budget", "30"],  # skips (and says so) where shared/data is absent
 }
 
 

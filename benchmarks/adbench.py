@@ -1,0 +1,214 @@
+"""Anomaly detection on the ADBench sets of ``shared/data/adbench`` (issue 11, item 1).
+
+Two protocols, each over ``--seeds`` seeds (default 3):
+
+* **(a) semi-supervised**, the ``fvnce poc`` setting: the poc's own split of the labelled
+  file (training rows are normal only), the recommendation chosen on validation data;
+  reported: its test AUROC and the VAE's.  Baselines are fitted on the same training
+  rows and scored on the same test rows (the poc's preprocessed features).
+* **(b) unsupervised, ADBench's protocol**: a stratified 70/30 split; every training row
+  is used *without its label* (the anomalies stay in); ``fvnce poc`` runs on the
+  unlabelled training part (its own train/validation split of it, recommendation by
+  validation log-likelihood among reliable runs) and each of its runs scores the 30 %
+  test part; baselines are fitted on the same training rows after min-max scaling
+  fitted on them.  Reported: test AUROC of the recommended run, of the VAE, and of the
+  best run of each rule (the rule-under-contamination question), beside ADBench's
+  published figures (Table D4, mean of 3 repeats; ``SOURCES.md`` there).
+
+Baselines: scikit-learn IsolationForest, and PyOD OCSVM, ECOD and KNN with default
+hyper-parameters (``pip install -e '.[bench]'``; skipped with a note without PyOD).
+
+    python benchmarks/adbench.py                          # all 5 sets, 3 seeds, both protocols
+    python benchmarks/adbench.py --sets wbc,pima --seeds 1 --protocols b
+    python benchmarks/adbench.py --quick                  # wbc, 1 seed, budget quick
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+SETS = ("wbc", "pima", "cardiotocography", "wilt", "shuttle")
+#: ADBench Table D4, AUCROC x 100 (unsupervised protocol (b))
+PUBLISHED = {
+    "wbc": {"iforest": 99.01, "ocsvm": 99.03, "knn": 90.56, "ecod": 99.11},
+    "pima": {"iforest": 72.87, "ocsvm": 66.92, "knn": 73.43, "ecod": 51.54},
+    "cardiotocography": {"iforest": 67.57, "ocsvm": 77.86, "knn": 56.23, "ecod": 68.92},
+    "wilt": {"iforest": 41.94, "ocsvm": 31.28, "knn": 48.42, "ecod": 39.43},
+    "shuttle": {"iforest": 99.56, "ocsvm": 97.40, "knn": 69.64, "ecod": 99.40},
+}
+
+
+def read_set(path: Path):
+    import pandas as pd
+
+    df = pd.read_csv(path)
+    y = (df.pop("label").astype(str) == "anomaly").to_numpy().astype(int)
+    return df, y
+
+
+def baselines(x_train, x_test, seed: int) -> dict:
+    """Test scores (higher = more anomalous) of the baselines fitted on ``x_train``."""
+    from sklearn.ensemble import IsolationForest
+
+    out = {"iforest": -IsolationForest(random_state=seed).fit(x_train).score_samples(x_test)}
+    try:
+        from pyod.models.ecod import ECOD
+        from pyod.models.knn import KNN
+        from pyod.models.ocsvm import OCSVM
+    except ImportError:
+        return out
+    for name, cls in (("ocsvm", OCSVM), ("ecod", ECOD), ("knn", KNN)):
+        out[name] = cls().fit(x_train).decision_function(x_test)
+    return out
+
+
+def auroc(scores, labels) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, scores))
+
+
+def fvnce_scores(poc_dir: Path, summary: dict, test_csv: Path) -> dict:
+    """Test scores of every trained run of a poc on an external file."""
+    import numpy as np
+
+    from fvnce.runs import score_file
+
+    out = {}
+    for r in summary["runs"]:
+        if r["status"] in ("failed", "diverged"):
+            continue
+        dest = poc_dir / f"{r['name']}-scores.csv"
+        score_file(poc_dir / r["run_dir"], str(test_csv), dest)
+        import pandas as pd
+        out[r["name"]] = np.asarray(pd.read_csv(dest)["score"], dtype=float)
+    return out
+
+
+def protocol_b(name: str, df, y, seed: int, work: Path, budget) -> dict:
+    import numpy as np
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import MinMaxScaler
+
+    from fvnce.data import DataSpec
+    from fvnce.poc import PocConfig, run_poc
+    from fvnce.train import TrainConfig
+
+    idx_tr, idx_te = train_test_split(np.arange(len(y)), test_size=0.3, stratify=y, random_state=seed)
+    train_csv, test_csv = work / "train.csv", work / "test.csv"
+    df.iloc[idx_tr].to_csv(train_csv, index=False)
+    df.iloc[idx_te].to_csv(test_csv, index=False)
+    y_te = y[idx_te]
+    scaler = MinMaxScaler().fit(df.iloc[idx_tr].to_numpy(float))
+    res = {k: auroc(s, y_te) for k, s in baselines(scaler.transform(df.iloc[idx_tr].to_numpy(float)),
+                                                  scaler.transform(df.iloc[idx_te].to_numpy(float)), seed).items()}
+    poc_dir = work / "poc"
+    cfg = PocConfig(data=DataSpec(source=str(train_csv), seed=seed), budget=budget,
+                    train=TrainConfig(progress=False, seed=seed), baselines=False)
+    summary = run_poc(cfg, poc_dir, progress=False)
+    runs = {r["name"]: r for r in summary["runs"]}
+    scores = fvnce_scores(poc_dir, summary, test_csv)
+    per_run = {n: auroc(s, y_te) for n, s in scores.items()}
+    rec = (summary.get("recommended") or {}).get("run")
+    res["fvnce (recommended)"] = per_run.get(rec)
+    res["vae"] = per_run.get("elbo-vae")
+    for rule in ("kl", "power1.5"):
+        mine = {n: v for n, v in per_run.items() if n.startswith(f"fvnce-{rule}-")}
+        # the run of this rule that the poc's criterion (validation log-likelihood, reliable) prefers
+        ok = [n for n in mine if runs[n]["status"] == "ok" and runs[n].get("reliable")]
+        pick = max(ok, key=lambda n: runs[n]["val_metrics"].get("log_likelihood") or -1e300) if ok else None
+        res[f"fvnce {rule} (val choice)"] = per_run.get(pick) if pick else None
+    res["_recommended"] = rec
+    res["_criterion"] = (summary.get("recommended") or {}).get("criterion")
+    return res
+
+
+def protocol_a(name: str, path: Path, seed: int, work: Path, budget) -> dict:
+    from fvnce.data import DataSpec, load_dataset
+    from fvnce.poc import PocConfig, run_poc
+    from fvnce.train import TrainConfig
+
+    spec = DataSpec(source=str(path), label="label", normal="normal", seed=seed)
+    ds = load_dataset(spec)
+    y_te = ds.test_labels.numpy()
+    res = {k: auroc(s, y_te) for k, s in baselines(ds.train.numpy(), ds.test.numpy(), seed).items()}
+    cfg = PocConfig(data=spec, budget=budget, train=TrainConfig(progress=False, seed=seed), baselines=False)
+    summary = run_poc(cfg, work / "poc_a", progress=False)
+    runs = {r["name"]: r for r in summary["runs"]}
+    rec = (summary.get("recommended") or {}).get("run")
+    res["fvnce (recommended)"] = runs[rec]["metrics"].get("auroc") if rec else None
+    res["vae"] = runs.get("elbo-vae", {}).get("metrics", {}).get("auroc")
+    res["_recommended"] = rec
+    return res
+
+
+def main(argv=None) -> dict:
+    p = C.parser("adbench", __doc__)
+    p.add_argument("--sets", default=None, help="comma list of " + ",".join(SETS))
+    p.add_argument("--seeds", type=int, default=None, help="repeats (default 3, quick 1)")
+    p.add_argument("--protocols", default="a,b", help="a (semi-supervised), b (unsupervised), or a,b")
+    p.add_argument("--budget", default=None, help="poc budget (default: the poc default; quick: 'quick')")
+    p.add_argument("--adbench-dir", type=Path,
+                   default=Path(__file__).resolve().parents[2] / "shared" / "data" / "adbench")
+    args = p.parse_args(argv)
+    C.set_threads(args.threads)
+    sets = args.sets.split(",") if args.sets else (["wbc"] if args.quick else list(SETS))
+    seeds = args.seeds or (1 if args.quick else 3)
+    budget = args.budget or ("quick" if args.quick else "default")
+    budget = int(budget) if str(budget).isdigit() else budget
+    protocols = [q for q in args.protocols.split(",") if q]
+    try:
+        import pyod  # noqa: F401
+        note = None
+    except ImportError:
+        note = "PyOD is not installed: OCSVM, ECOD and KNN skipped (pip install -e '.[bench]')"
+        print(note, flush=True)
+    raw: dict = {}
+    for name in sets:
+        path = args.adbench_dir / f"{name}.csv"
+        if not path.exists():
+            print(f"skip {name}: {path} not found", flush=True)
+            continue
+        df, y = read_set(path)
+        for proto in protocols:
+            for seed in range(seeds):
+                work = Path(tempfile.mkdtemp(prefix=f"adbench-{name}-{proto}{seed}-"))
+                t0 = time.perf_counter()
+                try:
+                    res = protocol_b(name, df, y, seed, work, budget) if proto == "b" else \
+                        protocol_a(name, path, seed, work, budget)
+                finally:
+                    shutil.rmtree(work, ignore_errors=True)
+                res["_wall_s"] = time.perf_counter() - t0
+                raw.setdefault(name, {}).setdefault(proto, []).append(res)
+                print(name, proto, seed, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()},
+                      flush=True)
+    rows = []
+    for name, by_proto in raw.items():
+        for proto, reps in by_proto.items():
+            methods = [k for k in reps[0] if not k.startswith("_")]
+            for m in methods:
+                vals = [r[m] for r in reps if r.get(m) is not None]
+                if not vals:
+                    continue
+                pub = PUBLISHED.get(name, {}).get(m) if proto == "b" else None
+                rows.append({"set": name, "protocol": proto, "method": m, "auroc_mean": statistics.mean(vals),
+                             "auroc_sd": statistics.stdev(vals) if len(vals) > 1 else None, "seeds": len(vals),
+                             "published": None if pub is None else pub / 100})
+    C.table(rows, ["set", "protocol", "method", "auroc_mean", "auroc_sd", "seeds", "published"])
+    out = {"benchmark": "adbench", "machine": C.machine(args.threads), "budget": budget, "seeds": seeds,
+           "note": note, "rows": rows, "raw": raw}
+    C.write_json(args.out, out)
+    return out
+
+
+if __name__ == "__main__":
+    main()
