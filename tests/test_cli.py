@@ -62,7 +62,7 @@ def test_score_keeps_row_order(trained, table, tmp_path):
     out = tmp_path / "scores.csv"
     assert main(["score", str(trained), "--data", str(table), "--out", str(out), "--quiet"]) == 0
     lines = out.read_text().strip().splitlines()
-    assert lines[0] == "row,score" and len(lines) == 241
+    assert lines[0] == "row,score,alarm" and len(lines) == 241
     rows = [int(line.split(",")[0]) for line in lines[1:]]
     assert rows == list(range(240))
     scores = np.array([float(line.split(",")[1]) for line in lines[1:]])

@@ -20,5 +20,10 @@ def test_golden_run_is_reproduced_bit_for_bit(name):
     got = json.loads(json.dumps(G.run_one(name)))
     want = GOLDEN["runs"][name]
     for key in want:
-        assert got[key] == want[key], f"{name}: {key} differs"
+        if key == "evaluation":  # results added since the recording (e.g. the alarm threshold) may appear
+            assert set(want[key]) <= set(got[key]), f"{name}: evaluation lost {set(want[key]) - set(got[key])}"
+            for k in want[key]:
+                assert got[key][k] == want[key][k], f"{name}: evaluation {k} differs"
+        else:
+            assert got[key] == want[key], f"{name}: {key} differs"
     assert got.keys() == want.keys()

@@ -96,6 +96,11 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                         "global-size noise draws sliced per rank (shard, reproduces a single-process run)")
 
 
+def _alarm_rate_arg(p, what: str) -> None:
+    p.add_argument("--alarm-rate", type=float, metavar="RATE",
+                   help=f"target false-alarm rate of {what} (default 0.01)")
+
+
 def _precision_arg(g) -> None:
     g.add_argument("--precision", choices=["fp32", "bf16", "auto"], default=None,
                    help="bf16: bfloat16 autocast for the network layers, log-weights kept in float32; "
@@ -116,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
+    _alarm_rate_arg(p, "the run's alarm threshold: the conformal (1 - RATE) quantile of the validation normal "
+                       "rows' scores (all validation rows without labels)")
 
     p = sub.add_parser("evaluate", help="evaluate a run on its held-out data (or --data FILE)")
     p.add_argument("run_dir", metavar="RUN_DIR")
@@ -130,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="SCORES.csv")
     p.add_argument("--k", type=int, help="importance samples per row")
     p.add_argument("--impute", action="store_true", help="replace missing values by training medians")
+    a = p.add_mutually_exclusive_group()
+    a.add_argument("--alarm-rate", type=float, metavar="RATE",
+                   help="alarm at this target false-alarm rate instead of the run's (from its stored validation "
+                        "scores)")
+    a.add_argument("--threshold", type=float, metavar="T", help="alarm when the score is above T")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("sample", help="draw samples from a trained model")
@@ -153,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="train the grid's runs in N worker processes on this machine (default 1)")
+    _alarm_rate_arg(p, "every run's alarm threshold")
     _precision_arg(p)
     p.add_argument("--out", default="poc_out", metavar="DIR")
     p.add_argument("--quiet", action="store_true")
@@ -249,6 +262,8 @@ def _run_config(args):
         cfg.noise = args.noise
     if args.init_from:
         cfg.init_from = args.init_from
+    if args.alarm_rate is not None:
+        cfg.alarm_rate = args.alarm_rate
     train = cfg.train.to_dict()
     for key in ("steps", "epochs", "batch_size", "lr", "grad_clip", "seed", "checkpoint_every", "device",
                 "precision", "compile", "dist_noise"):
@@ -310,10 +325,42 @@ def _cmd_train(args) -> int:
         cfg = _run_config(args)
         result, dataset = train_run(cfg, args.out, log=log)
     log(f"fvnce: trained {result.step} steps in {result.elapsed:.1f} s -> {args.out}")
+    if distributed.is_main():
+        from .runs import read_alarm
+
+        log("fvnce: " + _alarm_line(read_alarm(args.out)))
     if not args.no_eval and distributed.is_main():
         ev = evaluate_run(args.out, dataset=dataset)
         log("fvnce: " + _headline(ev))
     return 0
+
+
+def _alarm_line(rec: dict | None) -> str:
+    """``alarm threshold 12.3 (target false-alarm rate 1 %, set on 270 validation normal rows)``."""
+    if not rec or rec.get("threshold") is None:
+        return "no alarm threshold" + (f": {rec['note']}" if rec and rec.get("note") else "")
+    text = (f"alarm threshold {rec['threshold']:.6g} (target false-alarm rate {_pct(rec['rate'])}, set on "
+            f"{rec['n']} {rec['calibrated_on']})")
+    return text + (f"; note: {rec['note']}" if rec.get("note") else "")
+
+
+def _pct(rate) -> str:
+    return f"{100 * rate:.3g} %"
+
+
+def _operating_text(op: dict | None, alarm: dict | None) -> str | None:
+    """The operating point in words: false alarms per 1,000 normal items and the share of
+    anomalies detected at the alarm threshold (alarms per 1,000 items without labels)."""
+    if not op or not alarm:
+        return None
+    target = f"at the alarm threshold (target {_pct(alarm['rate'])})"
+    if op.get("false_alarms_per_1000") is not None:
+        text = f"{target}: {op['false_alarms_per_1000']:.3g} false alarms per 1,000 normal test items"
+        if op.get("detection_rate") is not None:
+            text += f", {100 * op['detection_rate']:.3g} % of anomalies detected"
+        return text
+    return f"{target}: {op['alarms_per_1000']:.3g} alarms per 1,000 test items" if op.get("alarms_per_1000") \
+        is not None else None
 
 
 def _headline(ev: dict) -> str:
@@ -333,6 +380,9 @@ def _headline(ev: dict) -> str:
         parts.append(f"AUROC {ev['auroc']:.3f}")
     if ev.get("fpr_at_95_tpr") is not None:
         parts.append(f"FPR@95TPR {ev['fpr_at_95_tpr']:.3f}")
+    op = _operating_text(ev.get("operating_point"), ev.get("alarm"))
+    if op:
+        parts.append(op)
     return ", ".join(parts) or "evaluated"
 
 
@@ -344,7 +394,7 @@ def _cmd_evaluate(args) -> int:
         raise ConfigError(f"--k must be a positive integer, got {args.k}")
     ev = evaluate_run(args.run_dir, data_file=args.data, k=args.k, write=args.data is None)
     if args.json:
-        keep = {k: v for k, v in ev.items() if k not in ("scores", "roc")}
+        keep = {k: v for k, v in ev.items() if k not in ("scores", "roc", "alarm_curve")}
         print(json.dumps(keep))
     else:
         print(_headline(ev))
@@ -354,8 +404,11 @@ def _cmd_evaluate(args) -> int:
 def _cmd_score(args) -> int:
     from .runs import score_file
 
-    n = score_file(args.run_dir, args.data, args.out, k=args.k, missing="impute" if args.impute else None)
-    _log_fn(args.quiet)(f"fvnce: wrote {n} scores to {args.out}")
+    res = score_file(args.run_dir, args.data, args.out, k=args.k, missing="impute" if args.impute else None,
+                     alarm_rate=args.alarm_rate, threshold=args.threshold)
+    how = "given" if res["rate"] is None else f"target false-alarm rate {_pct(res['rate'])} on {res['source']}"
+    _log_fn(args.quiet)(f"fvnce: wrote {res['rows']} scores to {args.out}; {res['alarms']} alarm(s) above the "
+                        f"threshold {res['threshold']:.6g} ({how})" + (f"; note: {res['note']}" if res["note"] else ""))
     return 0
 
 
@@ -390,7 +443,8 @@ def _cmd_poc(args) -> int:
                     noises=[n.strip() for n in args.noises.split(",") if n.strip()] if args.noises else None,
                     model=args.model, model_options={"z_dim": args.z_dim} if args.z_dim is not None else {},
                     train=TrainConfig.from_dict({**TrainConfig().to_dict(), **train}),
-                    baselines=not args.no_baselines)
+                    baselines=not args.no_baselines,
+                    **({} if args.alarm_rate is None else {"alarm_rate": args.alarm_rate}))
     summary = run_poc(cfg, args.out, log=_log_fn(args.quiet), progress=not args.quiet and sys.stderr.isatty(),
                       workers=args.workers)
     rec = summary.get("recommended")

@@ -36,6 +36,7 @@ from .data import DataSpec, load_dataset
 from .diagnostics import ESS_FRACTION_MIN, KHAT_MAX
 from .diagnostics import reliable as weights_reliable
 from .errors import ConfigError, FvnceError
+from .evaluate import check_alarm_rate
 from .noise import NOISES, make_noise
 from .rules import scoring_rule
 from .runs import BASE_NOISE, RunConfig, _default_noise, check_model_sizes, evaluate_run, train_run
@@ -107,6 +108,8 @@ class PocConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(progress=False))
     baselines: bool = True
     eval_k: int = 32
+    #: target false-alarm rate of every run's alarm threshold (fvnce.runs.alarm)
+    alarm_rate: float = 0.01
 
     def steps(self) -> int:
         if isinstance(self.budget, int) and not isinstance(self.budget, bool):
@@ -127,6 +130,7 @@ class PocConfig:
                 raise ConfigError(f"unknown noise {n!r}; valid noises: {BASE_NOISE}, {', '.join(sorted(NOISES))}, "
                                   "or module:callable")
         check_model_sizes(self.model_options)
+        check_alarm_rate(self.alarm_rate, "--alarm-rate")
         return rules
 
 
@@ -505,7 +509,7 @@ def run_poc(config: PocConfig, out_dir: str | Path, *, log: Callable[[str], None
     plan: list[tuple[str, RunConfig]] = [(VAE_RUN, RunConfig(
         data=config.data, objective="elbo", model="vae" if config.model == "auto" else config.model,
         model_options=vae_options, noise=fitted_noises[0], train=_train_cfg(config.train, steps),
-        eval_k=config.eval_k))]
+        eval_k=config.eval_k, alarm_rate=config.alarm_rate))]
     warm = config.model == "auto"
     for noise_name in noises:
         for rule_name, params in rules:
@@ -515,7 +519,7 @@ def run_poc(config: PocConfig, out_dir: str | Path, *, log: Callable[[str], None
                 objective_options={"rule": rule_name, **params, **config.objective_options},
                 model=config.model, model_options=dict(config.model_options), noise=noise_name,
                 train=_train_cfg(config.train, steps), eval_k=config.eval_k,
-                init_from=str(base_dir) if warm else None)))
+                init_from=str(base_dir) if warm else None, alarm_rate=config.alarm_rate)))
 
     runs: list[dict] = []
     bar = _bar(len(plan), progress)
@@ -616,6 +620,8 @@ def _run_one(name: str, rc: RunConfig, dataset, fitted: dict, out_dir: Path, log
         entry["metrics"], entry["val_metrics"] = _metrics(ev)
         entry["log_z"] = ev.get("log_z")  # estimate, k-hat, effective sample size, proposal (unnormalised)
         entry["noise_term"] = ev.get("noise_term")  # k-hat and ESS of the noise-side weights
+        entry["alarm"] = ev.get("alarm")  # the alarm threshold, and what it does on the test rows
+        entry["operating_point"] = ev.get("operating_point")
         entry["model"] = rc.resolved_model(dataset.binary)[0]
     except DivergenceError as exc:
         entry.update(status="diverged", error=str(exc))

@@ -9,8 +9,9 @@ from typing import Any
 
 from .html import DASH, esc, fmt_num, fmt_pct, fmt_time, kv_table, page, table
 from .load import RunFiles, finite, load_run
-from .sections import (ESS_FRACTION_MIN, KHAT_MAX, Entry, glossary, headline, ll_cell, roc_section,
-                       rule_label, samples_section, training_section, weights_cell, weights_reliable)
+from .sections import (ESS_FRACTION_MIN, KHAT_MAX, Entry, alarm_section, glossary, headline, ll_cell,
+                       operating_sentence, roc_section, rule_label, samples_section, training_section, weights_cell,
+                       weights_reliable)
 
 __all__ = ["poc_page", "run_page"]
 
@@ -110,10 +111,25 @@ def _verdict(rec: dict) -> str:
     return "".join(parts)
 
 
-def _headline_text(rec: dict) -> str:
-    """The verdict at the top of the page: the VAE statement (when it applies) and the reason."""
-    text = _verdict(rec)
+def _headline_text(rec: dict, operating: str | None = None) -> str:
+    """The verdict at the top of the page: the recommended run's operating point in words,
+    the VAE statement (when it applies) and the reason."""
+    text = (f'<p class="verdict"><b>{esc(operating)}</b></p>' if operating else "") + _verdict(rec)
     return f'<div class="card verdict-box">{text}</div>' if text else ""
+
+
+def _rec_operating(summary: dict, runs: list[dict], files: dict[str, RunFiles]) -> tuple[str | None, dict]:
+    """The recommended run's operating point sentence and its evaluation record."""
+    name = _d(summary.get("recommended")).get("run")
+    r = next((x for x in runs if x.get("name") == name), None) if name is not None else None
+    if r is None:
+        return None, {}
+    run = files.get(name)
+    ev = dict(_d(run.evaluation if run is not None else None))
+    for key in ("alarm", "operating_point"):  # summary.json has them too (older runs may not)
+        if ev.get(key) is None:
+            ev[key] = r.get(key)
+    return operating_sentence(ev.get("operating_point"), ev.get("alarm"), "the recommended model"), ev
 
 
 def _recommendation(summary: dict, runs: list[dict], files: dict[str, RunFiles],
@@ -144,9 +160,11 @@ def _recommendation(summary: dict, runs: list[dict], files: dict[str, RunFiles],
             base += (f"<li>Baseline <b>{esc(b.get('name'))}</b>: AUROC {fmt_num(bm.get('auroc'))}, "
                      f"false alarms at 95% detection {fmt_pct(bm.get('fpr_at_95_tpr'))}.</li>")
     base = f"<p>For comparison:</p><ul>{base}</ul>" if base else ""
+    operating, _ = _rec_operating(summary, runs, files)
     body = (f'<div class="card"><p><b>Recommended:</b> {esc(name)} '
             f'<span class="small">({esc(_config_text(r))})</span></p>'
             + f"<p><b>Chosen by:</b> {esc(rec.get('criterion') or DASH)}.</p>"
+            + (f"<p>{esc(operating)}</p>" if operating else "")
             + headline(m.get("auroc"), m.get("fpr_at_95_tpr"), m.get("log_likelihood"),
                        _ll_kind(r, files.get(name)))
             + base + "</div>")
@@ -328,6 +346,7 @@ def poc_page(folder: Path, summary: dict) -> str:
         if isinstance(rd, str) and rd:
             files[r.get("name")] = load_run(folder / rd)
     title = "Anomaly detection proof of concept: results"
+    operating, rec_ev = _rec_operating(summary, runs, files)
     notes = [n for n in data.get("notes") or [] if n is not None]
     data_rows = [
         ("Data source", esc(data.get("source") or DASH)),
@@ -344,7 +363,7 @@ def poc_page(folder: Path, summary: dict) -> str:
             f" · report generated {_generated()}</p>"
             '<p class="lead">Several ways of training an anomaly detector were tried on the same '
             "data and compared. This page recommends one, shows how well it works, and lets you "
-            "check the evidence.</p>" + _headline_text(_d(summary.get("recommended"))) + "</header>")
+            "check the evidence.</p>" + _headline_text(_d(summary.get("recommended")), operating) + "</header>")
     data_sec = _sec("data", "The data", "What the models were trained and tested on.",
                     kv_table(data_rows))
     entries = []
@@ -365,6 +384,7 @@ def poc_page(folder: Path, summary: dict) -> str:
         _recommendation(summary, runs, files, baselines),
         _comparison(runs, files, baselines, rec_name, has_labels, _criteria(summary)),
         _problems_note([(e.name, e.run) for e in run_entries]),
+        alarm_section(str(rec_name), rec_ev, "the recommended model") if rec_ev else "",
         training_section(run_entries + missing_dirs),
         roc_section([e for e in entries if e.run is None or (e.run.evaluation is not None)],
                     has_labels),
@@ -444,13 +464,22 @@ def run_page(run: RunFiles) -> str:
         nt = _d(ev.get("noise_term"))
         if nt:
             metric_rows.append((["Noise term importance weights (k-hat · ESS)", weights_cell(nt), DASH], ""))
-        res_body = (headline(ev.get("auroc"), ev.get("fpr_at_95_tpr"), ev.get("log_likelihood"), kind)
+        op = _d(ev.get("operating_point"))
+        if op:
+            metric_rows[3:3] = [
+                (["False alarms per 1,000 normal items at the alarm threshold",
+                  fmt_num(op.get("false_alarms_per_1000"), 1), DASH], ""),
+                (["Anomalies detected at the alarm threshold", fmt_pct(op.get("detection_rate")), DASH], "")]
+        sentence = operating_sentence(ev.get("operating_point"), ev.get("alarm"))
+        res_body = ((f'<p class="verdict"><b>{esc(sentence)}</b></p>' if sentence else "")
+                    + headline(ev.get("auroc"), ev.get("fpr_at_95_tpr"), ev.get("log_likelihood"), kind)
                     + table(["Metric", "Test", "Validation"], metric_rows))
     results = _sec("results", "Results", "Headline figures are on held-out test data.", res_body)
     entry = Entry(name=name, run=run, roc=_d(ev).get("roc"), scores=_d(ev).get("scores"),
                   auroc=_d(ev).get("auroc"), recommended=True)
     body = "".join([
         head, conf, results, _problems_note([(name, run)]),
+        alarm_section(name, ev) if ev is not None else "",
         training_section([entry]),
         roc_section([entry], has_labels, reason, single=True),
         samples_section([entry], cfg.get("image_shape"), cfg.get("x_dim")),

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from .load import finite
 
 __all__ = [
+    "alarm_png",
     "image_grid_png",
     "roc_curve",
     "roc_png",
@@ -148,6 +149,71 @@ def roc_png(curves: Sequence[tuple[str, Sequence[float], Sequence[float], bool]]
     ax.tick_params(labelsize=8)
     ax.legend(fontsize=7, loc="lower right")
     fig.subplots_adjust(left=0.12, right=0.97, bottom=0.11, top=0.97)
+    return _png(fig)
+
+
+def alarm_png(curve: dict, threshold: float | None, point: dict | None, title: str) -> bytes | None:
+    """Detection rate (left axis, %) and false alarms per 1,000 normal items (right axis,
+    symmetric-log scale) against the alarm threshold, with the run's threshold and its
+    operating point marked; without labels, alarms per 1,000 items.  ``curve`` is the
+    ``alarm_curve`` of evaluation.json; None when it holds nothing to draw."""
+    if not isinstance(curve, dict):
+        return None
+    labelled = isinstance(curve.get("false_alarms_per_1000"), list)
+    fa_key = "false_alarms_per_1000" if labelled else "alarms_per_1000"
+    pts = [(finite(a), finite(b)) for a, b in zip(curve.get("threshold") or [], curve.get(fa_key) or [])]
+    pts = [p for p in pts if p[0] is not None and p[1] is not None]
+    if len(pts) < 2:
+        return None
+    arr = np.asarray(pts)
+    det = curve.get("detection_rate") if isinstance(curve.get("detection_rate"), list) else None
+    fig = _figure(6.4, 3.6)
+    ax = fig.subplots()
+    ax2 = ax.twinx()
+    fa_label = "false alarms per 1,000 normal items" if labelled else "alarms per 1,000 items"
+    ax2.plot(arr[:, 0], arr[:, 1], color=_COLORS[1], lw=1.6, label=fa_label)
+    ax2.set_yscale("symlog", linthresh=1.0)
+    ax2.set_ylim(0, 1000 * 1.15)
+    ax2.set_ylabel(fa_label + " (log scale)", fontsize=8, color=_COLORS[1])
+    handles = ax2.get_legend_handles_labels()
+    if det is not None:
+        dpts = [(finite(a), finite(b)) for a, b in zip(curve.get("threshold") or [], det)]
+        dpts = np.asarray([p for p in dpts if p[0] is not None and p[1] is not None])
+        if len(dpts):
+            ax.plot(dpts[:, 0], 100 * dpts[:, 1], color=_COLORS[0], lw=1.6, label="detection rate (%)")
+    ax.set_ylim(-2, 102)
+    if det is not None:
+        ax.set_ylabel("anomalies detected (%)", fontsize=8, color=_COLORS[0])
+    else:
+        ax.set_yticks([])
+    t = finite(threshold)
+    if t is not None:
+        ax.axvline(t, color="#444444", ls="--", lw=1.0, label="alarm threshold")
+        p = point if isinstance(point, dict) else {}
+        fa = finite(p.get("false_alarms_per_1000" if labelled else "alarms_per_1000"))
+        if fa is not None:
+            ax2.plot([t], [fa], "o", color=_COLORS[1], ms=7, zorder=5)
+            ax2.annotate(f"{fa:.3g} per 1,000", (t, fa), textcoords="offset points", xytext=(6, 6), fontsize=7,
+                         color=_COLORS[1])
+        d = finite(p.get("detection_rate"))
+        if d is not None:
+            ax.plot([t], [100 * d], "o", color=_COLORS[0], ms=7, zorder=5)
+            ax.annotate(f"{100 * d:.3g} % detected", (t, 100 * d), textcoords="offset points", xytext=(6, -12),
+                        fontsize=7, color=_COLORS[0])
+    # the threshold in the middle: scores of anomalies can reach far beyond where it matters
+    lo, hi = np.percentile(arr[:, 0], [0.5, 99.5])
+    if t is not None:
+        lo = min(lo, t)
+        hi = t + (t - lo) if t > lo else max(hi, t + 1.0)
+    pad = 0.03 * (hi - lo) if hi > lo else 1.0
+    ax.set_xlim(lo - pad, hi + pad)
+    ax.set_xlabel("alarm threshold (anomaly score; an alarm when the score is above it)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax2.tick_params(labelsize=7)
+    h1, l1 = ax.get_legend_handles_labels()
+    ax.legend(h1 + handles[0], l1 + handles[1], fontsize=7, loc="lower left")
+    ax.set_title(_label(title, 70), fontsize=9)
+    fig.subplots_adjust(left=0.1, right=0.88, bottom=0.14, top=0.9)
     return _png(fig)
 
 

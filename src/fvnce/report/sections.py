@@ -7,12 +7,13 @@ from typing import Any, Callable, Sequence
 
 from ..diagnostics import ESS_FRACTION_MIN, KHAT_MAX
 from . import plots
-from .html import DASH, esc, fmt_num, fmt_pct, img
+from .html import DASH, esc, fmt_num, fmt_pct, img, kv_table
 from .load import RunFiles, finite
 
 
-__all__ = ["Entry", "event_text", "events_list", "glossary", "headline", "ll_cell", "roc_section", "rule_label",
-           "samples_section", "training_events", "training_section", "weights_cell", "weights_reliable"]
+__all__ = ["Entry", "alarm_section", "event_text", "events_list", "glossary", "headline", "ll_cell",
+           "operating_sentence", "roc_section", "rule_label", "samples_section", "training_events", "training_section",
+           "weights_cell", "weights_reliable"]
 
 
 @dataclass
@@ -256,6 +257,99 @@ def roc_section(entries: Sequence[Entry], has_labels: bool, no_label_reason: str
     return _section("roc", title, explain, "".join(parts))
 
 
+# --------------------------------------------------------------------------- the alarm threshold
+
+
+def _rate_text(rate: Any) -> str:
+    r = finite(rate)
+    return DASH if r is None else f"{100 * r:g} %"
+
+
+def _per_1000(v: Any) -> str:
+    v = finite(v)
+    return DASH if v is None else (f"{v:.0f}" if abs(v) >= 10 or v == int(v) else f"{v:.1f}")
+
+
+def _expected_clause(op: dict, what: str) -> str:
+    """How the realised rate compares with what a threshold working as designed gives."""
+    rng = op.get("expected_per_1000")
+    if not (isinstance(rng, list) and len(rng) == 2) or finite(op.get("range_level")) is None:
+        return ""
+    band = f"{_per_1000(rng[0])} to {_per_1000(rng[1])} {what} per 1,000"
+    level = f"{100 * op['range_level']:g} %"
+    if op.get("within_expected") is False:
+        return (f" That is outside the range a threshold working as designed gives on this many items "
+                f"({band}, with {level} probability): the validation rows it was set on differ from the test rows.")
+    return f" A threshold working as designed gives {band} on this many items, with {level} probability."
+
+
+def operating_sentence(op: Any, alarm: Any, who: str = "the model") -> str | None:
+    """The operating point in a manager's words (plain text), or None without one:
+    "At the alarm threshold set for 1 % false alarms, the model raised 9 false alarms per
+    1,000 normal test items and detected 87 % of the anomalies." """
+    if not isinstance(op, dict) or not isinstance(alarm, dict):
+        return None
+    rate = _rate_text(alarm.get("rate"))
+    if finite(op.get("false_alarms_per_1000")) is not None:
+        text = (f"At the alarm threshold set for {rate} false alarms, {who} raised "
+                f"{_per_1000(op['false_alarms_per_1000'])} false alarms per 1,000 normal test items")
+        d = finite(op.get("detection_rate"))
+        text += f" and detected {100 * d:.0f} % of the anomalies." if d is not None else "."
+        return text + _expected_clause(op, "false alarms")
+    if finite(op.get("alarms_per_1000")) is not None:
+        return (f"At the alarm threshold set for {rate} alarms on the validation data, {who} raised "
+                f"{_per_1000(op['alarms_per_1000'])} alarms per 1,000 test items (the data has no anomaly labels, so "
+                "false alarms and detections cannot be told apart)." + _expected_clause(op, "alarms"))
+    return None
+
+
+def alarm_section(name: str, ev: Any, who: str = "the model") -> str:
+    """The alarm threshold of one run: how it was set, what it does on the test data, and
+    detection and false alarms against the threshold with the chosen point marked."""
+    title = "The alarm threshold: false alarms and detections"
+    explain = ("A model raises an alarm when an item's anomaly score is above a threshold. The threshold is set "
+               "on the validation data for a target false-alarm rate: it is the score that only that share of "
+               "normal validation items exceed (a conformal quantile, which keeps the expected false-alarm rate "
+               "of new normal items at or below the target). Raising it gives fewer false alarms and fewer "
+               "detections. Figures are on held-out test data.")
+    ev = ev if isinstance(ev, dict) else {}
+    alarm, op = ev.get("alarm"), ev.get("operating_point")
+    if not isinstance(alarm, dict) or finite(alarm.get("threshold")) is None:
+        note = (alarm.get("note") if isinstance(alarm, dict) and alarm.get("note") else
+                "this run has no alarm threshold (it was evaluated before fvnce stored one; "
+                "'fvnce evaluate RUN_DIR' sets it)")
+        return _section("alarm", title, explain, f'<p class="note">No alarm threshold: {esc(note)}.</p>')
+    rows = [("Target false-alarm rate", esc(_rate_text(alarm.get("rate")))),
+            ("Alarm threshold (anomaly score)", fmt_num(alarm.get("threshold"), 4)),
+            ("Set on", f"{esc(alarm.get('n'))} {esc(alarm.get('calibrated_on') or DASH)}")]
+    op = op if isinstance(op, dict) else {}
+    if finite(op.get("n_normal")) is not None and op.get("n_normal"):
+        rows.append(("False alarms on the test data",
+                     f"{esc(op.get('false_alarms'))} of {esc(op.get('n_normal'))} normal items "
+                     f"({esc(_per_1000(op.get('false_alarms_per_1000')))} per 1,000)"))
+    if finite(op.get("n_anomaly")) is not None and op.get("n_anomaly"):
+        rows.append(("Anomalies detected on the test data",
+                     f"{esc(op.get('detected'))} of {esc(op.get('n_anomaly'))} ({fmt_pct(op.get('detection_rate'), 0)})"))
+    if op.get("false_alarms_per_1000") is None and finite(op.get("alarms_per_1000")) is not None:
+        rows.append(("Alarms on the test data", f"{esc(op.get('alarms'))} of {esc(op.get('n_items'))} items "
+                                                f"({esc(_per_1000(op.get('alarms_per_1000')))} per 1,000)"))
+    if alarm.get("note"):
+        rows.append(("Note", esc(alarm["note"])))
+    sentence = operating_sentence(op, alarm, who)
+    body = (f'<p class="verdict">{esc(sentence)}</p>' if sentence else "") + kv_table(rows)
+    png = plots.alarm_png(ev.get("alarm_curve"), finite(alarm.get("threshold")), op,
+                          f"Detection and false alarms against the threshold: {name}")
+    if png:
+        what = ("the share of anomalies detected (blue, left axis) and the false alarms per 1,000 normal items "
+                "(orange, right axis, log scale)" if op.get("false_alarms_per_1000") is not None else
+                "the alarms per 1,000 items (log scale; without labels false alarms and detections cannot be "
+                "told apart)")
+        body += (f"<figure>{img(png, f'Alarm threshold of {name}')}<figcaption>Every possible threshold "
+                 f"(left to right: stricter): {what} on the test data; the dashed line and dots mark the "
+                 "threshold the run uses.</figcaption></figure>")
+    return _section("alarm", title, explain, body)
+
+
 def samples_section(entries: Sequence[Entry], image_shape: Any, dim: Any) -> str:
     title = "Samples generated by the models"
     explain = ("Examples the trained models generate. If they look like real data, the model "
@@ -299,6 +393,14 @@ def glossary() -> str:
         ("AUPRC (area under the precision-recall curve)",
          "Like AUROC but focused on the anomalies; it is more informative when anomalies are "
          "rare. Its value for random guessing equals the share of anomalies."),
+        ("Alarm threshold",
+         "The anomaly score above which an item raises an alarm. It is set on validation data for a target "
+         "false-alarm rate (default 1 %): the conformal quantile of the normal validation items' scores, so that "
+         "new normal items exceed it at most that often on average. 'fvnce score' marks each row's alarm."),
+        ("False alarms per 1,000 normal items; detection rate",
+         "At the alarm threshold: how many of every 1,000 normal test items raised an alarm, and the share of "
+         "anomalous test items that did. The realised false alarms vary around the target by chance; the report "
+         "gives the range a threshold working as designed produces on that many items."),
         ("FPR@95TPR (false alarms at 95% detection)",
          "Set the alarm threshold so that 95% of anomalies are caught; this is the share of "
          "normal items that would then be flagged by mistake. Lower is better."),

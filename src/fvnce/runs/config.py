@@ -9,10 +9,12 @@ from typing import Any
 
 from ..data import DataSpec
 from ..errors import ConfigError
+from ..evaluate import check_alarm_rate
 from ..models import MODELS
 from ..noise import NOISES
 from ..objectives import OBJECTIVES, make_objective
 from ..train import TrainConfig
+from .alarm import DEFAULT_ALARM_RATE
 from .files import _jsonable
 
 
@@ -45,6 +47,9 @@ class RunConfig:
     #: a finished run whose weights start this one (a pre-trained VAE starts an
     #: energy-tilted model: its base and encoder are copied, the tilt starts at zero)
     init_from: str | None = None
+    #: target false-alarm rate of the run's alarm threshold (alarm.json): the threshold is
+    #: the split-conformal (1 - alarm_rate) quantile of the validation normal rows' scores
+    alarm_rate: float = DEFAULT_ALARM_RATE
 
     def validate(self) -> None:
         """Check names and options before any data is read or file written."""
@@ -65,6 +70,7 @@ class RunConfig:
                 raise ConfigError(f"noise {BASE_NOISE!r} needs model tilted_vae (or auto), got {self.model!r}")
         if isinstance(self.eval_k, bool) or not isinstance(self.eval_k, int) or self.eval_k < 1:
             raise ConfigError(f"eval_k must be a positive integer, got {self.eval_k!r}")
+        check_alarm_rate(self.alarm_rate, "alarm_rate")
 
     def resolved_model(self, binary: bool) -> tuple[str, dict]:
         opts = dict(self.model_options)
@@ -85,7 +91,7 @@ class RunConfig:
                 "objective_options": dict(self.objective_options), "model": self.model,
                 "model_options": _jsonable(self.model_options), "noise": self.noise,
                 "noise_options": _jsonable(self.noise_options), "train": self.train.to_dict(), "eval_k": self.eval_k,
-                "init_from": self.init_from}
+                "init_from": self.init_from, "alarm_rate": self.alarm_rate}
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":

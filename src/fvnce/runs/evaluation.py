@@ -14,6 +14,7 @@ import torch
 from .. import __version__
 from ..checkpoint import atomic_write_json
 from ..data import Dataset, load_dataset, prepare_scoring_data
+from .alarm import calibrate_alarm, read_alarm
 from .files import EVALUATION_NAME, SAMPLES_NAME, _atomic_npy, _finite_json
 from .loading import LoadedRun, load_run
 
@@ -38,6 +39,8 @@ def _split_metrics(run: LoadedRun, x: torch.Tensor, labels, log_z, k: int, n_sam
     out["noise_accuracy"] = ev.noise_accuracy(run.model, run.encoder, xn, run.noise) if len(xn) else None
     scores = -ll  # the anomaly score: negative estimated log-density (log Z only shifts it)
     out["_scores"] = scores
+    # in the units of `fvnce score` and of the alarm threshold: -log p~(x), log Z left out
+    out["_alarm_scores"] = scores if run.model.normalised else scores - float(log_z)
     if labels is not None:
         m = ev.anomaly_metrics(scores.numpy(), labels.numpy())
         out.update({key: m[key] for key in ("auroc", "auprc", "fpr_at_95_tpr")})
@@ -64,6 +67,12 @@ def evaluate_run(run_dir: str | Path, *, dataset: Dataset | None = None, data_fi
     ess_fraction, reliable}``, the diagnostics of the noise-side weights ``r(y), y ~ p_n``
     (the KL noise term; None when the run has no noise).  Non-finite values (the exact
     candidate's ``khat = -inf``) are written as null.
+
+    The alarm threshold (``alarm.json``, :mod:`fvnce.runs.alarm`) on the test rows (or
+    ``data_file``): ``alarm`` = the threshold record, ``operating_point`` = false alarms
+    per 1,000 normal items and the detection rate there, with the range of false alarms
+    expected at that threshold (:func:`fvnce.evaluate.operating_point`), ``alarm_curve``
+    = both against the threshold; scores in the units of ``fvnce score``.
     """
     from .. import evaluate as ev
 
@@ -90,24 +99,26 @@ def evaluate_run(run_dir: str | Path, *, dataset: Dataset | None = None, data_fi
     if data_file is not None:
         x, raw_labels = prepare_scoring_data(data_file, run.preprocessor, label=run.config.data.label,
                                              return_labels=True)
-        labels = _labels_from(raw_labels, run.config.data.normal)
-        test = _split_metrics(run, torch.as_tensor(x), labels, log_z, k)
+        test_labels = _labels_from(raw_labels, run.config.data.normal)
+        test = _split_metrics(run, torch.as_tensor(x), test_labels, log_z, k)
         val = None
     else:
         if dataset is None:
             dataset = load_dataset(run.config.data)
-        test = _split_metrics(run, dataset.test, dataset.test_labels, log_z, k)
+        test_labels = dataset.test_labels
+        test = _split_metrics(run, dataset.test, test_labels, log_z, k)
         val = _split_metrics(run, dataset.val, dataset.val_labels, log_z, k)
-    scores, roc = test.pop("_scores"), test.pop("_roc")
+    scores, roc, alarm_scores = test.pop("_scores"), test.pop("_roc"), test.pop("_alarm_scores")
     result.update(test)
     result["roc"] = roc
+    result.update(_alarm_results(run_dir, dataset, alarm_scores, test_labels, calibrate=write and data_file is None))
     if data_file is None and dataset.test_labels is not None:
         lab = dataset.test_labels.bool()
         result["scores"] = {"normal": scores[~lab].tolist(), "anomaly": scores[lab].tolist()}
     else:
         result["scores"] = None
     if val is not None:
-        val.pop("_scores"), val.pop("_roc")
+        val.pop("_scores"), val.pop("_roc"), val.pop("_alarm_scores")
         result["val"] = val
     result["samples_file"], result["sampling_method"] = None, None
     if n_samples > 0 and write:
@@ -122,6 +133,31 @@ def evaluate_run(run_dir: str | Path, *, dataset: Dataset | None = None, data_fi
     if write:
         atomic_write_json(Path(run_dir) / EVALUATION_NAME, _finite_json(result))
     return _finite_json(result)
+
+
+def _alarm_results(run_dir, dataset, scores, labels, calibrate: bool) -> dict:
+    """``alarm`` (the run's threshold, from ``alarm.json``; set on the validation rows here
+    when the run has none and ``calibrate``), ``operating_point`` (what it does on these
+    rows: :func:`fvnce.evaluate.operating_point`) and ``alarm_curve`` (detection and false
+    alarms against the threshold); None where there is no threshold."""
+    from .. import evaluate as ev
+
+    rec = read_alarm(run_dir)
+    if rec is None and calibrate:  # a run trained before alarm thresholds existed
+        rec = calibrate_alarm(run_dir, dataset)
+    out: dict[str, Any] = {"alarm": None, "operating_point": None,
+                           "alarm_curve": ev.alarm_curve(scores.numpy(), None if labels is None else labels.numpy())}
+    if rec is None:
+        return out
+    out["alarm"] = {key: rec.get(key) for key in ALARM_KEYS}
+    if rec.get("threshold") is not None:
+        out["operating_point"] = ev.operating_point(scores.numpy(), None if labels is None else labels.numpy(),
+                                                    rec["threshold"], calibration=rec)
+    return out
+
+
+#: the keys of alarm.json that evaluation.json repeats (all but the validation scores)
+ALARM_KEYS = ("rate", "threshold", "n", "rank", "expected_rate", "calibrated_on", "labelled", "note")
 
 
 def _labels_from(raw_labels, normal) -> torch.Tensor | None:

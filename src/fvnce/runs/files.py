@@ -5,6 +5,7 @@
     noise.pt           the fitted noise (tensors and plain data only)
     checkpoint.pt      latest training state; best.pt the best-validation parameters
     metrics.jsonl      training curves
+    alarm.json         the alarm threshold and the validation scores it was set from (runs/alarm.py)
     evaluation.json    metrics on validation and test data; samples.npy model samples
 
 Every file is written atomically."""
@@ -30,6 +31,7 @@ PREPROCESS_NAME = "preprocess.json"
 NOISE_NAME = "noise.pt"
 EVALUATION_NAME = "evaluation.json"
 SAMPLES_NAME = "samples.npy"
+ALARM_NAME = "alarm.json"
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -55,7 +57,7 @@ def _write_run_files(run_dir: Path, config: RunConfig, dataset: Dataset, name: s
                      noise) -> None:
     _check_new_run_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (EVALUATION_NAME, SAMPLES_NAME, "report.html"):
+    for stale in (EVALUATION_NAME, SAMPLES_NAME, ALARM_NAME, "report.html"):
         (run_dir / stale).unlink(missing_ok=True)
     atomic_write_json(run_dir / CONFIG_NAME, _config_record(config, dataset, name, opts, objective, noise))
     atomic_write_json(run_dir / PREPROCESS_NAME, dataset.preprocessor.state())

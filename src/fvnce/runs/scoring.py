@@ -9,29 +9,47 @@ import torch
 from ..checkpoint import atomic_write_bytes
 from ..data import prepare_scoring_data
 from ..errors import ConfigError
+from .alarm import resolve_threshold
 from .files import _atomic_npy, _check_output_file
 from .loading import load_run
 
 
 def score_file(run_dir: str | Path, data_file: str, out: str | Path, *, k: int | None = None,
-               missing: str | None = None) -> int:
-    """Write one anomaly score per row of ``data_file`` (same order) to the CSV ``out``.
+               missing: str | None = None, alarm_rate: float | None = None, threshold: float | None = None) -> dict:
+    """Write one anomaly score and alarm per row of ``data_file`` (same order) to the CSV
+    ``out``, with the columns ``row,score,alarm``.
 
-    The score is the negative estimated log-density (higher = more anomalous).  Returns
-    the number of rows written.
+    The score is the negative estimated log-density (higher = more anomalous; for an
+    unnormalised model ``log Z`` is left out, which shifts every score alike).  ``alarm``
+    is 1 when the score is strictly above the alarm threshold: the run's own
+    (``alarm.json``), that of ``alarm_rate`` (recomputed from the run's stored validation
+    scores), or ``threshold`` itself.  Every setting is checked before any work, and the
+    file is written atomically.  Returns ``{"rows", "alarms", "threshold", "rate",
+    "source", "note", "k"}`` (``k`` the samples per row the threshold was set with).
     """
     from .. import evaluate as ev
 
+    if alarm_rate is not None and threshold is not None:
+        raise ConfigError("give --alarm-rate or --threshold, not both")
+    if threshold is not None:
+        ev.check_threshold(threshold)
+    if alarm_rate is not None:
+        ev.check_alarm_rate(alarm_rate, "--alarm-rate")
     _check_output_file(Path(out))
+    chosen = resolve_threshold(run_dir, alarm_rate, threshold)
     run = load_run(run_dir)
     x = prepare_scoring_data(data_file, run.preprocessor, missing=missing)
     torch.manual_seed(run.config.train.seed + 2)
     xt = torch.as_tensor(x).to(next(run.model.parameters()).dtype)
     scores = ev.anomaly_scores(run.model, run.encoder, xt, k=k or run.config.eval_k).numpy()
-    lines = ["row,score"] + [f"{i},{s:.9g}" for i, s in enumerate(scores)]
+    alarms = scores > chosen["threshold"]
+    if k and chosen["k"] and k != chosen["k"]:  # fewer samples lower the estimate: scores rise
+        more = f"the threshold was set with --k {chosen['k']}; scores with --k {k} are not on the same footing"
+        chosen["note"] = f"{chosen['note']}; {more}" if chosen["note"] else more
+    lines = ["row,score,alarm"] + [f"{i},{s:.9g},{int(a)}" for i, (s, a) in enumerate(zip(scores, alarms))]
     from ..checkpoint import atomic_write_text
     atomic_write_text(Path(out), "\n".join(lines) + "\n")
-    return len(scores)
+    return {"rows": len(scores), "alarms": int(alarms.sum()), **chosen}
 
 
 def sample_run(run_dir: str | Path, n: int, out: str | Path) -> str:

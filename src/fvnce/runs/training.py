@@ -14,9 +14,10 @@ from ..data import Dataset, load_dataset
 from ..errors import CheckpointError
 from ..noise import load_noise, make_noise
 from ..train import CHECKPOINT_NAME, TrainConfig, Trainer
+from .alarm import calibrate_alarm
 from .build import _base_noise, _build, _check_noise_support, _warm_start
 from .config import BASE_NOISE, RunConfig
-from .files import _check_new_run_dir, _load_noise_state, _read_config, _write_run_files
+from .files import ALARM_NAME, _check_new_run_dir, _load_noise_state, _read_config, _write_run_files
 
 
 def train_run(config: RunConfig, run_dir: str | Path, *, resume: bool = False, dataset: Dataset | None = None,
@@ -26,6 +27,8 @@ def train_run(config: RunConfig, run_dir: str | Path, *, resume: bool = False, d
     ``dataset`` and ``noise`` may be passed to share them between runs (the proof of
     concept does).  With ``resume=True`` the run's own saved configuration is used; only
     ``steps``/``epochs`` of a ``config`` passed along are taken (to train longer).
+    Once trained, the run's alarm threshold is set on its validation rows
+    (:func:`fvnce.runs.alarm.calibrate_alarm`, ``alarm.json``).
     Returns ``(trainer_result, dataset)``.
     """
     run_dir = Path(run_dir)
@@ -80,7 +83,11 @@ def train_run(config: RunConfig, run_dir: str | Path, *, resume: bool = False, d
     trainer = Trainer(model, encoder, objective, noise, config.train, run_dir=run_dir, log=log)
     if not resume:  # rank 0 only under torch.distributed (its errors reach every rank)
         distributed.main_first(lambda: _write_run_files(run_dir, config, dataset, name, opts, objective, noise))
+    elif distributed.is_main():  # the weights change: a threshold of the old ones must not outlive them
+        (run_dir / ALARM_NAME).unlink(missing_ok=True)
     result = trainer.fit(dataset.train, normal_rows(dataset.val, dataset.val_labels), resume=resume)
+    if distributed.is_main():
+        calibrate_alarm(run_dir, dataset)
     return result, dataset
 
 
