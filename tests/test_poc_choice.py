@@ -178,7 +178,8 @@ def test_vae_is_recommended_without_labels_too():
     assess_runs(runs, None)
     rec = _choose(runs, False, None)
     assert rec["run"] == "elbo-vae" and rec["vae_statement"] == VAE_STATEMENT
-    assert rec["criterion"] == "highest validation log-likelihood"
+    assert rec["criterion"] == ("highest validation log-likelihood, among runs whose estimate is reliable (the data "
+                                "has no anomaly labels, so the choice uses none)")
     assert "highest validation log-likelihood (-30.00 nats) of the 2 eligible runs, ahead of fvnce-kl-kde " \
            "(-30.10 nats)" in rec["reason"]
 

@@ -42,6 +42,9 @@ def _data_args(p: argparse.ArgumentParser, required: bool = False, default: str 
     g.add_argument("--label", metavar="COL", help="label column; rows whose label differs from --normal are anomalies")
     g.add_argument("--normal", metavar="VALUE", help="label value of normal rows (others: kept out of training, "
                                                       "used in evaluation)")
+    g.add_argument("--contaminated", action="store_true", default=None,
+                   help="with a label column: train on every training row, anomalies included (split in the same "
+                        "proportions as the normal rows); validation and test still use the labels")
     g.add_argument("--transform", choices=["auto", "standardize", "yeo-johnson", "none"], default=None,
                    help="continuous preprocessing (default auto: Yeo-Johnson on heavy-tailed columns, then standardise)")
     b = g.add_mutually_exclusive_group()
@@ -186,7 +189,7 @@ def _data_spec(args, base=None):
         d["source"] = args.data
     if args.features:
         d["features"] = [c.strip() for c in args.features.split(",") if c.strip()]
-    for key in ("label", "normal", "transform", "binarize", "max_rows"):
+    for key in ("label", "normal", "transform", "binarize", "max_rows", "contaminated"):
         v = getattr(args, key, None)
         if v is not None:
             d[key] = v

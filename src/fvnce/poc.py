@@ -352,9 +352,13 @@ def assess_runs(runs: list[dict], counts: dict | None = None) -> None:
 # --------------------------------------------------------------------------- the choice
 
 
+#: the criterion without anomaly labels, and why (fvnce.poc._choose)
+LABEL_FREE = ("highest validation log-likelihood, among runs whose estimate is reliable (the data has no "
+              "anomaly labels, so the choice uses none)")
+
+
 def _crit(has_labels: bool) -> tuple[str, str]:
-    return ("auroc", "highest validation AUROC") if has_labels else \
-        ("log_likelihood", "highest validation log-likelihood")
+    return ("auroc", "highest validation AUROC") if has_labels else ("log_likelihood", LABEL_FREE)
 
 
 def _fmt(key: str, v: Any) -> str:
@@ -573,7 +577,9 @@ def run_poc(config: PocConfig, out_dir: str | Path, *, log: Callable[[str], None
                  "n_val": len(dataset.val), "n_test": len(dataset.test), "dim": dataset.dim,
                  "image_shape": list(dataset.image_shape) if dataset.image_shape else None,
                  "binary": bool(dataset.binary), "notes": list(dataset.notes), "has_labels": has_labels,
-                 "val_counts": counts},
+                 "val_counts": counts, "contaminated": bool(config.data.contaminated),
+                 "n_train_anomalies": None if dataset.train_labels is None else int(dataset.train_labels.sum())},
+        "alarm_rate": config.alarm_rate,
         "criteria": {"auroc_margin_min": AUROC_MARGIN_MIN, "se_factor": SE_FACTOR, "khat_max": KHAT_MAX,
                      "ess_fraction_min": ESS_FRACTION_MIN, "reference": VAE_RUN},
         "steps_per_run": steps,

@@ -23,28 +23,26 @@ def split_indices(
     val_fraction: float,
     test_fraction: float,
     seed: int,
+    contaminated: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Reproducible train/val/test row indices (each sorted).
 
     Normal rows are split by the fractions; anomalous rows never enter train and are split
     between val and test in proportion val_fraction : test_fraction, each getting at least
-    one when there are two or more (and both fractions are positive).
+    one when there are two or more (and both fractions are positive).  With
+    ``contaminated`` the anomalous rows are split by the fractions too, as the normal rows
+    are (a stratified split: train keeps its share of them); the normal rows' split is the
+    same either way.
     """
     rng = np.random.default_rng([int(seed), 0])
     anom = np.zeros(n, dtype=bool) if is_anomaly is None else np.asarray(is_anomaly, dtype=bool)
     normal_idx = rng.permutation(np.flatnonzero(~anom))
     anom_idx = rng.permutation(np.flatnonzero(anom))
-    m = len(normal_idx)
-    n_val = int(round(val_fraction * m))
-    n_test = int(round(test_fraction * m))
-    if m >= 3:
-        n_val = max(n_val, 1 if val_fraction > 0 else 0)
-        n_test = max(n_test, 1 if test_fraction > 0 else 0)
-    n_val = min(n_val, m)
-    n_test = min(n_test, m - n_val)
-    val = normal_idx[:n_val]
-    test = normal_idx[n_val : n_val + n_test]
-    train = normal_idx[n_val + n_test :]
+    train, val, test = _split_by_fractions(normal_idx, val_fraction, test_fraction)
+    if contaminated:
+        a_train, a_val, a_test = _split_by_fractions(anom_idx, val_fraction, test_fraction)
+        return (np.sort(np.concatenate([train, a_train])), np.sort(np.concatenate([val, a_val])),
+                np.sort(np.concatenate([test, a_test])))
     k = len(anom_idx)
     total = val_fraction + test_fraction
     if k and total > 0:
@@ -54,6 +52,20 @@ def split_indices(
         val = np.concatenate([val, anom_idx[:k_val]])
         test = np.concatenate([test, anom_idx[k_val:]])
     return np.sort(train), np.sort(val), np.sort(test)
+
+
+def _split_by_fractions(idx: np.ndarray, val_fraction: float, test_fraction: float):
+    """(train, val, test) parts of the shuffled ``idx``: val and test get their fractions
+    (rounded; at least one each from three rows on), train the rest."""
+    m = len(idx)
+    n_val = int(round(val_fraction * m))
+    n_test = int(round(test_fraction * m))
+    if m >= 3:
+        n_val = max(n_val, 1 if val_fraction > 0 else 0)
+        n_test = max(n_test, 1 if test_fraction > 0 else 0)
+    n_val = min(n_val, m)
+    n_test = min(n_test, m - n_val)
+    return idx[n_val + n_test:], idx[:n_val], idx[n_val:n_val + n_test]
 
 
 def _load_raw(spec: DataSpec) -> RawTable:
@@ -163,7 +175,19 @@ def load_dataset(spec: DataSpec) -> Dataset:
                     raise DataError(f"every row of {where} has missing values; nothing left after dropping them")
 
     # -------- split
-    train_idx, val_idx, test_idx = split_indices(len(X), is_anom, spec.val_fraction, spec.test_fraction, spec.seed)
+    if spec.contaminated and is_anom is None:
+        raise DataError(
+            f"contaminated: {where} has no anomaly labels here (give --label and --normal), so every row "
+            "is trained on already; leave out --contaminated"
+        )
+    train_idx, val_idx, test_idx = split_indices(
+        len(X), is_anom, spec.val_fraction, spec.test_fraction, spec.seed, contaminated=spec.contaminated
+    )
+    if spec.contaminated:
+        notes.append(
+            f"contaminated: {int(is_anom[train_idx].sum())} anomalous row(s) kept in the {len(train_idx)} training "
+            "rows; validation and test keep their labels"
+        )
     if len(train_idx) < MIN_TRAIN_ROWS:
         n_normal = len(X) if is_anom is None else int((~is_anom).sum())
         raise DataError(
@@ -216,6 +240,7 @@ def load_dataset(spec: DataSpec) -> Dataset:
         return torch.from_numpy(is_anom[idx].astype(np.float32))
 
     return Dataset(
+        train_labels=lab(train_idx) if spec.contaminated else None,
         train=prep(train_idx),
         val=prep(val_idx),
         test=prep(test_idx),

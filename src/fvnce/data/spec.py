@@ -28,7 +28,9 @@ class DataSpec:
     ``source`` is a built-in name (see :data:`fvnce.data.BUILTIN`) or a path to a
     ``.csv``, ``.npy`` or ``.parquet`` file. ``normal`` is compared as a string with the
     label column: rows with another label are anomalies (kept out of training, split
-    between validation and test). ``binarize=None`` uses the data set's default (True
+    between validation and test; with ``contaminated=True`` split like the normal rows,
+    so that training sees them too, as it would unlabelled production data, while
+    validation and test keep their labels). ``binarize=None`` uses the data set's default (True
     for the image sets). ``missing``: what to do with NaN/inf values ("error", "drop"
     the rows, or "impute" the training median).
     """
@@ -44,6 +46,7 @@ class DataSpec:
     test_fraction: float = 0.15
     seed: int = 0
     max_rows: int | None = None
+    contaminated: bool = False
 
     def __post_init__(self) -> None:
         self.source = str(self.source)
@@ -82,6 +85,9 @@ class DataSpec:
             if isinstance(self.max_rows, bool) or not isinstance(self.max_rows, (int, np.integer)) or self.max_rows < 1:
                 raise ConfigError(f"max_rows: must be a positive integer, got {self.max_rows!r}")
             self.max_rows = int(self.max_rows)
+        if not isinstance(self.contaminated, (bool, np.bool_)):
+            raise ConfigError(f"contaminated: must be true or false, got {self.contaminated!r}")
+        self.contaminated = bool(self.contaminated)
         if self.binarize is not None and not isinstance(self.binarize, (bool, np.bool_)):
             raise ConfigError(f"binarize: must be true, false or unset, got {self.binarize!r}")
 
@@ -110,9 +116,10 @@ class DataSpec:
 class Dataset:
     """What training and evaluation consume. All tensors are float32 of shape (N, D).
 
-    ``train`` holds normal rows only; ``val`` and ``test`` hold normal and (where the data
-    has labels) anomalous rows, with ``val_labels``/``test_labels`` 1 = anomaly, 0 = normal
-    (None when the data has no labels).
+    ``train`` holds normal rows only (every row without labels; normal and anomalous rows
+    with ``spec.contaminated``, ``train_labels`` then telling which); ``val`` and ``test``
+    hold normal and (where the data has labels) anomalous rows, with
+    ``val_labels``/``test_labels`` 1 = anomaly, 0 = normal (None when the data has no labels).
     """
 
     train: torch.Tensor
@@ -126,6 +133,7 @@ class Dataset:
     preprocessor: Preprocessor
     spec: DataSpec
     notes: list[str] = field(default_factory=list)
+    train_labels: torch.Tensor | None = None
 
     @property
     def dim(self) -> int:
@@ -136,7 +144,8 @@ class Dataset:
             return 0 if lab is None else int(lab.sum().item())
 
         return (
-            f"{self.spec.source}: {self.dim} features, train {len(self.train)}, "
+            f"{self.spec.source}: {self.dim} features, train {len(self.train)}"
+            + (f" ({n_anom(self.train_labels)} anomalies)" if self.train_labels is not None else "") + ", "
             f"val {len(self.val)} ({n_anom(self.val_labels)} anomalies), "
             f"test {len(self.test)} ({n_anom(self.test_labels)} anomalies)"
             + (", binary" if self.binary else "")

@@ -142,6 +142,10 @@ def _recommendation(summary: dict, runs: list[dict], files: dict[str, RunFiles],
                "diverged or degraded) and whose log-likelihood is reliable; the VAE every FVNCE "
                "run starts from competes too. All figures shown are measured on <b>held-out test "
                "data</b> that played no part in training or in the choice.")
+    if not bool(_d(summary.get("data")).get("has_labels", True)):
+        explain += (" The data has no anomaly labels, so the choice cannot use detection figures: it takes the "
+                    "model under which the held-out validation data is most probable (the highest validation "
+                    "log-likelihood), counting only estimates that are reliable.")
     if r is None:
         if name is None and rec.get("reason"):
             text = esc(rec["reason"])
