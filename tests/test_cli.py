@@ -179,7 +179,7 @@ def test_resume_may_only_change_the_length(table, tmp_path, capsys):
     assert main(["train", "--data", str(table), "--label", "status", "--normal", "ok", "--steps", "20",
                  "--out", str(run), "--quiet", "--no-eval"]) == 0
     assert main(["train", "--out", str(run), "--resume", "--lr", "0.1", "--quiet"]) == 2
-    assert "only --steps or --epochs may change (got --lr)" in capsys.readouterr().err
+    assert "--lr differs: saved 0.001, given 0.1 (only --steps or --epochs may change)" in capsys.readouterr().err
     assert main(["train", "--out", str(run), "--resume", "--steps", "30", "--quiet", "--no-eval"]) == 0
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 30
 

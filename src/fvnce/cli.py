@@ -33,11 +33,11 @@ def _log_fn(quiet: bool):
     return log
 
 
-def _data_args(p: argparse.ArgumentParser, required: bool = False, default: str | None = "digits") -> None:
+def _data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--data", required=required, default=None if required else default, metavar="D",
+    g.add_argument("--data", metavar="D",
                    help="built-in name (digits, fashion-mnist, breast-cancer, rings, spirals, gaussians) or a "
-                        ".csv/.npy/.parquet file")
+                        ".csv/.npy/.parquet file (default digits)")
     g.add_argument("--features", metavar="COLS", help="comma-separated feature columns (default: all numeric)")
     g.add_argument("--label", metavar="COL", help="label column; rows whose label differs from --normal are anomalies")
     g.add_argument("--normal", metavar="VALUE", help="label value of normal rows (others: kept out of training, "
@@ -51,8 +51,8 @@ def _data_args(p: argparse.ArgumentParser, required: bool = False, default: str 
     b.add_argument("--binarize", dest="binarize", action="store_true", default=None, help="binarise image data")
     b.add_argument("--no-binarize", dest="binarize", action="store_false", help="keep image data continuous")
     m = g.add_mutually_exclusive_group()
-    m.add_argument("--drop-missing", action="store_true", help="drop rows with NaN/inf values")
-    m.add_argument("--impute", action="store_true", help="replace NaN/inf by the training median")
+    m.add_argument("--drop-missing", action="store_true", default=None, help="drop rows with NaN/inf values")
+    m.add_argument("--impute", action="store_true", default=None, help="replace NaN/inf by the training median")
     g.add_argument("--max-rows", type=int, metavar="N", help="use a random subset of N rows")
     g.add_argument("--split-seed", type=int, metavar="S", help="seed of the train/val/test split (default: --seed)")
 
@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("poc", help="proof of concept: every noise x rule, baselines, report")
-    _data_args(p, default=None)
+    _data_args(p)
     p.add_argument("--noises", metavar="a,b,c", help="noise candidates (default by data type); built-in names or "
                                                     "module:callable plug-ins")
     p.add_argument("--rules", metavar="r1,r2", default="kl,power:1.5",
@@ -219,13 +219,16 @@ def _read_toml(path: str) -> dict:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
 
-def _run_config(args):
+def _run_config(args, base=None):
+    """The RunConfig of a ``train`` command line: ``base`` (default: the ``--config`` file,
+    else the CLI defaults) with every given flag applied."""
     from .errors import ConfigError
     from .runs import RunConfig
     from .train import TrainConfig
 
-    base = RunConfig.from_dict(_read_toml(args.config)) if args.config else RunConfig(
-        objective_options={"exp_mode": "linear", "tau": 10.0})
+    if base is None:
+        base = RunConfig.from_dict(_read_toml(args.config)) if args.config else RunConfig(
+            objective_options={"exp_mode": "linear", "tau": 10.0})
     cfg = base
     if args.objective:
         cfg.objective = args.objective
@@ -286,30 +289,91 @@ def _run_config(args):
 
 # --- subcommands ----------------------------------------------------------------------------
 
-#: train options that only --steps/--epochs may accompany with --resume
-_RESUME_FIXED = ("data", "features", "label", "normal", "transform", "binarize", "max_rows", "split_seed",
-                 "objective", "rule", "alpha", "shift", "k", "nu", "exp_mode", "tau", "noise", "model", "z_dim",
-                 "tilt_bound", "freeze_base",
-                 "init_from", "batch_size", "lr", "grad_clip", "seed", "precision", "config")
+#: where each ``train`` flag lands in a run's configuration (paths into RunConfig.to_dict());
+#: with --resume every given one must equal the saved setting
+_FLAG_PATHS = {
+    **{k: (("data", k),) for k in ("features", "label", "normal", "contaminated", "transform", "binarize",
+                                  "max_rows")},
+    "data": (("data", "source"),), "drop_missing": (("data", "missing"),), "impute": (("data", "missing"),),
+    "split_seed": (("data", "seed"),), "seed": (("train", "seed"), ("data", "seed")),
+    "objective": (("objective",),), "noise": (("noise",),), "model": (("model",),), "init_from": (("init_from",),),
+    "alarm_rate": (("alarm_rate",),), "shift": (("objective_options", "c"),),
+    **{k: (("objective_options", k),) for k in ("rule", "alpha", "k", "nu", "exp_mode", "tau")},
+    **{k: (("model_options", k),) for k in ("z_dim", "tilt_bound", "freeze_base")},
+    **{k: (("train", k),) for k in ("batch_size", "lr", "grad_clip", "checkpoint_every", "device", "precision",
+                                    "compile", "dist_noise")},
+}
+#: ``train`` options that are not settings of the run (or, steps/epochs, may change on --resume)
+_NOT_SETTINGS = ("out", "resume", "quiet", "no_eval", "config", "steps", "epochs")
+#: configuration paths a resumed run may change (how long it trains) or that are no setting
+_FREE_PATHS = (("train", "steps"), ("train", "epochs"), ("train", "progress"))
 
 
 def _resume_length(args):
-    """With --resume the run's saved settings are used; only its length may change."""
+    """With --resume the run's saved settings are used, and only its length may change:
+    every other setting given (flags, and every key of a --config file) must equal the
+    saved one, compared after the same normalisation as a new run's (paths resolved)."""
     from .errors import ConfigError
-    from .runs import RunConfig
+    from .runs import RunConfig, _read_config
     from .train import TrainConfig
 
-    given = [k for k in _RESUME_FIXED if getattr(args, k, None) not in (None, False)]
-    if args.data == "digits" and "data" in given:  # the parser's default, not a user choice
-        given.remove("data")
-    if args.drop_missing or args.impute:
-        given.append("drop_missing" if args.drop_missing else "impute")
-    if given:
-        raise ConfigError(f"--resume continues the run with its saved settings; only --steps or --epochs may "
-                          f"change (got --{given[0].replace('_', '-')})")
+    given = [k for k in _FLAG_PATHS if getattr(args, k, None) is not None]
+    if given or args.config:
+        saved = RunConfig.from_dict(_read_config(Path(args.out))["run"])
+        try:  # as a new run would build it; on top of the saved run when no file gives the base
+            fresh = _run_config(args, base=None if args.config else RunConfig.from_dict(saved.to_dict()))
+        except ConfigError as exc:
+            raise ConfigError(f"--resume: {exc}") from None
+        have, want = fresh.to_dict(), RunConfig.from_dict(saved.to_dict()).to_dict()
+        paths = [(_flag_name(flag), path) for flag in given for path in _FLAG_PATHS[flag]
+                 if not (flag == "seed" and path[0] == "data" and args.split_seed is not None)]
+        if args.config:
+            paths += [(f"{'.'.join(path)} (in {args.config})", path) for path in _leaf_paths(_read_toml(args.config))]
+        for name, path in paths:
+            if path in _FREE_PATHS:
+                continue
+            a, b = _at(have, path), _at(want, path)
+            if not _same_setting(path, a, b):
+                raise ConfigError(f"--resume continues the run with its saved settings, and {name} differs: saved "
+                                  f"{_show(b)}, given {_show(a)} (only --steps or --epochs may change)")
     if args.steps is None and args.epochs is None:
         return None
     return RunConfig(train=TrainConfig(steps=args.steps, epochs=args.epochs))
+
+
+def _flag_name(dest: str) -> str:
+    return "--binarize/--no-binarize" if dest == "binarize" else f"--{dest.replace('_', '-')}"
+
+
+def _leaf_paths(d: dict, prefix: tuple = ()) -> list[tuple]:
+    """Paths to the non-mapping values of a nested mapping (a TOML run configuration)."""
+    out = []
+    for key, value in d.items():
+        out += _leaf_paths(value, prefix + (key,)) if isinstance(value, dict) else [prefix + (key,)]
+    return out
+
+
+def _at(d: dict, path: tuple):
+    for key in path:
+        d = d.get(key) if isinstance(d, dict) else None
+    return d
+
+
+def _same_setting(path: tuple, a, b) -> bool:
+    """Equal settings; data files and --init-from runs compared as resolved paths."""
+    if path in (("data", "source"), ("init_from",)) and isinstance(a, str) and isinstance(b, str):
+        from .data import BUILTIN
+
+        def where(v: str) -> str:
+            return v if path[0] == "data" and v in BUILTIN else str(Path(v).expanduser().resolve())
+        return where(a) == where(b)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return list(a) == list(b)
+    return a == b
+
+
+def _show(v) -> str:
+    return "unset" if v is None else (json.dumps(v) if isinstance(v, (list, bool)) else str(v))
 
 
 def _cmd_train(args) -> int:
