@@ -20,6 +20,7 @@ BENCH = ROOT / "benchmarks"
 
 EXPECTED = {
     "step_cost": ["machine", "summary", "rows", "flops", "saved_bytes", "matmul_gflops", "targets"],
+    "step_safety": ["machine", "config", "rows", "raw"],
     "pyro_vae": ["machine"],  # plus summary/scores/targets when pyro is installed, "skipped" otherwise
     "instances": ["machine", "config", "aggregate", "by_rule", "runs"],
     "consistency": ["machine", "config", "rows", "targets", "fits"],

@@ -264,6 +264,60 @@ def test_registry_setups_cover_every_objective():
 
 
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_diagnostics_are_computed_when_read_and_equal_the_eager_values(name):
+    """The diagnostics are computed when read (per-step overhead, issue 12); read after
+    backward and an optimiser step they are the numbers of the batch that made them."""
+    from fvnce.objectives.base import Diagnostics, effective_sample_size
+
+    model, enc, x, noise, params = _setup(name)
+    obj = make_objective(name, **params)
+    enc = enc if obj.uses_encoder else None
+    torch.manual_seed(5)
+    out = obj(model, enc, x, noise)
+    d = out.diagnostics
+    assert isinstance(d, Diagnostics) and not d._read  # nothing read yet
+    c_then = None if model.c is None else float(model.c.detach())
+    data_lr = (model.log_unnormalised_marginal(x) - noise.log_prob(x)) if name == "nce" else None
+    noise_lr = None if out.noise_log_ratio is None else out.noise_log_ratio.clone()
+    out.loss.backward()
+    mods = [m for m in (model, enc) if m is not None]
+    opt = torch.optim.SGD([p for m in mods for p in m.parameters()], lr=0.5)
+    opt.step()  # the log-normaliser moves; its diagnostic must not
+    assert d["log_normaliser"] == (0.0 if c_then is None else c_then)
+    assert d["data_loss"] == out.data_terms.detach().mean().item()
+    if data_lr is not None:
+        assert d["data_log_ratio"] == data_lr.detach().mean().item()
+    if noise_lr is not None:
+        assert d["noise_log_ratio"] == noise_lr.mean().item()
+        assert d["ess_fraction"] == (effective_sample_size(noise_lr) / noise_lr.numel()).item()
+        assert d["noise_loss"] == out.noise_terms.detach().mean().item()
+    assert all(isinstance(v, float) for v in d.values())
+
+
+def test_diagnostics_mapping_reads_once_and_read_floats_reads_exactly():
+    from fvnce.objectives.base import Diagnostics, read_floats
+
+    calls = []
+    t = torch.tensor([0.1, 0.2, 0.7], dtype=torch.float32)
+
+    def mean():
+        calls.append(1)
+        assert not torch.is_grad_enabled()
+        return t.mean()
+
+    d = Diagnostics({"m": mean, "n": 3.0, "s": "text"})
+    assert calls == [] and len(d) == 3 and set(d) == {"m", "n", "s"}
+    assert d["m"] == t.mean().item() and d["m"] == t.mean().item() and calls == [1]
+    assert d.tensor("m") == d["m"] and d.tensor("missing", 7) == 7 and d["n"] == 3.0 and d["s"] == "text"
+    d["m"] = torch.tensor(2.5)
+    assert d["m"] == 2.5 and dict(d) == {"m": 2.5, "n": 3.0, "s": "text"}
+    del d["s"]
+    with pytest.raises(KeyError):
+        d["s"]
+    vals = [torch.tensor(1 / 3, dtype=torch.float32), None, 2.0, torch.tensor(1 / 7, dtype=torch.bfloat16)]
+    assert read_floats(vals) == [vals[0].item(), None, 2.0, vals[3].item()]
+
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
 def test_contract_shapes_finite_gradients(name):
     model, enc, x, noise, params = _setup(name)
     obj = make_objective(name, **params)

@@ -100,6 +100,62 @@ def test_step_names_the_parameter_of_a_non_finite_gradient():
                        named_modules=(("model", model), ("encoder", enc)))
 
 
+
+@pytest.mark.parametrize("grad_clip", [None, 10.0, 1e-3, "at"])
+def test_step_is_bit_for_bit_the_step_with_clip_grad_norm(grad_clip):
+    """take_step reads the norm once and skips the rescaling where its factor is 1: the
+    parameters and the norm are those of torch's clip_grad_norm_ followed by Adam, clipped
+    or not (``"at"``: the clipping norm equal to the gradient norm, the boundary case)."""
+    def run(ours: bool, clip):
+        model, enc, obj, x, noise, params, opt, forward = _tiny()
+        norms = []
+        for i in range(3):
+            torch.manual_seed(10 + i)
+            if ours:
+                norms.append(step.take_step(forward, x, None, 1.0, opt, params, clip, lambda out: None)[1])
+            else:
+                opt.zero_grad(set_to_none=True)
+                forward(x, None, 1.0)[0].backward()
+                norms.append(torch.nn.utils.clip_grad_norm_(params, math.inf if clip is None else clip))
+                opt.step()
+        return [p.detach().clone() for p in params], norms
+
+    clip = grad_clip
+    if grad_clip == "at":
+        model, enc, obj, x, noise, params, opt, forward = _tiny()
+        torch.manual_seed(10)
+        forward(x, None, 1.0)[0].backward()
+        clip = torch.nn.utils.get_total_norm([p.grad for p in params]).item()
+    (p_ours, n_ours), (p_ref, n_ref) = run(True, clip), run(False, clip)
+    assert all(torch.equal(a, b) for a, b in zip(p_ours, p_ref))
+    assert all(torch.equal(a, b) for a, b in zip(n_ours, n_ref))
+
+
+def test_step_names_only_the_parameters_whose_gradient_is_not_finite():
+    model, enc, obj, x, noise, params, opt, forward = _tiny()
+    name, bad = next(iter(model.named_parameters()))
+    bad.register_hook(lambda g: torch.full_like(g, math.inf))
+    before = [p.detach().clone() for p in params]
+    with pytest.raises(step.StepFailure) as err:
+        step.take_step(forward, x, None, 1.0, opt, params, 10.0, lambda out: None,
+                       named_modules=(("model", model), ("encoder", enc)))
+    assert str(err.value).endswith(f" in model.{name}")  # the clipping did not spread the inf to the others
+    assert all(torch.equal(a, p) for a, p in zip(before, params))
+
+
+def test_explosion_reads_the_objectives_lazy_diagnostics_and_the_largest_finite_log_weight():
+    model, enc, obj, x, noise, params, opt, forward = _tiny(rule="power", alpha=1.5, exp_mode="exact")
+    out = obj(model, enc, x, noise)
+    lw = out.parts["noise-side log-ratio"]
+    assert guard.explosion(out, obj, 60.0) is None
+    with torch.no_grad():
+        lw[0, 0], lw[0, 1], lw[0, 2] = math.nan, math.inf, 70.0
+    msg = guard.explosion(out, obj, 60.0)
+    assert msg == "exploding importance weights: max noise-side log-ratio = 70 exceeds explode_log_ratio = 60"
+    small = float(out.diagnostics["noise_log_ratio"]) - 1.0  # the mean comes first, as before
+    assert "noise_log_ratio" in guard.explosion(out, obj, small).split("=")[0]
+    assert guard.explosion(out, obj, 75.0) is None  # inf and NaN do not count
+
 # -- guard -----------------------------------------------------------------------------
 def test_guard_rolls_back_halves_lr_and_tightens_the_rule():
     model, enc, obj, x, noise, params, opt, forward = _tiny(rule="power", alpha=1.5, exp_mode="exact")

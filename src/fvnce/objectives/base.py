@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -26,6 +27,7 @@ from torch.distributions import Bernoulli, Categorical, Distribution, Independen
 from ..errors import ConfigError, NonFiniteLossError
 
 __all__ = [
+    "Diagnostics",
     "LogWeights",
     "Objective",
     "ObjectiveOutput",
@@ -34,6 +36,7 @@ __all__ = [
     "enumerate_states",
     "estimate_log_ratio",
     "log_weights",
+    "read_floats",
 ]
 
 #: largest number of latent states summed over exactly
@@ -182,13 +185,91 @@ def effective_sample_size(log_w: Tensor) -> Tensor:
     return torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0))
 
 
+def read_floats(values: list) -> list:
+    """``values`` (0-dim tensors, numbers or None) as Python floats (numbers and None
+    unchanged), with at most one host transfer: tensors off the CPU are stacked and read
+    together (each ``.item()`` there would wait for the device); on the CPU a read costs
+    nothing and each is read by itself (stacking would cost more than it saves).  Every
+    value is exactly what ``.item()`` gives (float32 and bfloat16 widen to float64 exactly)."""
+    out = list(values)
+    where = [i for i, v in enumerate(out) if isinstance(v, Tensor)]
+    if len(where) > 1 and any(out[i].device.type != "cpu" for i in where):
+        read = torch.stack([out[i].detach().reshape(()).to(out[where[0]].device, torch.float64)
+                            for i in where]).tolist()
+        for i, v in zip(where, read):
+            out[i] = v
+        return out
+    for i in where:
+        out[i] = out[i].item()
+    return out
+
+
+class Diagnostics(MutableMapping):
+    """The detached diagnostics of one batch, computed when first read.
+
+    A value is a number, a 0-dim tensor, or a callable without arguments returning one
+    (run under ``torch.no_grad`` when first needed).  Reading gives a Python float (the
+    value's ``.item()``) and keeps it, so a training step pays for the diagnostics only
+    when something reads them: the trainer's explosion check reads one or two, its
+    logging steps read all.  :meth:`tensor` gives the value before the host read, for
+    callers that read several values at once (:func:`read_floats`).
+
+    The callables must not read state that changes after the objective returns (the
+    parameters change in the optimiser step): capture values, not modules.
+    """
+
+    def __init__(self, values: Mapping[str, Any] | None = None) -> None:
+        self._raw: dict[str, Any] = dict(values or {})
+        self._read: dict[str, Any] = {}
+
+    def tensor(self, key: str, default=None):
+        """The value of ``key`` without reading it to the host (a tensor, a number or
+        ``default``); a callable is evaluated once and replaced by its result."""
+        if key in self._read:
+            return self._read[key]
+        if key not in self._raw:
+            return default
+        v = self._raw[key]
+        if callable(v) and not isinstance(v, Tensor):
+            with torch.no_grad():
+                v = v()
+            self._raw[key] = v
+        return v
+
+    def __getitem__(self, key: str):
+        if key not in self._read:
+            if key not in self._raw:
+                raise KeyError(key)
+            v = self.tensor(key)
+            self._read[key] = v.item() if isinstance(v, Tensor) else v
+        return self._read[key]
+
+    def __setitem__(self, key: str, value) -> None:
+        self._raw[key] = value
+        self._read.pop(key, None)
+
+    def __delitem__(self, key: str) -> None:
+        del self._raw[key]
+        self._read.pop(key, None)
+
+    def __iter__(self):
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __repr__(self) -> str:
+        return f"Diagnostics({dict(self)!r})"
+
+
 @dataclass
 class ObjectiveOutput:
     """What an objective returns for one batch.
 
     ``loss`` is the scalar to minimise; ``data_terms`` (B,) and ``noise_terms``
     (nu * B,) the per-example values whose means make it (``noise_terms`` is None for
-    objectives without a noise side); ``diagnostics`` detached floats; ``parts`` the
+    objectives without a noise side); ``diagnostics`` detached floats (a plain dict, or
+    :class:`Diagnostics`, which computes them only when read); ``parts`` the
     raw tensors that let :meth:`check_finite` name a failing term; ``noise_log_ratio``
     the detached per-point ``log r(y)`` estimates of the noise samples (the importance
     weights of the noise term, whose tail the trainer watches), or None.
@@ -197,13 +278,13 @@ class ObjectiveOutput:
     loss: Tensor
     data_terms: Tensor
     noise_terms: Tensor | None
-    diagnostics: dict[str, float] = field(default_factory=dict)
+    diagnostics: Mapping[str, float] = field(default_factory=dict)
     parts: dict[str, Tensor] = field(default_factory=dict, repr=False)
     noise_log_ratio: Tensor | None = field(default=None, repr=False)
 
     def check_finite(self) -> None:
         """Raise :class:`NonFiniteLossError` naming the first non-finite term."""
-        if bool(torch.isfinite(self.loss)):
+        if math.isfinite(self.loss.detach().item()):  # one host read, no kernel, on the healthy path
             return
         found = []
         for name, t in self.parts.items():
@@ -262,22 +343,42 @@ def require_normalised(name: str, model) -> None:
                           "(its bound would ignore the log-normaliser): use fvnce, nce or vnce")
 
 
-def _noise_diagnostics(data_lr: Tensor, noise_lr: Tensor | None, model) -> dict[str, float]:
+def _noise_diagnostics(data_lr: Tensor | Callable[[], Tensor], noise_lr: Tensor | None, model) -> Diagnostics:
     """Shared diagnostics: mean log ratios, balanced data-vs-noise accuracy of the
     classifier ``log r > 0`` (the Bayes rule for equal priors), the effective sample
     size fraction of the noise-side ratios (the importance weights behind log Z), and
-    the current log-normaliser."""
-    d = {"data_log_ratio": data_lr.detach().mean().item()}
+    the current log-normaliser.  Computed when read (:class:`Diagnostics`); ``data_lr``
+    may be a callable giving the data-side log ratios, so that they too are computed
+    only then.  The log-normaliser is copied now: the optimiser step changes it."""
+    kept: list[Tensor] = []
+
+    def data() -> Tensor:
+        if not kept:
+            kept.append((data_lr() if callable(data_lr) else data_lr).detach())
+        return kept[0]
+
+    d = Diagnostics({"data_log_ratio": lambda: data().mean()})
     c = model.c
-    d["log_normaliser"] = float(c.detach()) if c is not None else 0.0
+    d["log_normaliser"] = c.detach().clone() if c is not None else 0.0
     if noise_lr is None:
         return d
-    hit_data = (data_lr.detach() > 0).float().mean()
-    hit_noise = (noise_lr.detach() <= 0).float().mean()
-    d["noise_log_ratio"] = noise_lr.detach().mean().item()
-    d["accuracy"] = (0.5 * (hit_data + hit_noise)).item()
-    d["ess_fraction"] = (effective_sample_size(noise_lr) / noise_lr.numel()).item()
+    noise_lr = noise_lr.detach()
+
+    def accuracy() -> Tensor:
+        hit_data = (data() > 0).float().mean()
+        hit_noise = (noise_lr <= 0).float().mean()
+        return 0.5 * (hit_data + hit_noise)
+
+    d["noise_log_ratio"] = lambda: noise_lr.mean()
+    d["accuracy"] = accuracy
+    d["ess_fraction"] = lambda: effective_sample_size(noise_lr) / noise_lr.numel()
     return d
+
+
+def _mean_of(t: Tensor) -> Callable[[], Tensor]:
+    """The mean of ``t``, computed when a :class:`Diagnostics` entry is read."""
+    t = t.detach()
+    return lambda: t.mean()
 
 
 @torch.no_grad()

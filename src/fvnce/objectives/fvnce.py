@@ -45,7 +45,8 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..rules import ScoringRule, scoring_rule
-from .base import LogWeights, Objective, ObjectiveOutput, _noise_diagnostics, _validate_positive_int, log_weights
+from .base import (LogWeights, Objective, ObjectiveOutput, _mean_of, _noise_diagnostics, _validate_positive_int,
+                   log_weights)
 
 __all__ = ["FVNCE"]
 
@@ -160,9 +161,9 @@ class FVNCE(Objective):
             noise_mean = noise_terms.mean()
         loss = data_terms.mean() + noise_mean
         noise_lr = None if lw_n is None else lw_n.log_ratio().detach()
-        diag = _noise_diagnostics(lw_d.log_ratio(), noise_lr, model)
-        diag["data_loss"] = data_terms.detach().mean().item()
-        diag["noise_loss"] = noise_mean.detach().item()
+        diag = _noise_diagnostics(lw_d.log_ratio, noise_lr, model)  # computed when read
+        diag["data_loss"] = _mean_of(data_terms)
+        diag["noise_loss"] = noise_mean.detach()
         parts = {"data-side model log-density log p~(x,z)": lw_d.log_joint,
                  "data-side encoder log-density log q(z|x)": lw_d.log_q,
                  "data-side log-ratio": lw_d.log_w}
@@ -193,10 +194,10 @@ class FVNCE(Objective):
         noise_terms = lw_n.expect(self.rule.noise_loss)
         loss = data_terms.mean() + noise_terms.mean() - elbo.mean()
         noise_lr = lw_n.log_ratio().detach()
-        diag = _noise_diagnostics(lw_d.log_ratio(), noise_lr, model)
-        diag["data_loss"] = data_terms.detach().mean().item()
-        diag["noise_loss"] = noise_terms.detach().mean().item()
-        diag["base_elbo"] = elbo.detach().mean().item()
+        diag = _noise_diagnostics(lw_d.log_ratio, noise_lr, model)
+        diag["data_loss"] = _mean_of(data_terms)
+        diag["noise_loss"] = _mean_of(noise_terms)
+        diag["base_elbo"] = _mean_of(elbo)
         parts = {"data-side base log-density log p_base(x,z)": lw.log_joint[:, :b],
                  "data-side encoder log-density log q(z|x)": lw.log_q[:, :b],
                  "tilt g(x) - c": tilt, "data-side log-ratio": lw_d.log_w, "noise-side log-ratio": lw_n.log_w}
@@ -212,7 +213,7 @@ class FVNCE(Objective):
         data_terms, noise_terms = self.rule.data_loss(lr_d), self.rule.noise_loss(lr_n)
         loss = data_terms.mean() + noise_terms.mean()
         diag = _noise_diagnostics(lr_d, lr_n, model)
-        diag["data_loss"] = data_terms.detach().mean().item()
-        diag["noise_loss"] = noise_terms.detach().mean().item()
+        diag["data_loss"] = _mean_of(data_terms)
+        diag["noise_loss"] = _mean_of(noise_terms)
         parts = {"data-side log-ratio": lr_d, "noise-side log-ratio": lr_n}
         return ObjectiveOutput(loss, data_terms, noise_terms, diag, parts, noise_log_ratio=lr_n.detach())

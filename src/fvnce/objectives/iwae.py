@@ -33,8 +33,8 @@ class IWAE(Objective):
         lw = log_weights(model, encoder, x, 0.0, self.k, exact_limit=True)
         per = -lw.log_ratio()
         loss = per.mean()
-        diag = _noise_diagnostics(lw.log_ratio(), None, model)
-        diag["data_loss"] = loss.detach().item()
+        diag = _noise_diagnostics(lw.log_ratio, None, model)  # computed when read
+        diag["data_loss"] = loss.detach()
         parts = {"model log-density log p(x,z)": lw.log_joint, "encoder log-density log q(z|x)": lw.log_q}
         return ObjectiveOutput(loss, per, None, diag, parts)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..errors import ConfigError
-from .base import Objective, ObjectiveOutput, _noise_diagnostics, _validate_positive_int, log_weights
+from .base import Objective, ObjectiveOutput, _mean_of, _noise_diagnostics, _validate_positive_int, log_weights
 from .fvnce import _make_rule, data_log_pn, draw_noise
 
 __all__ = ["VNCE"]
@@ -46,14 +46,15 @@ class VNCE(Objective):
         lw_d = log_weights(model, encoder, x, x_log_pn, 1)
         lw_n = log_weights(model, encoder, y, y_log_pn, self.k, detach_from=0, exact_limit=True)
         data_terms = lw_d.expect(self.rule.data_loss)
-        noise_terms = self.rule.noise_loss(lw_n.log_ratio())
+        lr_n = lw_n.log_ratio()
+        noise_terms = self.rule.noise_loss(lr_n)
         loss = data_terms.mean() + noise_terms.mean()
-        diag = _noise_diagnostics(lw_d.log_ratio(), lw_n.log_ratio(), model)
-        diag["data_loss"] = data_terms.detach().mean().item()
-        diag["noise_loss"] = noise_terms.detach().mean().item()
+        diag = _noise_diagnostics(lw_d.log_ratio, lr_n, model)  # computed when read
+        diag["data_loss"] = _mean_of(data_terms)
+        diag["noise_loss"] = _mean_of(noise_terms)
         parts = {"data-side model log-density log p~(x,z)": lw_d.log_joint,
                  "data-side encoder log-density log q(z|x)": lw_d.log_q,
                  "noise-side model log-density log p~(y,z)": lw_n.log_joint,
                  "noise-side log-ratio": lw_n.log_w}
         return ObjectiveOutput(loss, data_terms, noise_terms, diag, parts,
-                               noise_log_ratio=lw_n.log_ratio().detach())
+                               noise_log_ratio=lr_n.detach())

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..errors import NonFiniteLossError
-from ..objectives.base import calibrate_log_normaliser
+from ..objectives.base import Diagnostics, calibrate_log_normaliser, read_floats
 from ._tree import clone_state, deepclone
 from .rng import rng_state, set_rng_state
 
@@ -64,23 +64,29 @@ def explosion(out, objective, limit: float) -> str | None:
     if not exact and not getattr(rule, "overflows", True):
         limit *= STABILISED_EXPLODE_FACTOR
     d = out.diagnostics or {}
-    checks = [("noise_log_ratio", d.get("noise_log_ratio"))]
+    names = ["noise_log_ratio"]
     if exact and rule is not None and getattr(rule, "name", "") in ("power", "generic") \
             and getattr(rule, "alpha", 2.0) != 1.0:
-        checks.append(("data_log_ratio", d.get("data_log_ratio")))
+        names.append("data_log_ratio")
+    checks = [(key, d.tensor(key) if isinstance(d, Diagnostics) else d.get(key)) for key in names]
     for key, t in (out.parts or {}).items():
         if t is not None and "noise" in key and ("log-ratio" in key or "log ratio" in key) \
                 and isinstance(t, Tensor) and t.numel():
-            finite = t.detach()[torch.isfinite(t.detach())]
-            if finite.numel():
-                checks.append((f"max {key}", finite.max().item()))
-    for key, v in checks:
+            checks.append((f"max {key}", _max_finite(t.detach())))
+    values = read_floats([v for _, v in checks])  # one host read for all of them
+    for (key, _), v in zip(checks, values):
         if v is None:
             continue
         v = float(v)
         if math.isfinite(v) and v > limit:
             return f"exploding importance weights: {key} = {v:.3g} exceeds explode_log_ratio = {limit:g}"
     return None
+
+
+def _max_finite(t: Tensor) -> Tensor:
+    """The largest finite entry of ``t``, or -inf when there is none (NaN and +-inf map
+    to -inf: one pass, no boolean indexing)."""
+    return torch.nan_to_num(t, nan=-math.inf, posinf=-math.inf).amax()
 
 
 @torch.no_grad()
