@@ -23,7 +23,16 @@ from .rules import RULES, scoring_rule
 from .train import TrainConfig, Trainer
 
 __all__ = [
-    "CheckpointError", "ConfigError", "DataError", "FvnceError", "MODELS", "NOISES", "NonFiniteLossError",
+    "CheckpointError", "ConfigError", "DataError", "Detector", "FvnceError", "MODELS", "NOISES", "NonFiniteLossError",
     "OBJECTIVES", "RULES", "TrainConfig", "Trainer", "__version__", "make_model", "make_noise", "make_objective",
     "scoring_rule",
 ]
+
+
+def __getattr__(name: str):
+    # Detector imports scikit-learn, which ``import fvnce`` does not need otherwise
+    if name == "Detector":
+        from .detector import Detector
+
+        return Detector
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,13 +4,14 @@
 (normal rows only), ``val``/``test`` (normal and, where labels exist, anomalous rows with
 0/1 labels), the fitted :class:`Preprocessor` (plain-data ``state()``, saved in run
 directories) and human-readable ``notes``. ``prepare_scoring_data`` re-applies the recorded
-preprocessing to a new file at scoring time. User-input problems raise
+preprocessing to a new file at scoring time; ``dataset_from_array`` prepares an in-memory
+array as a file would be. User-input problems raise
 :class:`fvnce.errors.DataError` with a one-line message.
 """
 
 from fvnce.data.builtin import BUILTIN, FASHION_MNIST_DIR
 from fvnce.data.files import SUPPORTED_EXTENSIONS, read_table
-from fvnce.data.load import MIN_TRAIN_ROWS, load_dataset, prepare_scoring_data, split_indices
+from fvnce.data.load import MIN_TRAIN_ROWS, dataset_from_array, load_dataset, prepare_scoring_data, split_indices
 from fvnce.data.preprocess import Preprocessor, yeo_johnson
 from fvnce.data.spec import MISSING_MODES, TRANSFORMS, DataSpec, Dataset
 
@@ -24,6 +25,7 @@ __all__ = [
     "DataSpec",
     "Dataset",
     "Preprocessor",
+    "dataset_from_array",
     "load_dataset",
     "prepare_scoring_data",
     "read_table",

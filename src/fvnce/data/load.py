@@ -12,7 +12,7 @@ from fvnce.data.preprocess import MISSING_ADVICE, Preprocessor, _nonfinite_messa
 from fvnce.data.spec import DataSpec, Dataset, RawTable
 from fvnce.errors import DataError
 
-__all__ = ["MIN_TRAIN_ROWS", "load_dataset", "prepare_scoring_data", "split_indices"]
+__all__ = ["MIN_TRAIN_ROWS", "dataset_from_array", "load_dataset", "prepare_scoring_data", "split_indices"]
 
 MIN_TRAIN_ROWS = 10
 
@@ -112,11 +112,38 @@ def _distinct(values: np.ndarray, limit: int = 10) -> str:
 
 def load_dataset(spec: DataSpec) -> Dataset:
     """Load, clean, split and preprocess the data described by ``spec``."""
-    import torch
-
     if not isinstance(spec, DataSpec):
         spec = DataSpec.from_dict(spec) if isinstance(spec, dict) else DataSpec(source=str(spec))
-    raw = _load_raw(spec)
+    return _dataset_from_raw(_load_raw(spec), spec)
+
+
+def dataset_from_array(X, spec: DataSpec | None = None, names: list[str] | None = None) -> Dataset:
+    """A :class:`Dataset` from an in-memory array ``X`` (N, D), prepared exactly as a file
+    would be (missing values, split, binarisation, transform); ``spec.source`` only names
+    the data in messages and run records, and ``spec.label``/``spec.features`` must be unset
+    (every column is a feature, there are no labels).  Columns are named ``x0`` ...
+    unless ``names`` are given."""
+    spec = DataSpec(source="array") if spec is None else spec
+    if spec.source in BUILTIN:
+        raise DataError(f"source {spec.source!r} is a built-in set's name; name an in-memory array otherwise")
+    if spec.label is not None or spec.features is not None:
+        raise DataError("an in-memory array has no label or feature columns to choose: leave label and features unset")
+    X = np.asarray(X)
+    if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
+        raise DataError(f"expected a non-empty 2-D array (rows, columns), got shape {X.shape}")
+    if X.dtype.kind not in "biuf":
+        raise DataError(f"expected numbers (int, float or bool), got a {X.dtype} array")
+    names = [f"x{i}" for i in range(X.shape[1])] if names is None else [str(n) for n in names]
+    if len(names) != X.shape[1]:
+        raise DataError(f"{len(names)} column name(s) for {X.shape[1]} column(s)")
+    raw = RawTable(X=np.asarray(X, dtype=np.float64), names=names, source=spec.source)
+    return _dataset_from_raw(raw, spec)
+
+
+def _dataset_from_raw(raw: RawTable, spec: DataSpec) -> Dataset:
+    """Clean, split and preprocess raw rows (the common part of every data source)."""
+    import torch
+
     where = raw.source or spec.source
     notes = list(raw.notes)
     X, labels = raw.X, raw.labels

@@ -20,8 +20,8 @@ from .evaluation import evaluate_run
 from .files import (ALARM_NAME, CONFIG_NAME, EVALUATION_NAME, NOISE_NAME, PREPROCESS_NAME, SAMPLES_NAME, _finite_json,
                     _read_config)
 from .loading import LoadedRun, load_run
-from .scoring import sample_run, score_file
+from .scoring import sample_run, score_file, score_rows
 from .training import normal_rows, train_run
 
 __all__ = ["RunConfig", "LoadedRun", "calibrate_alarm", "evaluate_run", "load_run", "read_alarm", "sample_run",
-           "score_file", "train_run"]
+           "score_file", "score_rows", "train_run"]

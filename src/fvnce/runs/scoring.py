@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..checkpoint import atomic_write_bytes
@@ -40,8 +41,7 @@ def score_file(run_dir: str | Path, data_file: str, out: str | Path, *, k: int |
     run = load_run(run_dir)
     x = prepare_scoring_data(data_file, run.preprocessor, missing=missing)
     torch.manual_seed(run.config.train.seed + 2)
-    xt = torch.as_tensor(x).to(next(run.model.parameters()).dtype)
-    scores = ev.anomaly_scores(run.model, run.encoder, xt, k=k or run.config.eval_k).numpy()
+    scores = score_rows(run, x, k=k)
     alarms = scores > chosen["threshold"]
     if k and chosen["k"] and k != chosen["k"]:  # fewer samples lower the estimate: scores rise
         more = f"the threshold was set with --k {chosen['k']}; scores with --k {k} are not on the same footing"
@@ -50,6 +50,17 @@ def score_file(run_dir: str | Path, data_file: str, out: str | Path, *, k: int |
     from ..checkpoint import atomic_write_text
     atomic_write_text(Path(out), "\n".join(lines) + "\n")
     return {"rows": len(scores), "alarms": int(alarms.sum()), **chosen}
+
+
+def score_rows(run, x, *, k: int | None = None) -> np.ndarray:
+    """The anomaly score (negative estimated log-density) of each row of ``x``, rows
+    already preprocessed (``run.preprocessor.transform``), with ``k`` importance samples
+    (default: the run's ``eval_k``) drawn from torch's global random state: the scores
+    ``fvnce score`` writes (it seeds that state with the run's seed + 2 first)."""
+    from .. import evaluate as ev
+
+    xt = torch.as_tensor(np.asarray(x)).to(next(run.model.parameters()).dtype)
+    return ev.anomaly_scores(run.model, run.encoder, xt, k=k or run.config.eval_k).numpy()
 
 
 def sample_run(run_dir: str | Path, n: int, out: str | Path) -> str:
