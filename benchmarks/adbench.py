@@ -15,12 +15,17 @@ Two protocols, each over ``--seeds`` seeds (default 3):
   best run of each rule (the rule-under-contamination question), beside ADBench's
   published figures (Table D4, mean of 3 repeats; ``SOURCES.md`` there).
 
+With ``--detector``, protocol (b) also fits ``fvnce.Detector(rule="kl")`` (the budget's
+steps: quick 150, default 800) on the same min-max-scaled training rows as the baselines and
+scores the test rows with it ("fvnce Detector (kl)"); without it the rows are as before.
+
 Baselines: scikit-learn IsolationForest, and PyOD OCSVM, ECOD and KNN with default
 hyper-parameters (``pip install -e '.[bench]'``; skipped with a note without PyOD).
 
     python benchmarks/adbench.py                          # all 5 sets, 3 seeds, both protocols
     python benchmarks/adbench.py --sets wbc,pima --seeds 1 --protocols b
     python benchmarks/adbench.py --quick                  # wbc, 1 seed, budget quick
+    python benchmarks/adbench.py --quick --protocols b --detector   # with fvnce.Detector in (b)
 """
 
 from __future__ import annotations
@@ -93,7 +98,18 @@ def fvnce_scores(poc_dir: Path, summary: dict, test_csv: Path) -> dict:
     return out
 
 
-def protocol_b(name: str, df, y, seed: int, work: Path, budget) -> dict:
+def detector_scores(x_train, x_test, seed: int, budget) -> dict:
+    """Test scores (higher = more anomalous) of ``fvnce.Detector`` (rule kl, the poc's
+    budget in steps) fitted on ``x_train``: minus its score_samples."""
+    from fvnce import Detector
+    from fvnce.poc import BUDGETS
+
+    steps = budget if isinstance(budget, int) else BUDGETS[budget]
+    det = Detector(rule="kl", steps=steps, seed=seed).fit(x_train)
+    return {"fvnce Detector (kl)": -det.score_samples(x_test)}
+
+
+def protocol_b(name: str, df, y, seed: int, work: Path, budget, detector: bool = False) -> dict:
     import numpy as np
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import MinMaxScaler
@@ -108,8 +124,10 @@ def protocol_b(name: str, df, y, seed: int, work: Path, budget) -> dict:
     df.iloc[idx_te].to_csv(test_csv, index=False)
     y_te = y[idx_te]
     scaler = MinMaxScaler().fit(df.iloc[idx_tr].to_numpy(float))
-    res = {k: auroc(s, y_te) for k, s in baselines(scaler.transform(df.iloc[idx_tr].to_numpy(float)),
-                                                  scaler.transform(df.iloc[idx_te].to_numpy(float)), seed).items()}
+    x_tr, x_te = scaler.transform(df.iloc[idx_tr].to_numpy(float)), scaler.transform(df.iloc[idx_te].to_numpy(float))
+    res = {k: auroc(s, y_te) for k, s in baselines(x_tr, x_te, seed).items()}
+    if detector:  # beside the PyOD detectors: the same min-max-scaled training rows
+        res.update({k: auroc(s, y_te) for k, s in detector_scores(x_tr, x_te, seed, budget).items()})
     poc_dir = work / "poc"
     cfg = PocConfig(data=DataSpec(source=str(train_csv), seed=seed), budget=budget,
                     train=TrainConfig(progress=False, seed=seed), baselines=False)
@@ -156,6 +174,8 @@ def main(argv=None) -> dict:
     p.add_argument("--seeds", type=int, default=None, help="repeats (default 3, quick 1)")
     p.add_argument("--protocols", default="a,b", help="a (semi-supervised), b (unsupervised), or a,b")
     p.add_argument("--budget", default=None, help="poc budget (default: the poc default; quick: 'quick')")
+    p.add_argument("--detector", action="store_true",
+                   help="protocol b: add fvnce.Detector (rule kl, the budget's steps) beside the baselines")
     p.add_argument("--adbench-dir", type=Path,
                    default=Path(__file__).resolve().parents[2] / "shared" / "data" / "adbench")
     args = p.parse_args(argv)
@@ -183,7 +203,7 @@ def main(argv=None) -> dict:
                 work = Path(tempfile.mkdtemp(prefix=f"adbench-{name}-{proto}{seed}-"))
                 t0 = time.perf_counter()
                 try:
-                    res = protocol_b(name, df, y, seed, work, budget) if proto == "b" else \
+                    res = protocol_b(name, df, y, seed, work, budget, args.detector) if proto == "b" else \
                         protocol_a(name, path, seed, work, budget)
                 finally:
                     shutil.rmtree(work, ignore_errors=True)
