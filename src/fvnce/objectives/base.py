@@ -402,3 +402,15 @@ def calibrate_log_normaliser(model, encoder, noise: Distribution, n: int = 1024,
     shift = (torch.logsumexp(lr, 0) - math.log(lr.numel())).item()
     model.log_normaliser.add_(shift)
     return shift
+
+
+def ratio_output(rule, lr_d: Tensor, lr_n: Tensor, model, parts: dict[str, Tensor]) -> ObjectiveOutput:
+    """The rule's loss on log ratios known exactly (a closed-form marginal, or a noise that
+    knows the model's ratio): ``mean l1(log r(x)) + mean l0(log r(y))`` with its diagnostics."""
+    data_terms, noise_terms = rule.data_loss(lr_d), rule.noise_loss(lr_n)
+    loss = data_terms.mean() + noise_terms.mean()
+    diag = _noise_diagnostics(lr_d, lr_n, model)
+    diag["data_loss"] = _mean_of(data_terms)
+    diag["noise_loss"] = _mean_of(noise_terms)
+    return ObjectiveOutput(loss, data_terms, noise_terms, diag, parts, noise_log_ratio=lr_n.detach())
+

@@ -45,7 +45,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..rules import ScoringRule, scoring_rule
-from .base import (LogWeights, Objective, ObjectiveOutput, _mean_of, _noise_diagnostics, _validate_positive_int,
+from .base import (LogWeights, ratio_output, Objective, ObjectiveOutput, _mean_of, _noise_diagnostics, _validate_positive_int,
                    log_weights)
 
 __all__ = ["FVNCE"]
@@ -210,10 +210,4 @@ class FVNCE(Objective):
         y = noise.sample((self.nu * b,)).to(dtype=x.dtype, device=x.device)
         lr = noise.exact_log_ratio(model, torch.cat([x, y]))
         lr_d, lr_n = lr[:b], lr[b:]
-        data_terms, noise_terms = self.rule.data_loss(lr_d), self.rule.noise_loss(lr_n)
-        loss = data_terms.mean() + noise_terms.mean()
-        diag = _noise_diagnostics(lr_d, lr_n, model)
-        diag["data_loss"] = _mean_of(data_terms)
-        diag["noise_loss"] = _mean_of(noise_terms)
-        parts = {"data-side log-ratio": lr_d, "noise-side log-ratio": lr_n}
-        return ObjectiveOutput(loss, data_terms, noise_terms, diag, parts, noise_log_ratio=lr_n.detach())
+        return ratio_output(self.rule, lr_d, lr_n, model, {"data-side log-ratio": lr_d, "noise-side log-ratio": lr_n})

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from .base import Objective, ObjectiveOutput, _mean_of, _noise_diagnostics, _validate_positive_int
+from .base import Objective, ObjectiveOutput, _validate_positive_int, ratio_output
 from .fvnce import _make_rule, data_log_pn, draw_noise
 
 __all__ = ["NCE"]
@@ -46,11 +46,5 @@ class NCE(Objective):
         y, y_log_pn = draw_noise(noise, self.nu * b, x)
         log_phi = model.log_unnormalised_marginal(torch.cat([x, y]))
         lr = log_phi - torch.cat([x_log_pn, y_log_pn])
-        lr_d, lr_n = lr[:b], lr[b:]
-        data_terms, noise_terms = self.rule.data_loss(lr_d), self.rule.noise_loss(lr_n)
-        loss = data_terms.mean() + noise_terms.mean()
-        diag = _noise_diagnostics(lr_d, lr_n, model)
-        diag["data_loss"] = _mean_of(data_terms)
-        diag["noise_loss"] = _mean_of(noise_terms)
         parts = {"data-side model log-density log p~(x)": log_phi[:b], "noise-side model log-density log p~(y)": log_phi[b:]}
-        return ObjectiveOutput(loss, data_terms, noise_terms, diag, parts, noise_log_ratio=lr_n.detach())
+        return ratio_output(self.rule, lr[:b], lr[b:], model, parts)
