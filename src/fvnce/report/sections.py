@@ -148,8 +148,8 @@ def _events_overview(entries: Sequence[Entry]) -> str:
         return ""
     return ('<h3 id="training-events">Training events</h3><p class="explain">Automatic interventions '
             "and warnings during training: a <i>restart</i> after a numerical problem, a "
-            "<i>stabilisation change</i> (the objective switched to a safer way of computing "
-            "exp; a stabilised loss is no longer a guaranteed bound), and <i>warnings</i> such as "
+            "<i>stabilisation change</i> (the rule's weight frozen outside a band of log ratios: "
+            "still a proper rule with the same minimiser, and still a bound), and <i>warnings</i> such as "
             f"heavy-tailed importance weights.</p><ul class=\"events\">{''.join(rows)}</ul>")
 
 
@@ -431,8 +431,9 @@ def glossary() -> str:
          "A run whose log-likelihood is unreliable is never ranked by it nor recommended."),
         ("Training events",
          "Automatic interventions during training: a restart after a numerical problem, a change "
-         "of the objective's stabilisation (a safer way to compute exponentials, after which the "
-         "loss is no longer a guaranteed bound), and warnings such as heavy-tailed weights."),
+         "of the objective's stabilisation (the rule's weight frozen outside a band of log ratios; "
+         "it stays a proper rule with the same minimiser and a bound), and warnings such as "
+         "heavy-tailed weights."),
         ("Validation vs test data",
          "Validation data is used to choose between configurations; test data is kept apart "
          "and only used to report the final figures, so they are not flattered by the choice."),
