@@ -109,7 +109,15 @@ def detector_scores(x_train, x_test, seed: int, budget) -> dict:
     return {"fvnce Detector (kl)": -det.score_samples(x_test)}
 
 
-def protocol_b(name: str, df, y, seed: int, work: Path, budget, detector: bool = False) -> dict:
+def _rule_labels(rules: list[str] | None) -> list[str]:
+    """Run-name labels of the poc rules (``power:1.5`` -> ``power1.5``)."""
+    from fvnce.poc import PocConfig, _rule_label, parse_rule
+
+    return [_rule_label(*parse_rule(r)) for r in (rules or PocConfig().rules)]
+
+
+def protocol_b(name: str, df, y, seed: int, work: Path, budget, detector: bool = False,
+               rules: list[str] | None = None) -> dict:
     import numpy as np
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import MinMaxScaler
@@ -131,6 +139,8 @@ def protocol_b(name: str, df, y, seed: int, work: Path, budget, detector: bool =
     poc_dir = work / "poc"
     cfg = PocConfig(data=DataSpec(source=str(train_csv), seed=seed), budget=budget,
                     train=TrainConfig(progress=False, seed=seed), baselines=False)
+    if rules:
+        cfg.rules = list(rules)
     summary = run_poc(cfg, poc_dir, progress=False)
     runs = {r["name"]: r for r in summary["runs"]}
     scores = fvnce_scores(poc_dir, summary, test_csv)
@@ -138,7 +148,7 @@ def protocol_b(name: str, df, y, seed: int, work: Path, budget, detector: bool =
     rec = (summary.get("recommended") or {}).get("run")
     res["fvnce (recommended)"] = per_run.get(rec)
     res["vae"] = per_run.get("elbo-vae")
-    for rule in ("kl", "power1.5"):
+    for rule in _rule_labels(rules):
         mine = {n: v for n, v in per_run.items() if n.startswith(f"fvnce-{rule}-")}
         # the run of this rule that the poc's criterion (validation log-likelihood, reliable) prefers
         ok = [n for n in mine if runs[n]["status"] == "ok" and runs[n].get("reliable")]
@@ -174,6 +184,8 @@ def main(argv=None) -> dict:
     p.add_argument("--seeds", type=int, default=None, help="repeats (default 3, quick 1)")
     p.add_argument("--protocols", default="a,b", help="a (semi-supervised), b (unsupervised), or a,b")
     p.add_argument("--budget", default=None, help="poc budget (default: the poc default; quick: 'quick')")
+    p.add_argument("--rules", default=None,
+                   help="protocol b: poc rules, e.g. kl,shifted_log:1,power:1.5 (default: the poc's)")
     p.add_argument("--detector", action="store_true",
                    help="protocol b: add fvnce.Detector (rule kl, the budget's steps) beside the baselines")
     p.add_argument("--adbench-dir", type=Path,
@@ -203,7 +215,8 @@ def main(argv=None) -> dict:
                 work = Path(tempfile.mkdtemp(prefix=f"adbench-{name}-{proto}{seed}-"))
                 t0 = time.perf_counter()
                 try:
-                    res = protocol_b(name, df, y, seed, work, budget, args.detector) if proto == "b" else \
+                    res = protocol_b(name, df, y, seed, work, budget, args.detector,
+                                     args.rules.split(",") if args.rules else None) if proto == "b" else \
                         protocol_a(name, path, seed, work, budget)
                 finally:
                     shutil.rmtree(work, ignore_errors=True)
