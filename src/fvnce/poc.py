@@ -375,8 +375,6 @@ def _exclusion(r: dict, key: str) -> str | None:
         return "unreliable log-likelihood"
     if status != "ok":
         return str(status or "unknown status")
-    if not _is_reliable(r):
-        return "unreliable log-likelihood"
     if _num((r.get("val_metrics") or {}).get(key)) is None:
         return f"no validation {'AUROC' if key == 'auroc' else 'log-likelihood'}"
     return None

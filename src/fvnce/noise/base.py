@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, constraints
 
+from fvnce._tree import map_tensors
 from fvnce.errors import ConfigError
 
 __all__ = ["NoiseDistribution"]
@@ -75,12 +76,12 @@ class NoiseDistribution(Distribution):
 
     def state(self) -> dict:
         """Plain dict (tensors on the CPU, str, numbers, lists, dicts) for ``torch.save``."""
-        fields = _map_tensors(self._fields, lambda t: t.detach().cpu().clone())
+        fields = map_tensors(self._fields, lambda t: t.detach().cpu().clone())
         return {"name": self.name, "warnings": list(self.warnings), "dim": self.dim, **fields}
 
     def to(self, device: torch.device | str) -> NoiseDistribution:
         """A copy of this noise with all its tensors on ``device``."""
-        state = _map_tensors(self.state(), lambda t: t.to(device))
+        state = map_tensors(self.state(), lambda t: t.to(device))
         return type(self).from_state(state)
 
     # ------------------------------------------------------------------ properties
@@ -98,16 +99,6 @@ class NoiseDistribution(Distribution):
 
 
 # ---------------------------------------------------------------------- helpers
-def _map_tensors(obj: Any, fn: Callable[[Tensor], Tensor]) -> Any:
-    if isinstance(obj, Tensor):
-        return fn(obj)
-    if isinstance(obj, dict):
-        return {k: _map_tensors(v, fn) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_map_tensors(v, fn) for v in obj)
-    return obj
-
-
 def check_data(data: Any, name: str = "noise") -> Tensor:
     """Validate training data: a finite float tensor (N, D) with N, D >= 1."""
     if not isinstance(data, Tensor):

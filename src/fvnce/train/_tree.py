@@ -4,16 +4,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from .._tree import map_tensors
 
-def map_tensors(obj, fn):
-    """Apply ``fn`` to every tensor inside nested dicts, lists and tuples."""
-    if isinstance(obj, Tensor):
-        return fn(obj)
-    if isinstance(obj, dict):
-        return {k: map_tensors(v, fn) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(map_tensors(v, fn) for v in obj)
-    return obj
+__all__ = ["clone_state", "deepclone", "map_tensors", "to_cpu"]
 
 
 def clone_state(sd: dict) -> dict:
