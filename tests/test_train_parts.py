@@ -15,7 +15,7 @@ import torch
 import fvnce.train as T
 from fvnce.models import make_model
 from fvnce.objectives import make_objective
-from fvnce.train import batches, guard, interrupt, metrics, parallel, precision, rng, state, step, validation
+from fvnce.train import batches, guard, interrupt, metrics, optim, parallel, precision, rng, state, step, validation
 
 PKG = Path(T.__file__).parent
 
@@ -73,7 +73,7 @@ def _tiny(rule="kl", **kw):
     x = torch.randn(16, 3)
     noise = torch.distributions.Independent(torch.distributions.Normal(torch.zeros(3), torch.ones(3)), 1)
     params = step.trainable_parameters(model, enc)
-    opt = step.make_optimizer(params, T.TrainConfig(lr=1e-2))
+    opt = optim.make_optimizer(params, T.TrainConfig(lr=1e-2))
 
     def forward(xb, lp, scale):
         out = obj(model, enc, xb, noise, x_log_pn=lp)
@@ -155,6 +155,54 @@ def test_explosion_reads_the_objectives_lazy_diagnostics_and_the_largest_finite_
     small = float(out.diagnostics["noise_log_ratio"]) - 1.0  # the mean comes first, as before
     assert "noise_log_ratio" in guard.explosion(out, obj, small).split("=")[0]
     assert guard.explosion(out, obj, 75.0) is None  # inf and NaN do not count
+
+# -- optim -----------------------------------------------------------------------------
+def _adam_run(adam_cls, steps=25, state=None):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 1)).double()
+    opt = adam_cls(net.parameters(), lr=1e-2, weight_decay=1e-3, foreach=True)
+    if state is not None:
+        opt.load_state_dict(state)
+    x = torch.randn(64, 5, dtype=torch.float64)
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        net(x).pow(2).mean().backward()
+        opt.step()
+    return [p.detach().clone() for p in net.parameters()], opt.state_dict()
+
+
+def test_eager_adam_is_torch_adam_bit_for_bit_and_shares_its_state_dict():
+    ours, our_state = _adam_run(optim.EagerAdam)
+    theirs, their_state = _adam_run(torch.optim.Adam)
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+    assert str(our_state) == str(their_state)
+    # a checkpoint of one resumes in the other: same parameters after 10 more steps
+    # (the network restarts from the seed, so only the optimiser state carries over)
+    a, _ = _adam_run(optim.EagerAdam, steps=10, state=their_state)
+    b, _ = _adam_run(torch.optim.Adam, steps=10, state=our_state)
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert not all(torch.equal(u, v) for u, v in zip(a, _adam_run(torch.optim.Adam, steps=10)[0]))
+
+
+def test_make_optimizer_keeps_torch_adam_when_compiling():
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    assert type(optim.make_optimizer(p, T.TrainConfig(lr=1e-2))) is optim.EagerAdam
+    assert type(optim.make_optimizer(p, T.TrainConfig(lr=1e-2, compile=True))) is torch.optim.Adam
+
+
+def test_eager_adam_does_not_import_torch_dynamo():
+    import subprocess
+    import sys
+    code = ("import sys, torch\n"
+            "from fvnce.train.optim import EagerAdam\n"
+            "p = torch.nn.Parameter(torch.ones(3))\n"
+            "o = EagerAdam([p], lr=0.1)\n"
+            "p.sum().backward(); o.step(); o.zero_grad(); o.load_state_dict(o.state_dict())\n"
+            "assert p.detach().lt(1).all()\n"
+            "print('torch._dynamo' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
 
 # -- guard -----------------------------------------------------------------------------
 def test_guard_rolls_back_halves_lr_and_tightens_the_rule():

@@ -24,7 +24,8 @@ from .parallel import Parallel
 from .precision import Precision, move_to, resolve_device, resolve_precision
 from .progress import Progress, default_log
 from .rng import rng_state, seed_all
-from .step import StepFailure, make_optimizer, take_step, trainable_parameters
+from .optim import make_optimizer
+from .step import StepFailure, take_step, trainable_parameters
 from .validation import Validator, mean_loss
 
 __all__ = ["Trainer", "train"]

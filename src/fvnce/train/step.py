@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..errors import ConfigError, NonFiniteLossError
 
-__all__ = ["StepFailure", "make_optimizer", "nonfinite_grad_names", "take_step", "trainable_parameters"]
+__all__ = ["StepFailure", "nonfinite_grad_names", "take_step", "trainable_parameters"]
 
 
 def trainable_parameters(model, encoder) -> list:
@@ -36,11 +36,6 @@ def trainable_parameters(model, encoder) -> list:
     if not params:
         raise ConfigError("the model and encoder have no trainable parameters")
     return params
-
-
-def make_optimizer(params: list, config) -> torch.optim.Optimizer:
-    # foreach: one multi-tensor kernel per update instead of a Python loop over parameters
-    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
 
 
 class StepFailure(Exception):
