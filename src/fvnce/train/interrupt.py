@@ -20,6 +20,12 @@ class TrainingInterrupted(FvnceError):
         self.step = step
         self.run_dir = run_dir
 
+    @classmethod
+    def at(cls, step: int, run_dir: Path | None, saved: bool) -> "TrainingInterrupted":
+        """Stopped after ``step``; ``saved``: this process wrote a checkpoint in ``run_dir``."""
+        where = f"checkpoint saved in {run_dir}; resume with --resume" if saved else "no run directory, nothing saved"
+        return cls(f"training interrupted at step {step}; {where}", step, run_dir)
+
 
 class StopFlag:
     """Whether (and by which signal) training was asked to stop: ``signal`` is the signal

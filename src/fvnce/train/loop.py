@@ -20,11 +20,11 @@ from .config import TrainConfig, TrainResult
 from .guard import Guard, calibrate
 from .interrupt import StopFlag, TrainingInterrupted
 from .metrics import METRICS_NAME, MetricsLog, train_record
+from .optim import make_optimizer
 from .parallel import Parallel
 from .precision import Precision, move_to, resolve_device, resolve_precision
 from .progress import Progress, default_log
 from .rng import rng_state, seed_all
-from .optim import make_optimizer
 from .step import StepFailure, take_step, trainable_parameters
 from .validation import Validator, mean_loss
 
@@ -92,7 +92,7 @@ class Trainer:
             while self.step < total:
                 xb, lp, scale, rows = self._batch(train, train_lp, n)
                 try:
-                    out, norm = self._train_step(xb, lp, scale)
+                    out, norm = self._step(xb, lp, scale)
                 except StepFailure as exc:
                     self._rollback(str(exc), self.step + 1)
                     bar.restart_at(self.step)
@@ -179,24 +179,22 @@ class Trainer:
         local = local.to(self.device)
         return train[local], None if train_lp is None else train_lp[local], scale, rows
 
-    def _train_step(self, x: Tensor, x_log_pn: Tensor | None, scale: float):
-        self._set_train(True)
-        try:
-            return self._step(x, x_log_pn, scale)
-        finally:
-            self._parallel.end_step(self.noise)
-
     def _step(self, x: Tensor, x_log_pn: Tensor | None, scale: float = 1.0):
-        """One optimiser step (:func:`fvnce.train.step.take_step`); raises
+        """One optimiser step in training mode (:func:`fvnce.train.step.take_step`); raises
         :class:`StepFailure` before any parameter changes when the step must not be taken."""
         p = self._parallel
 
         def forward(xb, lp, s):
             return p.forward(self.model, self.encoder, self.objective, self.noise, xb, lp, s)
 
-        return take_step(forward, x, x_log_pn, scale, self.optimizer, self._params, self.guard.grad_clip,
-                         self.guard.check, p.agree if p.active else None,
-                         (("model", self.model), ("encoder", self.encoder)))
+        for m in self._modules():
+            m.train(True)
+        try:
+            return take_step(forward, x, x_log_pn, scale, self.optimizer, self._params, self.guard.grad_clip,
+                             self.guard.check, p.agree if p.active else None,
+                             (("model", self.model), ("encoder", self.encoder)))
+        finally:
+            p.end_step(self.noise)
 
     def _logs(self, total: int) -> bool:
         return self.step % self.config.log_every == 0 or self.step == total or self.step == 1
@@ -226,9 +224,7 @@ class Trainer:
             return
         if self._last_saved != self.step:
             self.save(n)
-        where = (f"checkpoint saved in {self.run_dir}; resume with --resume" if self._writes
-                 else "no run directory, nothing saved")
-        raise TrainingInterrupted(f"training interrupted at step {self.step}; {where}", self.step, self.run_dir)
+        raise TrainingInterrupted.at(self.step, self.run_dir, self._writes)
 
     # -- checkpoints -----------------------------------------------------------------------
     def save(self, n_train: int) -> None:
@@ -283,10 +279,6 @@ class Trainer:
     def _modules(self):
         return [m for m in (self.model, self.encoder) if m is not None]
 
-    def _set_train(self, mode: bool) -> None:
-        for m in self._modules():
-            m.train(mode)
-
     def _say(self, msg: str) -> None:
         """Log a line (on rank 0 only under torch.distributed)."""
         if self.is_main:
@@ -295,27 +287,20 @@ class Trainer:
     def _elapsed(self) -> float:
         return self._elapsed0 + time.perf_counter() - self._t0
 
-    @property
-    def _writes(self) -> bool:
-        return self.is_main and self.run_dir is not None
+    #: whether this process writes the run directory (rank 0 of a run that has one)
+    _writes = property(lambda self: self.is_main and self.run_dir is not None)
 
     def request_stop(self) -> None:
         """Ask :meth:`fit` to save a checkpoint and stop after the current step (what
         SIGINT and SIGTERM do)."""
         self._stop.request()
 
-    @property
-    def checkpoint_path(self) -> Path | None:
-        return None if self.run_dir is None else self.run_dir / state.CHECKPOINT_NAME
-
-    @property
-    def rule(self):
-        return self.guard.rule
+    checkpoint_path = property(lambda self: None if self.run_dir is None else self.run_dir / state.CHECKPOINT_NAME)
 
     # what the parts own, readable under the names of the single-file trainer
-    _resolve_device = staticmethod(resolve_device)
     _resolve_precision = staticmethod(resolve_precision)
     history = property(lambda self: self._metrics.history)
+    rule = property(lambda self: self.guard.rule)
     lr = property(lambda self: self.guard.lr)
     grad_clip = property(lambda self: self.guard.grad_clip)
     retries = property(lambda self: self.guard.retries)
