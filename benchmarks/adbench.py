@@ -149,11 +149,15 @@ def protocol_b(name: str, df, y, seed: int, work: Path, budget, detector: bool =
     res["fvnce (recommended)"] = per_run.get(rec)
     res["vae"] = per_run.get("elbo-vae")
     for rule in _rule_labels(rules):
-        mine = {n: v for n, v in per_run.items() if n.startswith(f"fvnce-{rule}-")}
+        mine = {n: v for n, v in per_run.items() if n.startswith(f"fvnce-{rule}-") and "-mix" not in n}
         # the run of this rule that the poc's criterion (validation log-likelihood, reliable) prefers
         ok = [n for n in mine if runs[n]["status"] == "ok" and runs[n].get("reliable")]
         pick = max(ok, key=lambda n: runs[n]["val_metrics"].get("log_likelihood") or -1e300) if ok else None
         res[f"fvnce {rule} (val choice)"] = per_run.get(pick) if pick else None
+    mix = [n for n in per_run if "-mix" in n and runs[n]["status"] == "ok" and runs[n].get("reliable")]
+    if mix:  # the diagonal mixture the label-free criterion prefers among the mixtures
+        pick = max(mix, key=lambda n: runs[n]["val_metrics"].get("log_likelihood") or -1e300)
+        res["fvnce mixture (val choice)"] = per_run[pick]
     res["_recommended"] = rec
     res["_criterion"] = (summary.get("recommended") or {}).get("criterion")
     return res
@@ -174,7 +178,17 @@ def protocol_a(name: str, path: Path, seed: int, work: Path, budget) -> dict:
     rec = (summary.get("recommended") or {}).get("run")
     res["fvnce (recommended)"] = runs[rec]["metrics"].get("auroc") if rec else None
     res["vae"] = runs.get("elbo-vae", {}).get("metrics", {}).get("auroc")
+    # the choice among the VAE family alone (what the poc recommended before the mixtures)
+    family = [r for r in summary["runs"] if "-mix" not in r["name"] and r["status"] == "ok" and r.get("reliable")
+              and r["val_metrics"].get("auroc") is not None]
+    if family:
+        best = max(family, key=lambda r: (r["val_metrics"]["auroc"], r["val_metrics"].get("log_likelihood") or -1e300))
+        res["fvnce without mixtures (val choice)"] = best["metrics"].get("auroc")
     res["_recommended"] = rec
+    # the recommended run's alarm threshold (--alarm-rate 0.01) on the held-out normal rows
+    op = (runs[rec].get("operating_point") or {}) if rec else {}
+    res["_alarm"] = {k: op.get(k) for k in ("n_normal", "false_alarms", "false_alarms_per_1000",
+                                            "expected_per_1000", "within_expected", "detection_rate")}
     return res
 
 

@@ -144,6 +144,8 @@ def test_python_dash_m_and_help():
     (["train", "--tau", "-2", "--exp-mode", "clip", "--out", "X"], "tau must be a positive"),
     (["train", "--tilt-bound", "-1", "--out", "X"], "tilt_bound must be a positive"),
     (["train", "--noise", "base", "--objective", "nce", "--out", "X"], "works with objective fvnce"),
+    (["poc", "--mixtures", "1,x", "--out", "X"], "--mixtures must be comma-separated"),
+    (["poc", "--mixtures", "0", "--out", "X"], "--mixtures must be positive"),
 ])
 def test_bad_input_one_line_exit_2(argv, fragment, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)

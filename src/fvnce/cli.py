@@ -166,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--no-baselines", action="store_true")
+    p.add_argument("--mixtures", metavar="K1,K2", default="1,4",
+                   help="component counts of the diagonal Gaussian mixtures trained beside the VAE family on "
+                        "continuous tabular data, or 'none' (default 1,4)")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="train the grid's runs in N worker processes on this machine (default 1)")
     _alarm_rate_arg(p, "every run's alarm threshold")
@@ -487,6 +490,17 @@ def _cmd_sample(args) -> int:
     return 0
 
 
+def _mixtures(text: str) -> tuple[int, ...]:
+    from .errors import ConfigError
+
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        return tuple(int(k) for k in text.split(",") if k.strip())
+    except ValueError:
+        raise ConfigError(f"--mixtures must be comma-separated component counts or 'none', got {text!r}") from None
+
+
 def _cmd_poc(args) -> int:
     from .data import DataSpec
     from .poc import PocConfig, run_poc
@@ -510,7 +524,7 @@ def _cmd_poc(args) -> int:
                     noises=[n.strip() for n in args.noises.split(",") if n.strip()] if args.noises else None,
                     model=args.model, model_options={"z_dim": args.z_dim} if args.z_dim is not None else {},
                     train=TrainConfig.from_dict({**TrainConfig().to_dict(), **train}),
-                    baselines=not args.no_baselines,
+                    baselines=not args.no_baselines, mixtures=_mixtures(args.mixtures),
                     **({} if args.alarm_rate is None else {"alarm_rate": args.alarm_rate}))
     summary = run_poc(cfg, args.out, log=_log_fn(args.quiet), progress=not args.quiet and sys.stderr.isatty(),
                       workers=args.workers)

@@ -15,6 +15,7 @@ from ..encoders import BernoulliEncoder, CategoricalEncoder, ConvGaussianEncoder
 from ..errors import ConfigError
 from .base import LatentVariableModel
 from .energy import EnergyTiltedVAE, GaussianReference, MLPEnergy
+from .gaussian_mixture import DiagonalGaussianMixture
 from .linear_gaussian import LinearGaussian
 from .mixture import TwoGaussianMixture
 from .rbm import RBM
@@ -22,6 +23,7 @@ from .vae import VAE
 from .wrap import FromLogJoint, FromVAE
 
 __all__ = [
+    "DiagonalGaussianMixture",
     "EnergyTiltedVAE",
     "FromLogJoint",
     "FromVAE",
@@ -103,6 +105,13 @@ def _linear_gaussian(x_dim: int, z_dim: int = 2, sigma: float = 0.5, normalised:
     return LinearGaussian(x_dim, z_dim, sigma, normalised), GaussianEncoder(x_dim, z_dim, ())
 
 
+def _gaussian_mixture(x_dim: int, components: int = 4, normalised: bool = True, hidden: Sequence[int] = (64,),
+                      image_shape: Sequence[int] | None = None):
+    """Mixture of diagonal Gaussians, the component as latent (summed over exactly)."""
+    return (DiagonalGaussianMixture(x_dim, components, normalised),
+            CategoricalEncoder(x_dim, components, hidden=tuple(hidden)))
+
+
 MODELS: dict[str, Callable] = {
     "vae": _vae,
     "conv_vae": _conv_vae,
@@ -112,6 +121,7 @@ MODELS: dict[str, Callable] = {
     "gb_rbm": _gb_rbm,
     "two_gaussians": _two_gaussians,
     "linear_gaussian": _linear_gaussian,
+    "gaussian_mixture": _gaussian_mixture,
 }
 
 

@@ -110,7 +110,7 @@ class RunConfig:
 def check_model_sizes(options: dict) -> None:
     """Latent and hidden sizes must be positive integers (torch would fail with a traceback
     on a negative one and silently build an empty layer for zero)."""
-    for key in ("z_dim", "h_dim"):
+    for key in ("z_dim", "h_dim", "components"):
         v = options.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise ConfigError(f"{key.replace('_', '-')} must be a positive integer, got {v!r}")
