@@ -49,6 +49,7 @@ class Detector(OutlierMixin, BaseEstimator):
 
     * ``objective``, ``rule``, ``alpha`` (power), ``shift`` (shifted_log), ``k`` (importance
       samples in training), ``noise``, ``model``, ``z_dim``: as ``fvnce train``'s options;
+      ``components``: the number of components of ``model="gaussian_mixture"`` (default 4);
     * ``steps``, ``batch_size``, ``lr``, ``device``, ``seed``: training;
     * ``eval_k``: importance samples per row when scoring (the threshold uses the same);
     * ``alarm_rate``: target false-alarm rate of the threshold, in (0, 1);
@@ -70,7 +71,7 @@ class Detector(OutlierMixin, BaseEstimator):
     """
 
     def __init__(self, *, objective="fvnce", rule="kl", alpha=None, shift=None, k=None, noise="auto",
-                 model="auto", z_dim=None, steps=4000, batch_size=128, lr=1e-3, eval_k=64, alarm_rate=0.01,
+                 model="auto", z_dim=None, components=None, steps=4000, batch_size=128, lr=1e-3, eval_k=64, alarm_rate=0.01,
                  validation_fraction=0.15, feature_transform="auto", device="auto", seed=0, run_dir=None, quiet=True):
         self.objective = objective
         self.rule = rule
@@ -80,6 +81,7 @@ class Detector(OutlierMixin, BaseEstimator):
         self.noise = noise
         self.model = model
         self.z_dim = z_dim
+        self.components = components
         self.steps = steps
         self.batch_size = batch_size
         self.lr = lr
@@ -111,12 +113,20 @@ class Detector(OutlierMixin, BaseEstimator):
         if self.k is not None:
             opts["k"] = self.k
         config = RunConfig(data=spec, objective=self.objective, objective_options=opts, model=self.model,
-                           model_options={} if self.z_dim is None else {"z_dim": self.z_dim}, noise=self.noise,
+                           model_options=self._model_options(), noise=self.noise,
                            train=TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr,
                                              seed=self.seed, device=self.device, progress=not self.quiet),
                            eval_k=self.eval_k, alarm_rate=self.alarm_rate)
         config.validate()
         return config
+
+    def _model_options(self) -> dict:
+        opts = {} if self.z_dim is None else {"z_dim": self.z_dim}
+        if self.components is not None:
+            if self.model != "gaussian_mixture":
+                raise ConfigError(f"components is the gaussian_mixture model's option; model is {self.model!r}")
+            opts["components"] = self.components
+        return opts
 
     def _check_rows(self, n: int) -> None:
         v = self.validation_fraction
