@@ -123,6 +123,45 @@ def test_poc_end_to_end_reduced(tmp_path):
     assert (out / "report.html").exists()
 
 
+def test_poc_on_a_table_trains_the_diagonal_mixtures(table, tmp_path):
+    out = tmp_path / "poc"
+    rc = main(["poc", "--data", str(table), "--label", "status", "--normal", "ok", "--budget", "20",
+               "--rules", "kl", "--noises", "full_gaussian", "--out", str(out), "--quiet"])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    mix = {r["name"]: r for r in summary["runs"] if r["model"] == "gaussian_mixture"}
+    assert set(mix) == {"fvnce-kl-full_gaussian-mix1", "fvnce-kl-full_gaussian-mix4"}
+    assert summary["mixtures"] == [1, 4] and all(r["started_from"] is None for r in mix.values())
+    assert main(["poc", "--data", str(table), "--label", "status", "--normal", "ok", "--budget", "5",
+                 "--rules", "kl", "--noises", "full_gaussian", "--mixtures", "none", "--out",
+                 str(tmp_path / "none"), "--quiet", "--no-baselines"]) == 0
+    assert not any("-mix" in r["name"] for r in json.loads((tmp_path / "none" / "summary.json").read_text())["runs"])
+
+
+def test_interrupting_a_poc_stops_it_without_a_summary(table, tmp_path, capsys, monkeypatch):
+    """Ctrl-C (SIGINT) in the middle of a poc stops the poc with exit 130; it used to end only
+    the run being trained (recorded as failed) and go on with the next."""
+    import fvnce.poc
+    from fvnce.train import TrainingInterrupted
+
+    real, calls = fvnce.poc.train_run, []
+
+    def train_run(rc, run_dir, **kw):
+        calls.append(run_dir.name)
+        if len(calls) == 2:
+            raise TrainingInterrupted.at(7, run_dir, True)
+        return real(rc, run_dir, **kw)
+
+    monkeypatch.setattr(fvnce.poc, "train_run", train_run)
+    out = tmp_path / "poc"
+    rc = main(["poc", "--data", str(table), "--label", "status", "--normal", "ok", "--budget", "5",
+               "--rules", "kl", "--noises", "full_gaussian", "--out", str(out)])
+    assert rc == 130 and len(calls) == 2
+    err = capsys.readouterr().err
+    assert f"poc interrupted at step 7 of run {calls[1]}" in err and "--resume" not in err
+    assert not (out / "summary.json").exists() and f"remove {out} (or choose a new --out)" in " ".join(err.split())
+
+
 def test_python_dash_m_and_help():
     res = subprocess.run([sys.executable, "-m", "fvnce", "--help"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0

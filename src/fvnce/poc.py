@@ -40,7 +40,7 @@ from .evaluate import check_alarm_rate
 from .noise import NOISES, make_noise
 from .rules import scoring_rule
 from .runs import BASE_NOISE, RunConfig, _default_noise, check_model_sizes, evaluate_run, train_run
-from .train import DivergenceError, TrainConfig
+from .train import DivergenceError, TrainConfig, TrainingInterrupted
 
 __all__ = ["BUDGETS", "PocConfig", "assess_runs", "auroc_standard_error", "degradation", "ll_reliability",
            "parse_rule", "run_poc"]
@@ -662,6 +662,10 @@ def _run_one(name: str, rc: RunConfig, dataset, fitted: dict, out_dir: Path, log
         entry["model"] = rc.resolved_model(dataset.binary)[0]
     except DivergenceError as exc:
         entry.update(status="diverged", error=str(exc))
+    except TrainingInterrupted as exc:  # Ctrl-C / SIGTERM stops the poc, not just this run
+        raise TrainingInterrupted(f"poc interrupted at step {exc.step} of run {name}; it did not finish and wrote "
+                                  f"no summary: remove {out_dir} (or choose a new --out) and run it again",
+                                  exc.step, None) from None
     except FvnceError as exc:
         entry.update(status="failed", error=str(exc))
     entry.setdefault("train_time_s", time.perf_counter() - t_run)

@@ -420,9 +420,15 @@ def glossary() -> str:
          "kl, power, shifted_log or logistic). Different rules weigh mistakes differently and "
          "can be more or less stable."),
         ("Degraded",
-         "A run that ended clearly worse on validation data than the VAE it started from: by more "
-         "than twice the statistical uncertainty of the difference (and, for AUROC, by at least 0.02). "
-         "It is never recommended."),
+         "A run that ended clearly worse on validation data than the VAE: by more than twice the "
+         "statistical uncertainty of the difference (and, for AUROC, by at least 0.02); the "
+         "log-likelihood is compared only for runs that started from the VAE. It is never recommended."),
+        ("Mixture runs (names ending in -mix1, -mix4)",
+         "A mixture of 1 or 4 Gaussians that treats the features as independent within each component, "
+         "trained from scratch by the same rule. It cannot learn how the features move together, so a row "
+         "that is extreme in one feature stays improbable even when it follows the normal rows' "
+         "correlations; on some tables that makes it the better detector, though its log-likelihood is "
+         "lower."),
         ("Unreliable log-likelihood; k-hat and ESS",
          "An estimated log-likelihood rests on importance sampling. The Pareto k-hat describes the "
          "tail of the importance weights (below 0.5 good, up to 0.7 usable, above 0.7 unreliable: "
