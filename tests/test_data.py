@@ -435,3 +435,58 @@ def test_digits_are_read_without_importing_sklearn_and_equal_load_digits():
     X, y = _digits_arrays()
     d = load_digits()
     assert np.array_equal(X, d.data) and np.array_equal(y, d.target) and X.dtype == d.data.dtype
+
+
+# -- dequantisation of integer-valued columns ------------------------------------------------
+def test_dequantize_columns_jitters_integer_columns_only():
+    from fvnce.data.load import dequantize_columns
+
+    rng = np.random.default_rng(0)
+    X = np.column_stack([rng.integers(1, 11, 500).astype(float),    # grades 1-10
+                         rng.normal(size=500),                       # continuous
+                         np.full(500, 3.0),                          # constant
+                         rng.integers(0, 2, 500).astype(float)])     # 0/1 in a mixed table
+    X[7, 0] = np.nan
+    out, cols = dequantize_columns(X, seed=3)
+    assert cols == [0, 3]
+    d = out - X
+    assert np.isnan(out[7, 0]) and np.array_equal(out[:, [1, 2]], X[:, [1, 2]])
+    jitter = d[:, [0, 3]][np.isfinite(d[:, [0, 3]])]
+    assert jitter.min() >= -0.5 and jitter.max() < 0.5 and abs(jitter.mean()) < 0.05 and jitter.std() > 0.25
+    assert np.array_equal(np.round(out[np.isfinite(out[:, 0]), 0]), X[np.isfinite(X[:, 0]), 0])
+    again, _ = dequantize_columns(X, seed=3)
+    assert np.array_equal(again, out, equal_nan=True)
+    assert not np.array_equal(dequantize_columns(X, seed=4)[0], out, equal_nan=True)
+
+
+def test_only_training_rows_are_dequantized(tmp_path):
+    rng = np.random.default_rng(1)
+    n = 300
+    path = tmp_path / "grades.csv"
+    with open(path, "w") as fh:
+        fh.write("a,b,c\n")
+        for i in range(n):
+            fh.write(f"{rng.integers(1, 11)},{rng.integers(0, 50)},{rng.normal():.6f}\n")
+    ds = load_dataset(DataSpec(source=str(path), seed=2))
+    assert any("dequantised 2 integer-valued column(s) of the training rows (a, b)" in n for n in ds.notes)
+    raw = np.loadtxt(path, delimiter=",", skiprows=1)
+    grid = ds.preprocessor.transform(raw).astype(np.float64)
+
+    def nearest(rows):  # distance of each row to the closest row of the file, transformed
+        return np.abs(rows.numpy().astype(np.float64)[:, None, :] - grid[None]).max(-1).min(-1)
+
+    assert nearest(ds.val).max() < 1e-6 and nearest(ds.test).max() < 1e-6
+    assert nearest(ds.train).min() > 1e-4
+    plain = load_dataset(DataSpec(source=str(path), seed=2, dequantize="none"))
+    assert not any("dequantised" in n for n in plain.notes)
+    with pytest.raises(ConfigError, match="dequantize: unknown value"):
+        DataSpec(source=str(path), dequantize="yes")
+
+
+def test_runs_saved_before_dequantization_reload_without_it(tmp_path):
+    from fvnce.runs.files import CONFIG_NAME, _read_config
+
+    run = tmp_path / "old"
+    run.mkdir()
+    (run / CONFIG_NAME).write_text(json.dumps({"fvnce_version": "0.2.0", "run": {"data": {"source": "x.csv"}}}))
+    assert _read_config(run)["run"]["data"]["dequantize"] == "none"

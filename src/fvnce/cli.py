@@ -47,6 +47,9 @@ def _data_args(p: argparse.ArgumentParser) -> None:
                         "proportions as the normal rows); validation and test still use the labels")
     g.add_argument("--transform", choices=["auto", "standardize", "yeo-johnson", "none"], default=None,
                    help="continuous preprocessing (default auto: Yeo-Johnson on heavy-tailed columns, then standardise)")
+    g.add_argument("--dequantize", choices=["auto", "none"], default=None,
+                   help="auto (default): add uniform noise on [-0.5, 0.5] to integer-valued columns of the training "
+                        "rows, so that a density cannot pile up on the integers; none: keep them")
     b = g.add_mutually_exclusive_group()
     b.add_argument("--binarize", dest="binarize", action="store_true", default=None, help="binarise image data")
     b.add_argument("--no-binarize", dest="binarize", action="store_false", help="keep image data continuous")
@@ -192,7 +195,7 @@ def _data_spec(args, base=None):
         d["source"] = args.data
     if args.features:
         d["features"] = [c.strip() for c in args.features.split(",") if c.strip()]
-    for key in ("label", "normal", "transform", "binarize", "max_rows", "contaminated"):
+    for key in ("label", "normal", "transform", "binarize", "max_rows", "contaminated", "dequantize"):
         v = getattr(args, key, None)
         if v is not None:
             d[key] = v
@@ -296,7 +299,7 @@ def _run_config(args, base=None):
 #: with --resume every given one must equal the saved setting
 _FLAG_PATHS = {
     **{k: (("data", k),) for k in ("features", "label", "normal", "contaminated", "transform", "binarize",
-                                  "max_rows")},
+                                  "max_rows", "dequantize")},
     "data": (("data", "source"),), "drop_missing": (("data", "missing"),), "impute": (("data", "missing"),),
     "split_seed": (("data", "seed"),), "seed": (("train", "seed"), ("data", "seed")),
     "objective": (("objective",),), "noise": (("noise",),), "model": (("model",),), "init_from": (("init_from",),),

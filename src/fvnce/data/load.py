@@ -244,6 +244,15 @@ def _dataset_from_raw(raw: RawTable, spec: DataSpec) -> Dataset:
         if scale != 1.0:
             notes.append(f"binarised at half the training maximum: value > {0.5 * scale:g}")
 
+    if spec.dequantize == "auto" and not binarize and raw.image_shape is None and X.dtype.kind == "f":
+        Xtr, cols = dequantize_columns(Xtr, spec.seed)
+        if cols:
+            notes.append(
+                f"dequantised {len(cols)} integer-valued column(s) of the training rows ({_names(raw.names, cols)}): "
+                "uniform noise on [-0.5, 0.5], so that a density cannot pile up on the integer values; "
+                "validation, test and scored rows keep their values (--dequantize none to turn off)"
+            )
+
     pre = Preprocessor.fit(
         Xtr,
         raw.names,
@@ -261,6 +270,8 @@ def _dataset_from_raw(raw: RawTable, spec: DataSpec) -> Dataset:
     def prep(idx):
         return torch.from_numpy(pre.transform(X[idx], where=where))
 
+    train = torch.from_numpy(pre.transform(Xtr, where=where))
+
     def lab(idx):
         if is_anom is None:
             return None
@@ -268,7 +279,7 @@ def _dataset_from_raw(raw: RawTable, spec: DataSpec) -> Dataset:
 
     return Dataset(
         train_labels=lab(train_idx) if spec.contaminated else None,
-        train=prep(train_idx),
+        train=train,
         val=prep(val_idx),
         test=prep(test_idx),
         val_labels=lab(val_idx),
@@ -337,3 +348,31 @@ def prepare_scoring_data(
         X, labels = raw.X, raw.labels
     out = pre.transform(X, where=where, missing=missing)
     return (out, labels) if return_labels else out
+
+
+def dequantize_columns(X: np.ndarray, seed: int) -> tuple[np.ndarray, list[int]]:
+    """``X`` with uniform noise on [-0.5, 0.5] added to every column whose finite values are
+    all integers (at least two distinct), and the indices of those columns.
+
+    A continuous density fitted to integer data can raise its likelihood without bound by
+    piling its mass on the integer values (a VAE does: on ADBench wbc, nine columns with
+    values 1-10, it did, and the highest validation log-likelihood picked a poor detector).
+    Fitting to ``x + u``, ``u ~ U(-1/2, 1/2)``, makes the likelihood a lower bound on the
+    log-probability of the integer row, ``E_u log p(x + u) <= log P(x)`` (Theis, van den
+    Oord and Bethge 2016, "A note on the evaluation of generative models"), and bounded.
+    The noise is drawn once, from ``seed``."""
+    X = np.array(X, dtype=np.float64, copy=True)
+    cols = []
+    for j in range(X.shape[1]):
+        v = X[:, j][np.isfinite(X[:, j])]
+        if v.size and np.all(v == np.round(v)) and np.unique(v).size >= 2:
+            cols.append(j)
+    if cols:
+        rng = np.random.default_rng([int(seed), 0xDE9])
+        X[:, cols] += rng.uniform(-0.5, 0.5, size=(X.shape[0], len(cols)))
+    return X, cols
+
+
+def _names(names, cols: list[int], most: int = 4) -> str:
+    shown = [str(names[j]) if names is not None and j < len(names) else f"column {j}" for j in cols[:most]]
+    return ", ".join(shown) + (f" and {len(cols) - most} more" if len(cols) > most else "")

@@ -19,6 +19,7 @@ __all__ = ["DataSpec", "Dataset", "RawTable", "TRANSFORMS", "MISSING_MODES"]
 
 TRANSFORMS = ("auto", "standardize", "yeo-johnson", "none")
 MISSING_MODES = ("error", "drop", "impute")
+DEQUANTIZE_MODES = ("auto", "none")
 
 
 @dataclass
@@ -32,7 +33,9 @@ class DataSpec:
     so that training sees them too, as it would unlabelled production data, while
     validation and test keep their labels). ``binarize=None`` uses the data set's default (True
     for the image sets). ``missing``: what to do with NaN/inf values ("error", "drop"
-    the rows, or "impute" the training median).
+    the rows, or "impute" the training median). ``dequantize="auto"``: integer-valued
+    columns of continuous tables get uniform noise on [-0.5, 0.5] in the training rows
+    (:func:`fvnce.data.load.dequantize_columns`); "none" keeps them as they are.
     """
 
     source: str = "digits"
@@ -47,6 +50,7 @@ class DataSpec:
     seed: int = 0
     max_rows: int | None = None
     contaminated: bool = False
+    dequantize: str = "auto"
 
     def __post_init__(self) -> None:
         self.source = str(self.source)
@@ -63,6 +67,10 @@ class DataSpec:
         if self.transform not in TRANSFORMS:
             raise ConfigError(
                 f"transform: unknown value {self.transform!r}; choose one of {', '.join(TRANSFORMS)}"
+            )
+        if self.dequantize not in DEQUANTIZE_MODES:
+            raise ConfigError(
+                f"dequantize: unknown value {self.dequantize!r}; choose one of {', '.join(DEQUANTIZE_MODES)}"
             )
         if self.missing not in MISSING_MODES:
             raise ConfigError(

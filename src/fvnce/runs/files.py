@@ -92,6 +92,9 @@ def _read_config(run_dir: Path) -> dict:
             raise ValueError("missing 'run' section")
     except (ValueError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path} is corrupt: {exc}") from None
+    data = cfg["run"].get("data") if isinstance(cfg["run"], dict) else None
+    if isinstance(data, dict):
+        data.setdefault("dequantize", "none")  # runs written before 0.3.0 were trained without
     return cfg
 
 
