@@ -181,7 +181,9 @@ def protocol_a(name: str, path: Path, seed: int, work: Path, budget) -> dict:
     from fvnce.train import TrainConfig
 
     spec = DataSpec(source=str(path), label="label", normal="normal", seed=seed)
-    ds = load_dataset(spec)
+    # the baselines get the poc's split and preprocessing without the dequantisation of the
+    # training rows (their usual input; the split is the same)
+    ds = load_dataset(DataSpec.from_dict({**spec.to_dict(), "dequantize": "none"}))
     y_te = ds.test_labels.numpy()
     res = {k: auroc(s, y_te) for k, s in baselines(ds.train.numpy(), ds.test.numpy(), seed).items()}
     cfg = PocConfig(data=spec, budget=budget, train=TrainConfig(progress=False, seed=seed), baselines=False)

@@ -438,8 +438,8 @@ def test_digits_are_read_without_importing_sklearn_and_equal_load_digits():
 
 
 # -- dequantisation of integer-valued columns ------------------------------------------------
-def test_dequantize_columns_jitters_integer_columns_only():
-    from fvnce.data.load import dequantize_columns
+def test_dequantize_jitters_integer_columns_only():
+    from fvnce.data.load import dequantize, integer_columns
 
     rng = np.random.default_rng(0)
     X = np.column_stack([rng.integers(1, 11, 500).astype(float),    # grades 1-10
@@ -447,16 +447,18 @@ def test_dequantize_columns_jitters_integer_columns_only():
                          np.full(500, 3.0),                          # constant
                          rng.integers(0, 2, 500).astype(float)])     # 0/1 in a mixed table
     X[7, 0] = np.nan
-    out, cols = dequantize_columns(X, seed=3)
+    cols = integer_columns(X)
     assert cols == [0, 3]
+    out = dequantize(X, cols, seed=3, stream=0)
     d = out - X
     assert np.isnan(out[7, 0]) and np.array_equal(out[:, [1, 2]], X[:, [1, 2]])
     jitter = d[:, [0, 3]][np.isfinite(d[:, [0, 3]])]
     assert jitter.min() >= -0.5 and jitter.max() < 0.5 and abs(jitter.mean()) < 0.05 and jitter.std() > 0.25
     assert np.array_equal(np.round(out[np.isfinite(out[:, 0]), 0]), X[np.isfinite(X[:, 0]), 0])
-    again, _ = dequantize_columns(X, seed=3)
-    assert np.array_equal(again, out, equal_nan=True)
-    assert not np.array_equal(dequantize_columns(X, seed=4)[0], out, equal_nan=True)
+    assert np.array_equal(dequantize(X, cols, 3, 0), out, equal_nan=True)
+    for other in (dequantize(X, cols, 4, 0), dequantize(X, cols, 3, 1)):
+        assert not np.array_equal(other, out, equal_nan=True)
+    assert np.array_equal(dequantize(X, [], 3, 0), X, equal_nan=True)
 
 
 def test_only_training_rows_are_dequantized(tmp_path):
@@ -477,8 +479,13 @@ def test_only_training_rows_are_dequantized(tmp_path):
 
     assert nearest(ds.val).max() < 1e-6 and nearest(ds.test).max() < 1e-6
     assert nearest(ds.train).min() > 1e-4
+    # the same rows dequantised, for log-likelihoods: close to their own values, not on them
+    for rows, jittered in ((ds.val, ds.val_dequantized), (ds.test, ds.test_dequantized)):
+        assert jittered.shape == rows.shape and nearest(jittered).min() > 1e-4
+        assert np.allclose(jittered[:, 2].numpy(), rows[:, 2].numpy())  # the continuous column is kept
     plain = load_dataset(DataSpec(source=str(path), seed=2, dequantize="none"))
     assert not any("dequantised" in n for n in plain.notes)
+    assert plain.val_dequantized is None and plain.test_dequantized is None
     with pytest.raises(ConfigError, match="dequantize: unknown value"):
         DataSpec(source=str(path), dequantize="yes")
 

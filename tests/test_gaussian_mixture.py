@@ -119,3 +119,21 @@ def test_the_poc_trains_mixtures_on_continuous_tables_only():
     assert mixture_plan(PocConfig(model="tilted_vae"), table) == []
     with pytest.raises(ConfigError, match="--mixtures"):
         PocConfig(mixtures=(0,)).validate()
+
+
+def test_split_metrics_take_log_likelihood_from_dequantized_rows_and_scores_from_the_rows():
+    from fvnce.runs.evaluation import _split_metrics
+
+    m = _model()
+    noise = torch.distributions.Independent(
+        torch.distributions.Normal(torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)), 1)
+    run = SimpleNamespace(model=m, encoder=None, noise=noise)
+    x = torch.tensor([[0.0, 1.0, 2.0], [1.0, -1.0, 0.0], [3.0, 0.0, 1.0]], dtype=torch.float64)
+    jittered = x + 0.25
+    labels = torch.tensor([0.0, 0.0, 1.0])
+    out = _split_metrics(run, x, labels, None, k=1, x_ll=jittered)
+    exact = m.log_marginal(jittered[:2]).detach().double()
+    assert out["log_likelihood"] == pytest.approx(float(exact.mean()), abs=1e-9)
+    np.testing.assert_allclose(out["_scores"].numpy(), -m.log_marginal(x).detach().numpy(), rtol=0, atol=1e-9)
+    plain = _split_metrics(run, x, labels, None, k=1)
+    assert plain["log_likelihood"] == pytest.approx(float(m.log_marginal(x[:2]).detach().mean()), abs=1e-9)

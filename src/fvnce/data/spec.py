@@ -35,7 +35,7 @@ class DataSpec:
     for the image sets). ``missing``: what to do with NaN/inf values ("error", "drop"
     the rows, or "impute" the training median). ``dequantize="auto"``: integer-valued
     columns of continuous tables get uniform noise on [-0.5, 0.5] in the training rows
-    (:func:`fvnce.data.load.dequantize_columns`); "none" keeps them as they are.
+    (:func:`fvnce.data.load.dequantize`); "none" keeps them as they are.
     """
 
     source: str = "digits"
@@ -128,6 +128,9 @@ class Dataset:
     with ``spec.contaminated``, ``train_labels`` then telling which); ``val`` and ``test``
     hold normal and (where the data has labels) anomalous rows, with
     ``val_labels``/``test_labels`` 1 = anomaly, 0 = normal (None when the data has no labels).
+    With integer-valued columns dequantised (``spec.dequantize``), ``train`` holds the
+    dequantised rows and ``val_dequantized``/``test_dequantized`` the same rows as
+    ``val``/``test`` dequantised (for log-likelihoods; anomaly scores use ``val``/``test``).
     """
 
     train: torch.Tensor
@@ -142,6 +145,8 @@ class Dataset:
     spec: DataSpec
     notes: list[str] = field(default_factory=list)
     train_labels: torch.Tensor | None = None
+    val_dequantized: torch.Tensor | None = None
+    test_dequantized: torch.Tensor | None = None
 
     @property
     def dim(self) -> int:

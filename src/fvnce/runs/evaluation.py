@@ -19,8 +19,10 @@ from .files import EVALUATION_NAME, SAMPLES_NAME, _atomic_npy, _finite_json
 from .loading import LoadedRun, load_run
 
 
-def _split_metrics(run: LoadedRun, x: torch.Tensor, labels, log_z, k: int, n_samples_acc: int = 2000):
-    """Metrics of one split.  ``log_likelihood`` is the mean over the normal rows,
+def _split_metrics(run: LoadedRun, x: torch.Tensor, labels, log_z, k: int, n_samples_acc: int = 2000,
+                   x_ll: torch.Tensor | None = None):
+    """Metrics of one split.  ``log_likelihood`` is the mean over the normal rows (of
+    ``x_ll``, the rows dequantised, when given: :func:`fvnce.data.load.dequantize`),
     ``log_likelihood_se = std(ll) / sqrt(n)`` its standard error over those rows (Monte
     Carlo spread of the rows only: the error of an estimated ``log Z`` shifts every row
     alike and is not in it; None for fewer than two rows), ``log_likelihood_reliable``
@@ -31,7 +33,8 @@ def _split_metrics(run: LoadedRun, x: torch.Tensor, labels, log_z, k: int, n_sam
     out: dict[str, Any] = {}
     ll = ev.log_likelihood(run.model, run.encoder, x, k=k, log_z=log_z)
     normal = torch.ones(len(x), dtype=torch.bool) if labels is None else (labels == 0)
-    lln = ll[normal].double()
+    lln = (ll if x_ll is None else ev.log_likelihood(run.model, run.encoder, x_ll.to(x.dtype), k=k,
+                                                      log_z=log_z))[normal].double()
     out["log_likelihood"] = float(lln.mean()) if len(lln) else None
     out["log_likelihood_se"] = float(lln.std() / math.sqrt(len(lln))) if len(lln) > 1 else None
     out["log_likelihood_reliable"] = True if run.model.normalised else bool(log_z.reliable)
@@ -106,8 +109,8 @@ def evaluate_run(run_dir: str | Path, *, dataset: Dataset | None = None, data_fi
         if dataset is None:
             dataset = load_dataset(run.config.data)
         test_labels = dataset.test_labels
-        test = _split_metrics(run, dataset.test, test_labels, log_z, k)
-        val = _split_metrics(run, dataset.val, dataset.val_labels, log_z, k)
+        test = _split_metrics(run, dataset.test, test_labels, log_z, k, x_ll=dataset.test_dequantized)
+        val = _split_metrics(run, dataset.val, dataset.val_labels, log_z, k, x_ll=dataset.val_dequantized)
     scores, roc, alarm_scores = test.pop("_scores"), test.pop("_roc"), test.pop("_alarm_scores")
     result.update(test)
     result["roc"] = roc
