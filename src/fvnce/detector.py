@@ -55,6 +55,8 @@ class Detector(OutlierMixin, BaseEstimator):
     * ``alarm_rate``: target false-alarm rate of the threshold, in (0, 1);
     * ``validation_fraction``: the share of the rows held out of training to set the
       threshold on (and to keep the best weights by); ``feature_transform``: as ``--transform``;
+      ``dequantize``: as ``--dequantize`` ("auto": integer-valued columns get uniform noise
+      in training);
     * ``run_dir``: where the run is written (kept; an earlier run there is replaced);
       None trains in a temporary folder removed at the end of ``fit``;
     * ``quiet``: no progress bar or notes.
@@ -72,7 +74,7 @@ class Detector(OutlierMixin, BaseEstimator):
 
     def __init__(self, *, objective="fvnce", rule="kl", alpha=None, shift=None, k=None, noise="auto",
                  model="auto", z_dim=None, components=None, steps=4000, batch_size=128, lr=1e-3, eval_k=64, alarm_rate=0.01,
-                 validation_fraction=0.15, feature_transform="auto", device="auto", seed=0, run_dir=None, quiet=True):
+                 validation_fraction=0.15, feature_transform="auto", dequantize="auto", device="auto", seed=0, run_dir=None, quiet=True):
         self.objective = objective
         self.rule = rule
         self.alpha = alpha
@@ -89,6 +91,7 @@ class Detector(OutlierMixin, BaseEstimator):
         self.alarm_rate = alarm_rate
         self.validation_fraction = validation_fraction
         self.feature_transform = feature_transform
+        self.dequantize = dequantize
         self.device = device
         self.seed = seed
         self.run_dir = run_dir
@@ -146,7 +149,8 @@ class Detector(OutlierMixin, BaseEstimator):
         self._check_rows(X.shape[0])
         names = [str(c) for c in getattr(self, "feature_names_in_", [])] or None
         spec = DataSpec(source="array", seed=self.seed,
-                        val_fraction=float(self.validation_fraction), test_fraction=0.0, transform=self.feature_transform)
+                        val_fraction=float(self.validation_fraction), test_fraction=0.0, transform=self.feature_transform,
+                        dequantize=self.dequantize)
         config = self._run_config(spec)
         dataset = dataset_from_array(X, spec, names=names)
         log = (lambda m: None) if self.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
