@@ -28,6 +28,7 @@ hyper-parameters (``pip install -e '.[bench]'``; skipped with a note without PyO
     python benchmarks/adbench.py --sets wbc,pima --seeds 1 --protocols b
     python benchmarks/adbench.py --quick                  # wbc, 1 seed, budget quick
     python benchmarks/adbench.py --quick --protocols b --detector   # with fvnce.Detector in (b)
+    python benchmarks/adbench.py --gaussians              # full vs diagonal Gaussian on (a)'s split
 """
 
 from __future__ import annotations
@@ -206,6 +207,23 @@ def protocol_a(name: str, path: Path, seed: int, work: Path, budget) -> dict:
     return res
 
 
+def gaussians(name: str, path: Path, seed: int) -> dict:
+    """Protocol (a)'s split without any fvnce training: IsolationForest against one Gaussian
+    with a full and with a diagonal covariance (scikit-learn, fitted to the normal training
+    rows): does a detector gain from treating the features as independent?"""
+    from sklearn.mixture import GaussianMixture
+
+    from fvnce.data import DataSpec, load_dataset
+
+    ds = load_dataset(DataSpec(source=str(path), label="label", normal="normal", seed=seed, dequantize="none"))
+    x_tr, x_te, y_te = ds.train.numpy().astype(float), ds.test.numpy().astype(float), ds.test_labels.numpy()
+    res = {"iforest": auroc(baselines(x_tr, x_te, seed)["iforest"], y_te)}
+    for cov in ("full", "diag"):
+        g = GaussianMixture(1, covariance_type=cov, reg_covar=1e-3, random_state=seed).fit(x_tr)
+        res[f"gaussian ({cov} covariance)"] = auroc(-g.score_samples(x_te), y_te)
+    return res
+
+
 def main(argv=None) -> dict:
     p = C.parser("adbench", __doc__)
     p.add_argument("--sets", default=None, help="comma list of " + ",".join(SETS))
@@ -216,6 +234,9 @@ def main(argv=None) -> dict:
                    help="protocol b: poc rules, e.g. kl,shifted_log:1,power:1.5 (default: the poc's)")
     p.add_argument("--detector", action="store_true",
                    help="protocol b: add fvnce.Detector (rule kl, the budget's steps) beside the baselines")
+    p.add_argument("--gaussians", action="store_true",
+                   help="only protocol (a)'s split: IsolationForest against a full- and a diagonal-covariance "
+                        "Gaussian (seconds; no fvnce training)")
     p.add_argument("--adbench-dir", type=Path,
                    default=Path(__file__).resolve().parents[2] / "shared" / "data" / "adbench")
     args = p.parse_args(argv)
@@ -224,7 +245,7 @@ def main(argv=None) -> dict:
     seeds = args.seeds or (1 if args.quick else 3)
     budget = args.budget or ("quick" if args.quick else "default")
     budget = int(budget) if str(budget).isdigit() else budget
-    protocols = [q for q in args.protocols.split(",") if q]
+    protocols = ["g"] if args.gaussians else [q for q in args.protocols.split(",") if q]
     try:
         import pyod  # noqa: F401
         note = None
@@ -243,9 +264,13 @@ def main(argv=None) -> dict:
                 work = Path(tempfile.mkdtemp(prefix=f"adbench-{name}-{proto}{seed}-"))
                 t0 = time.perf_counter()
                 try:
-                    res = protocol_b(name, df, y, seed, work, budget, args.detector,
-                                     args.rules.split(",") if args.rules else None) if proto == "b" else \
-                        protocol_a(name, path, seed, work, budget)
+                    if proto == "g":
+                        res = gaussians(name, path, seed)
+                    elif proto == "b":
+                        res = protocol_b(name, df, y, seed, work, budget, args.detector,
+                                         args.rules.split(",") if args.rules else None)
+                    else:
+                        res = protocol_a(name, path, seed, work, budget)
                 finally:
                     shutil.rmtree(work, ignore_errors=True)
                 res["_wall_s"] = time.perf_counter() - t0

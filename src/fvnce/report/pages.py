@@ -145,7 +145,10 @@ def _recommendation(summary: dict, runs: list[dict], files: dict[str, RunFiles],
     if not bool(_d(summary.get("data")).get("has_labels", True)):
         explain += (" The data has no anomaly labels, so the choice cannot use detection figures: it takes the "
                     "model under which the held-out validation data is most probable (the highest validation "
-                    "log-likelihood), counting only estimates that are reliable.")
+                    "log-likelihood), counting only estimates that are reliable. That is the best density, not "
+                    "necessarily the best detector: when the training rows hold many anomalies, the most probable "
+                    "model can be one that learned them too. If you can label some anomalies (even a few dozen), "
+                    "give the label column: the choice then uses detection figures.")
     if r is None:
         if name is None and rec.get("reason"):
             text = esc(rec["reason"])
