@@ -66,6 +66,8 @@ class LogWeights:
         """Per point: ``log r_k`` (sampled) or ``log E_q w`` exactly (enumerated)."""
         if self.enumerated:
             return torch.logsumexp(self.log_q_weight + self.log_w, dim=0)
+        if self.log_w.shape[0] == 1:  # k = 1: the log-sum-exp of one value is that value, bit for bit
+            return self.log_w[0]
         return torch.logsumexp(self.log_w, dim=0) - math.log(self.log_w.shape[0])
 
     def expect(self, loss: Callable[[Tensor], Tensor]) -> Tensor:

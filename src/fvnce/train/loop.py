@@ -162,6 +162,8 @@ class Trainer:
                             train[:4], None if train_lp is None else train_lp[:4])  # broadcasts rank 0's parameters
         self._install_precision_hooks()
         self.guard.snapshot(self.step)
+        for m in self._modules():  # every submodule, once; _step re-enters training mode after validation
+            m.train(True)
         return train_lp, val_lp
 
     def _finish(self, bar, old_handlers, base_noise) -> None:
@@ -188,7 +190,8 @@ class Trainer:
             return p.forward(self.model, self.encoder, self.objective, self.noise, xb, lp, s)
 
         for m in self._modules():
-            m.train(True)
+            if not m.training:  # train() walks every submodule: only when it is needed
+                m.train(True)
         try:
             return take_step(forward, x, x_log_pn, scale, self.optimizer, self._params, self.guard.grad_clip,
                              self.guard.check, p.agree if p.active else None,
