@@ -227,10 +227,13 @@ def test_with_labels_the_point_auroc_decides_and_the_reason_names_runs_within_no
     # with many anomalies the same gap is clear: the plain sentence
     rec = _choose(runs[:2], True, BIG)
     assert rec["run"] == "elbo-vae" and "within noise" not in rec["reason"]
-    # equal AUROC: the log-likelihood breaks the tie
+    # equal AUROC: the log-likelihood breaks the tie, and the reason says so
     runs = [vae(0.93, -30.0), run("fvnce-kl-kde", 0.93, -28.0)]
     assess_runs(runs, BIG)
-    assert _choose(runs, True, BIG)["run"] == "fvnce-kl-kde"
+    rec = _choose(runs, True, BIG)
+    assert rec["run"] == "fvnce-kl-kde"
+    assert ("ahead of elbo-vae (0.9300, equal to four decimals, ahead by validation log-likelihood "
+            "(-28.00 nats against -30.00 nats))") in rec["reason"]
 
 
 def test_log_likelihood_degrades_only_runs_that_started_from_the_vae():

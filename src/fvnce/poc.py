@@ -441,9 +441,14 @@ def _reason(ranked: list[dict], n_lead: int, key: str, has_labels: bool) -> str:
         return (f"{w['name']} is recommended because it is the only eligible run, with {what} "
                 f"{val(w)}; no other run was eligible{tail}")
     r = ranked[1]
+    if has_labels and val(w) == val(r):  # equal as shown: say what decided
+        tie = (f", equal to four decimals, ahead by validation log-likelihood "
+               f"({val(w, 'log_likelihood')} against {val(r, 'log_likelihood')})")
+    else:
+        tie = ""
     if has_labels and n_lead > 1:
         return (f"{w['name']} is recommended because it has the highest {what} ({val(w)}) of the "
-                f"{n} eligible runs, ahead of {r['name']} ({val(r)}); {n_lead - 1} other run"
+                f"{n} eligible runs, ahead of {r['name']} ({val(r)}{tie}); {n_lead - 1} other run"
                 f"{'s are' if n_lead > 2 else ' is'} within noise of it ({SE_FACTOR:g} standard errors), "
                 f"which these validation rows cannot separate{tail}")
     return (f"{w['name']} is recommended because it has the highest {what} ({val(w)}) of the "
