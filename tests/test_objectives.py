@@ -468,6 +468,14 @@ def test_contract_config_round_trip(case):
 # the setups' log ratios reach above every tau used here (asserted in the test).
 # "what" is the output that must change: the loss, or only the gradient (noise_encoder
 # decides whether the encoder is differentiated through the noise points, not the value).
+#: the rule-parameter and stabilisation cases that nce and vnce share
+_RULE_MODES = [
+    ("c", {"rule": "shifted_log", "c": 0.5}, {"rule": "shifted_log", "c": 2.0}),
+    ("exp_mode", {"rule": "power", "exp_mode": "exact", "tau": 5.0}, {"rule": "power", "exp_mode": "clip", "tau": 5.0}),
+    ("exp_mode", {"rule": "power", "exp_mode": "exact", "tau": 5.0}, {"rule": "power", "exp_mode": "linear", "tau": 5.0}),
+    ("exp_mode", {"rule": "shifted_log", "exp_mode": "linear", "tau": 5.0},
+     {"rule": "shifted_log", "exp_mode": "clip", "tau": 5.0}),
+]
 HYPER = {
     "fvnce": [
         ("rule", {}, {"rule": "shifted_log", "alpha": None, "c": 1.0}),
@@ -496,12 +504,7 @@ HYPER = {
         ("rule", {}, {"rule": "power", "alpha": 2.0}),
         ("nu", {}, {"nu": 5}),
         ("alpha", {"rule": "power", "alpha": 1.5}, {"rule": "power", "alpha": 2.0}),
-        ("c", {"rule": "shifted_log", "c": 0.5}, {"rule": "shifted_log", "c": 2.0}),
-        ("exp_mode", {"rule": "power", "exp_mode": "exact", "tau": 5.0}, {"rule": "power", "exp_mode": "clip", "tau": 5.0}),
-        ("exp_mode", {"rule": "power", "exp_mode": "exact", "tau": 5.0},
-         {"rule": "power", "exp_mode": "linear", "tau": 5.0}),
-        ("exp_mode", {"rule": "shifted_log", "exp_mode": "linear", "tau": 5.0},
-         {"rule": "shifted_log", "exp_mode": "clip", "tau": 5.0}),
+        *_RULE_MODES,
         ("tau", {"rule": "power", "exp_mode": "linear", "tau": 5.0}, {"rule": "power", "exp_mode": "linear", "tau": 8.0}),
     ],
     "vnce": [
@@ -509,12 +512,7 @@ HYPER = {
         ("k", {}, {"k": 6}),
         ("nu", {}, {"nu": 3}),
         ("alpha", {"rule": "power", "alpha": 1.5}, {"rule": "power", "alpha": 1.2}),
-        ("c", {"rule": "shifted_log", "c": 0.5}, {"rule": "shifted_log", "c": 2.0}),
-        ("exp_mode", {"rule": "power", "exp_mode": "exact", "tau": 5.0}, {"rule": "power", "exp_mode": "clip", "tau": 5.0}),
-        ("exp_mode", {"rule": "power", "exp_mode": "exact", "tau": 5.0},
-         {"rule": "power", "exp_mode": "linear", "tau": 5.0}),
-        ("exp_mode", {"rule": "shifted_log", "exp_mode": "linear", "tau": 5.0},
-         {"rule": "shifted_log", "exp_mode": "clip", "tau": 5.0}),
+        *_RULE_MODES,
         ("tau", {"rule": "power", "exp_mode": "clip", "tau": 5.0}, {"rule": "power", "exp_mode": "clip", "tau": 8.0}),
     ],
 }
