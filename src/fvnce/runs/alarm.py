@@ -37,33 +37,31 @@ NORMAL_ROWS = "validation normal rows"
 ALL_ROWS = "validation rows, all of them (the data has no anomaly labels)"
 
 
-def calibration_rows(val: torch.Tensor, val_labels: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
-    """The rows a threshold is calibrated on, and whether labels chose them: the
-    validation normal rows, or every validation row when there are no labels."""
-    if val_labels is None:
-        return val, False
-    return val[val_labels == 0], True
-
-
-def calibrate_alarm(run_dir: str | Path, dataset=None, rate: float | None = None, *, write: bool = True) -> dict:
-    """Score the run's validation rows (:func:`calibration_rows`) as ``fvnce score``
-    does (same weights, ``eval_k`` importance samples; torch's global random state is
-    left as it was) and set the alarm threshold for ``rate`` (default: the run's
-    ``alarm_rate``).  Writes ``alarm.json`` atomically when ``write``; returns its record."""
+def calibrate_alarm(run_dir: str | Path, dataset=None, rate: float | None = None, *, write: bool = True,
+                    run=None) -> dict:
+    """Score the run's validation normal rows (every validation row when there are no
+    labels: :func:`fvnce.runs.training.normal_rows`) as ``fvnce score`` does
+    (:func:`fvnce.runs.scoring.score_rows`: same weights, ``eval_k`` importance samples;
+    torch's global random state is left as it was) and set the alarm threshold for
+    ``rate`` (default: the run's ``alarm_rate``).  ``run``: the run already loaded
+    (:func:`fvnce.runs.loading.load_run` with its default weights), else it is loaded from
+    ``run_dir``.  Writes ``alarm.json`` atomically when ``write``; returns its record."""
     from .. import evaluate as ev
     from ..data import load_dataset
     from .loading import load_run
+    from .scoring import score_rows  # scoring imports this module
+    from .training import normal_rows  # training imports this module
 
-    run = load_run(run_dir, dataset=dataset)
+    if run is None:
+        run = load_run(run_dir, dataset=dataset)
     rate = ev.check_alarm_rate(run.config.alarm_rate if rate is None else rate)
     if dataset is None:
         dataset = load_dataset(run.config.data)
-    x, labelled = calibration_rows(dataset.val, dataset.val_labels)
+    x, labelled = normal_rows(dataset.val, dataset.val_labels), dataset.val_labels is not None
     k = run.config.eval_k
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(run.config.train.seed + 4)
-        xt = x.to(next(run.model.parameters()).dtype)
-        scores = ev.anomaly_scores(run.model, run.encoder, xt, k=k).numpy() if len(xt) else np.zeros(0)
+        scores = score_rows(run, x, k=k) if len(x) else np.zeros(0)
     record = alarm_record(scores, rate, labelled, k=k, weights=run.weights)
     if write:
         atomic_write_json(Path(run_dir) / ALARM_NAME, record)
@@ -102,21 +100,20 @@ def resolve_threshold(run_dir: str | Path, rate: float | None = None, threshold:
     """The threshold ``fvnce score`` applies: ``threshold`` when given, else the run's
     stored one, recomputed from its stored validation scores when ``rate`` is given.
     Returns ``{"threshold", "rate", "source", "note", "k"}`` (``k``: the importance samples
-    per row the threshold was set with); ConfigError when there is none."""
+    per row the threshold was set with); ConfigError when there is none.  ``rate`` and
+    ``threshold`` are checked by the caller (:func:`fvnce.runs.scoring.score_file`, before
+    any work)."""
     from .. import evaluate as ev
 
     if threshold is not None:
-        return {"threshold": ev.check_threshold(threshold), "rate": None, "source": "--threshold", "note": None,
-                "k": None}
-    if rate is not None:
-        rate = ev.check_alarm_rate(rate, "--alarm-rate")
+        return {"threshold": float(threshold), "rate": None, "source": "--threshold", "note": None, "k": None}
     rec = read_alarm(run_dir)
     if rec is None:
         raise ConfigError(f"run {run_dir} has no alarm threshold ({ALARM_NAME}: it was trained before alarm "
                           f"thresholds existed); run 'fvnce evaluate {run_dir}' to set one, or give --threshold")
     if rate is not None:
         scores = [v for v in rec["validation_scores"] if v is not None]
-        rec = {**rec, **ev.alarm_threshold(np.asarray(scores, dtype=np.float64), rate)}
+        rec = {**rec, **ev.alarm_threshold(np.asarray(scores, dtype=np.float64), float(rate))}
     if rec.get("threshold") is None:
         raise ConfigError(f"run {run_dir} has no alarm threshold: {rec.get('note') or 'no validation rows'}; "
                           "give --threshold")

@@ -114,7 +114,7 @@ def evaluate_run(run_dir: str | Path, *, dataset: Dataset | None = None, data_fi
     scores, roc, alarm_scores = test.pop("_scores"), test.pop("_roc"), test.pop("_alarm_scores")
     result.update(test)
     result["roc"] = roc
-    result.update(_alarm_results(run_dir, dataset, alarm_scores, test_labels, calibrate=write and data_file is None))
+    result.update(_alarm_results(run, dataset, alarm_scores, test_labels, calibrate=write and data_file is None))
     if data_file is None and dataset.test_labels is not None:
         lab = dataset.test_labels.bool()
         result["scores"] = {"normal": scores[~lab].tolist(), "anomaly": scores[lab].tolist()}
@@ -138,16 +138,16 @@ def evaluate_run(run_dir: str | Path, *, dataset: Dataset | None = None, data_fi
     return _finite_json(result)
 
 
-def _alarm_results(run_dir, dataset, scores, labels, calibrate: bool) -> dict:
-    """``alarm`` (the run's threshold, from ``alarm.json``; set on the validation rows here
-    when the run has none and ``calibrate``), ``operating_point`` (what it does on these
+def _alarm_results(run: LoadedRun, dataset, scores, labels, calibrate: bool) -> dict:
+    """``alarm`` (the threshold of ``run``, from ``alarm.json``; set on the validation rows
+    here when the run has none and ``calibrate``), ``operating_point`` (what it does on these
     rows: :func:`fvnce.evaluate.operating_point`) and ``alarm_curve`` (detection and false
     alarms against the threshold); None where there is no threshold."""
     from .. import evaluate as ev
 
-    rec = read_alarm(run_dir)
+    rec = read_alarm(run.run_dir)
     if rec is None and calibrate:  # a run trained before alarm thresholds existed
-        rec = calibrate_alarm(run_dir, dataset)
+        rec = calibrate_alarm(run.run_dir, dataset, run=run)
     out: dict[str, Any] = {"alarm": None, "operating_point": None,
                            "alarm_curve": ev.alarm_curve(scores.numpy(), None if labels is None else labels.numpy())}
     if rec is None:
