@@ -10,7 +10,6 @@ from ..checkpoint import load_checkpoint
 from ..errors import ConfigError
 from ..models import make_model
 from ..objectives import make_objective
-from ..train import CHECKPOINT_NAME
 from .files import CONFIG_NAME
 
 if TYPE_CHECKING:
@@ -39,14 +38,14 @@ def _check_noise_support(noise, binary: bool, model_name: str, opts: dict) -> No
         raise ConfigError(f"noise {noise.name!r} is discrete but the model is a density; use a continuous noise")
 
 
-def _base_noise(model, resume: bool, run_dir: Path):
-    """The ``base`` noise of a tilted model; on resume its frozen base comes from the
-    checkpoint first (the noise must be the one the run started with)."""
+def _base_noise(model, state: dict | None = None):
+    """The ``base`` noise of a tilted model; on resume ``state``, the model state of the
+    checkpoint, is loaded first, so that its frozen base is the one the run started with
+    (the noise must not change)."""
     from ..noise import BaseModelNoise
 
-    if resume:
-        ckpt = load_checkpoint(run_dir / CHECKPOINT_NAME)
-        model.load_state_dict(ckpt["model"])
+    if state is not None:
+        model.load_state_dict(state)
     return BaseModelNoise.from_model(model)
 
 

@@ -47,7 +47,7 @@ def train_run(config: RunConfig, run_dir: str | Path, *, resume: bool = False, d
     if resume:  # fail before reading (possibly large) data when the run cannot be resumed
         if not (run_dir / CHECKPOINT_NAME).exists():
             raise CheckpointError(f"nothing to resume: no {CHECKPOINT_NAME} in {run_dir}")
-        load_checkpoint(run_dir / CHECKPOINT_NAME)
+        resumed = load_checkpoint(run_dir / CHECKPOINT_NAME)
         noise_state = _load_noise_state(run_dir)
     else:
         _check_new_run_dir(run_dir)
@@ -74,7 +74,8 @@ def train_run(config: RunConfig, run_dir: str | Path, *, resume: bool = False, d
         if not config.init_from and not resume:
             log(f"fvnce: note: noise {BASE_NOISE!r} without --init-from samples an untrained base VAE; "
                 "start from a trained VAE run")
-        noise = _base_noise(model, resume, run_dir)
+        noise = _base_noise(model, resumed["model"] if resume else None)
+    resumed = None  # the trainer reads the checkpoint itself: do not hold this copy while training
     for w in getattr(noise, "warnings", []):
         log(f"fvnce: note: {w}")
     _check_noise_support(noise, dataset.binary, name, opts)
