@@ -92,9 +92,15 @@ def _read_config(run_dir: Path) -> dict:
             raise ValueError("missing 'run' section")
     except (ValueError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path} is corrupt: {exc}") from None
-    data = cfg["run"].get("data") if isinstance(cfg["run"], dict) else None
+    run = cfg["run"] if isinstance(cfg["run"], dict) else {}
+    data = run.get("data")
     if isinstance(data, dict):
         data.setdefault("dequantize", "none")  # runs written before 0.3.0 were trained without
+    model = cfg.get("model")
+    if cfg.get("fvnce_version", "0.1.0") == "0.1.0" and isinstance(model, dict) and model.get("name") == "tilted_vae":
+        opts = run.get("model_options", {})
+        if isinstance(opts, dict) and "tilt_bound" not in opts:
+            run["model_options"] = {**opts, "tilt_bound": None}  # runs of 0.1.0 had an unbounded tilt
     return cfg
 
 

@@ -53,9 +53,6 @@ def load_run(run_dir: str | Path, *, weights: str = "best", dataset: Dataset | N
         raise CheckpointError(f"{run_dir} is incomplete: {PREPROCESS_NAME} is missing") from None
     except ValueError as exc:
         raise CheckpointError(f"{run_dir / PREPROCESS_NAME} is corrupt: {exc}") from None
-    if record.get("fvnce_version", "0.1.0") == "0.1.0" and "tilt_bound" not in config.model_options \
-            and config.resolved_model(record["binary"])[0] == "tilted_vae":
-        config.model_options["tilt_bound"] = None  # runs of 0.1.0 had an unbounded tilt
     _, _, model, encoder, objective = _build(config, record["x_dim"], record.get("image_shape"), record["binary"])
     path = run_dir / "best.pt"
     used = "best"
