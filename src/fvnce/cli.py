@@ -327,14 +327,15 @@ def _resume_length(args):
     if given or args.config:
         saved = RunConfig.from_dict(_read_config(Path(args.out))["run"])
         try:  # as a new run would build it; on top of the saved run when no file gives the base
-            fresh = _run_config(args, base=None if args.config else RunConfig.from_dict(saved.to_dict()))
+            toml = _read_toml(args.config) if args.config else None
+            fresh = _run_config(args, base=RunConfig.from_dict(toml if toml is not None else saved.to_dict()))
         except ConfigError as exc:
             raise ConfigError(f"--resume: {exc}") from None
-        have, want = fresh.to_dict(), RunConfig.from_dict(saved.to_dict()).to_dict()
+        have, want = fresh.to_dict(), saved.to_dict()  # saved itself is never changed: the base is a copy
         paths = [(_flag_name(flag), path) for flag in given for path in _FLAG_PATHS[flag]
                  if not (flag == "seed" and path[0] == "data" and args.split_seed is not None)]
-        if args.config:
-            paths += [(f"{'.'.join(path)} (in {args.config})", path) for path in _leaf_paths(_read_toml(args.config))]
+        if toml is not None:
+            paths += [(f"{'.'.join(path)} (in {args.config})", path) for path in _leaf_paths(toml)]
         for name, path in paths:
             if path in _FREE_PATHS:
                 continue
@@ -593,19 +594,12 @@ def _entry() -> None:  # pragma: no cover - console script wrapper
     is written atomically and closed by then, and the interpreter's teardown after
     torch (and torch._dynamo, which every torch optimiser imports) took about 1 s of each
     command.  Under torchrun the process group is destroyed first."""
-    import os
-
-    from .distributed import exit_process, is_active
+    from .distributed import exit_process, flush_and_exit, is_active
 
     code = main()
     if is_active():
         exit_process(code)  # destroy the process group, flush, os._exit
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:  # noqa: BLE001 - a closed pipe: nothing more to say
-            pass
-    os._exit(int(code))
+    flush_and_exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover
