@@ -43,7 +43,7 @@ from torch import Tensor
 from .diagnostics import reliable as _is_reliable
 from .diagnostics import weight_report
 from .errors import ConfigError, DataError
-from .objectives.base import LogWeights, log_weights
+from .objectives.base import LogWeights, exact_ratio, log_weights
 
 __all__ = [
     "LogZEstimate",
@@ -161,14 +161,9 @@ def _noise_log_prob(noise, x: Tensor) -> Tensor:
     return lp.to(dtype=x.dtype, device=x.device)
 
 
-def _exact_ratio(noise):
-    """The noise's closed-form ``log r`` for its model (the ``base`` noise), or None."""
-    return getattr(noise, "exact_log_ratio", None)
-
-
 def _noise_log_ratio(model, encoder, noise, x: Tensor, k: int) -> Tensor:
     """Per row: ``log r(x)`` against ``noise``, exact when the noise knows the ratio."""
-    exact = _exact_ratio(noise)
+    exact = exact_ratio(noise)
     if exact is not None:
         return exact(model, x)
     return _log_mean_weight(model, encoder, x, _noise_log_prob(noise, x), k)
@@ -202,14 +197,14 @@ def _noise_log_weights(model, encoder, noise, n: int, k: int, batch_size: int,
     ``keep_x`` the per-x log-ratio estimates (averaging the ``k`` samples) are returned
     together with the points, for resampling.
     """
-    ref = _reference(model)
+    ref, exact = _reference(model), exact_ratio(noise)
     xs, lws = [], []
     for start in range(0, n, batch_size):
         m = min(batch_size, n - start)
-        if _exact_ratio(noise) is not None:  # the base noise: r(y) = exp(g(y) - c) exactly
+        if exact is not None:  # the base noise: r(y) = exp(g(y) - c) exactly
             y = noise.sample((m,)).to(dtype=ref.dtype, device=ref.device)
             xs.append(y)
-            lws.append(noise.exact_log_ratio(model, y))
+            lws.append(exact(model, y))
             continue
         y, log_pn = _noise_sample(noise, m, ref)
         if keep_x:

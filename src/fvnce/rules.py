@@ -79,7 +79,9 @@ class ScoringRule:
     name: str = "rule"
     #: False for rules whose losses cannot overflow (they ignore ``exp_mode``)
     overflows: bool = True
-    #: True when ``exp_mode="linear"`` leaves the rule unchanged (constant weight: KL)
+    #: True when ``exp_mode="linear"`` leaves the rule unchanged (constant weight: KL); the
+    #: noise loss is then linear in ``r`` as evaluated, in every mode, and ``E_q l0(r_k) = r``
+    #: for every encoder
     constant_weight: bool = False
 
     def __init__(self, exp_mode: str = "exact", tau: float = 20.0) -> None:
@@ -87,7 +89,7 @@ class ScoringRule:
             raise ValueError(f"exp_mode must be one of {EXP_MODES}, got {exp_mode!r}")
         self.exp_mode = exp_mode
         self.tau = _check_tau(tau)
-        self._edges: dict = {}
+        self._edges: tuple | None = None  # (exp_mode, tau) and the band of :meth:`_band`
 
     # -- the exact per-element losses (subclasses) ---------------------------------------
     def _l1(self, t: Tensor) -> Tensor:  # pragma: no cover - abstract
@@ -110,13 +112,13 @@ class ScoringRule:
     def _band(self) -> tuple[float | None, float, float, float]:
         """``(lo, hi, h(lo), h(hi))`` of the current mode (``lo`` None for ``clip``)."""
         key = (self.exp_mode, self.tau)
-        if key not in self._edges:
+        if self._edges is None or self._edges[0] != key:
             hi = self.tau
             lo = -self.tau if self.exp_mode == "linear" else None
             h_hi = float(self.weight(torch.tensor(hi, dtype=torch.float64)))
             h_lo = float(self.weight(torch.tensor(lo, dtype=torch.float64))) if lo is not None else 0.0
-            self._edges = {key: (lo, hi, h_lo, h_hi)}
-        return self._edges[key]
+            self._edges = (key, (lo, hi, h_lo, h_hi))
+        return self._edges[1]
 
     def data_loss(self, log_r: Tensor) -> Tensor:
         """``l1`` at ``log r`` (stabilised according to ``exp_mode``)."""
@@ -158,11 +160,6 @@ class ScoringRule:
     def describe(self) -> str:
         inner = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.params.items())
         return f"'{self.name}'" + (f" ({inner})" if inner else "")
-
-    def noise_loss_linear(self) -> bool:
-        """Whether the noise loss is linear in ``r`` as evaluated (KL in every mode):
-        then ``E_q l0(r_k) = r`` for every encoder."""
-        return self.constant_weight
 
     # -- admissibility -----------------------------------------------------------------
     def convexity_violations(self, log_r_min: float = -12.0, log_r_max: float = 12.0, n: int = 241) -> list[str]:

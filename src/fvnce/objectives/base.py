@@ -35,6 +35,7 @@ __all__ = [
     "effective_sample_size",
     "enumerate_states",
     "estimate_log_ratio",
+    "exact_ratio",
     "log_weights",
     "read_floats",
 ]
@@ -79,6 +80,12 @@ class LogWeights:
         safe_t = torch.where(alive, self.log_w, torch.zeros_like(self.log_w))
         terms = torch.where(alive, torch.exp(self.log_q_weight) * loss(safe_t), torch.zeros_like(safe_t))
         return terms.sum(dim=0)
+
+    def expect_with_ratio(self, loss: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+        """``(self.expect(loss), self.log_ratio())``, the log ratio computed once for
+        sampled latents (where ``expect`` applies ``loss`` to it)."""
+        lr = self.log_ratio()
+        return (self.expect(loss) if self.enumerated else loss(lr)), lr
 
     def split(self, n_first: int) -> tuple["LogWeights", "LogWeights"]:
         """Split along the point dimension into the first ``n_first`` points and the rest."""
@@ -171,6 +178,13 @@ def _wide(t):
     if isinstance(t, Tensor) and t.dtype in (torch.bfloat16, torch.float16):
         return t.float()
     return t
+
+
+def exact_ratio(noise) -> Callable[[Any, Tensor], Tensor] | None:
+    """The noise's closed-form ``log r(y)`` for its model, called as ``exact(model, y)``
+    (the frozen base of an energy-tilted model: ``r = exp(g - c)``), or None when the
+    ratio must be estimated."""
+    return getattr(noise, "exact_log_ratio", None)
 
 
 def estimate_log_ratio(model, encoder, x: Tensor, log_pn: Tensor, k: int = 1) -> Tensor:
@@ -394,8 +408,9 @@ def calibrate_log_normaliser(model, encoder, noise: Distribution, n: int = 1024,
     if model.c is None:
         return 0.0
     y = noise.sample((n,)).to(model.c.dtype)
-    if getattr(noise, "exact_log_ratio", None) is not None:
-        lr = noise.exact_log_ratio(model, y)
+    exact = exact_ratio(noise)
+    if exact is not None:
+        lr = exact(model, y)
     else:
         lr = estimate_log_ratio(model, encoder, y, noise.log_prob(y).to(y.dtype), k)
     lr = lr[torch.isfinite(lr)]

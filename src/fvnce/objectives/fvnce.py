@@ -46,7 +46,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..rules import ScoringRule, scoring_rule
 from .base import (LogWeights, ratio_output, Objective, ObjectiveOutput, _mean_of, _noise_diagnostics, _validate_positive_int,
-                   log_weights)
+                   exact_ratio, log_weights)
 
 __all__ = ["FVNCE"]
 
@@ -132,7 +132,7 @@ class FVNCE(Objective):
     def detaches_noise_encoder(self) -> bool:
         """Whether the encoder gets no gradient from the noise points (see the module docstring)."""
         if self.noise_encoder == "auto":
-            return self.rule.noise_loss_linear()
+            return self.rule.constant_weight
         return self.noise_encoder == "detach"
 
     def skips_noise(self, model) -> bool:
@@ -140,7 +140,7 @@ class FVNCE(Objective):
         return self.noise_term == "auto" and model.normalised and self.rule.name == "kl"
 
     def __call__(self, model, encoder, x: Tensor, noise=None, x_log_pn: Tensor | None = None) -> ObjectiveOutput:
-        if getattr(noise, "exact_log_ratio", None) is not None:
+        if exact_ratio(noise) is not None:
             return self._exact_ratio(model, x, noise)
         x_log_pn = data_log_pn(noise, x, x_log_pn, "fvnce")
         if self.fits_base_by_elbo(model):
@@ -155,12 +155,11 @@ class FVNCE(Objective):
             lw_d, lw_n = lw.split(b)
         data_terms = lw_d.expect(self.rule.data_loss)
         if lw_n is None:
-            noise_terms, noise_mean = None, torch.ones((), dtype=x.dtype, device=x.device)
+            noise_terms, noise_mean, noise_lr = None, torch.ones((), dtype=x.dtype, device=x.device), None
         else:
-            noise_terms = lw_n.expect(self.rule.noise_loss)
-            noise_mean = noise_terms.mean()
+            noise_terms, noise_lr = lw_n.expect_with_ratio(self.rule.noise_loss)
+            noise_mean, noise_lr = noise_terms.mean(), noise_lr.detach()
         loss = data_terms.mean() + noise_mean
-        noise_lr = None if lw_n is None else lw_n.log_ratio().detach()
         diag = _noise_diagnostics(lw_d.log_ratio, noise_lr, model)  # computed when read
         diag["data_loss"] = _mean_of(data_terms)
         diag["noise_loss"] = noise_mean.detach()
@@ -181,19 +180,17 @@ class FVNCE(Objective):
         y, y_log_pn = draw_noise(noise, self.nu * b, x)
         xy = torch.cat([x, y])
         lw = log_weights(model.base, encoder, xy, torch.cat([x_log_pn, y_log_pn]), self.k, detach_from=b)
-        base_d = lw.log_w[:, :b] + x_log_pn  # log p_base(x, z) - log q(z | x)
-        if lw.enumerated:
-            elbo = (torch.exp(lw.log_q_weight[:, :b]) * base_d).sum(0)
-        else:
-            elbo = base_d.mean(0)
+        base, _ = lw.split(b)  # the data points
+        base.log_w = base.log_w + x_log_pn  # log p_base(x, z) - log q(z | x)
+        elbo = base.expect(lambda t: t) if base.enumerated else base.log_w.mean(0)  # E_q, as in ELBO
         tilt = model.log_ratio_to_base(xy)
         fixed = LogWeights(lw.log_w.detach() + tilt, lw.log_joint.detach() + tilt, lw.log_q.detach(),
                            None if lw.log_q_weight is None else lw.log_q_weight.detach())
         lw_d, lw_n = fixed.split(b)
         data_terms = lw_d.expect(self.rule.data_loss)
-        noise_terms = lw_n.expect(self.rule.noise_loss)
+        noise_terms, noise_lr = lw_n.expect_with_ratio(self.rule.noise_loss)
+        noise_lr = noise_lr.detach()
         loss = data_terms.mean() + noise_terms.mean() - elbo.mean()
-        noise_lr = lw_n.log_ratio().detach()
         diag = _noise_diagnostics(lw_d.log_ratio, noise_lr, model)
         diag["data_loss"] = _mean_of(data_terms)
         diag["noise_loss"] = _mean_of(noise_terms)
