@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-from torch import Tensor
-
 from .._tree import map_tensors
 
-__all__ = ["clone_state", "deepclone", "map_tensors", "to_cpu"]
-
-
-def clone_state(sd: dict) -> dict:
-    return {k: (v.detach().clone() if isinstance(v, Tensor) else v) for k, v in sd.items()}
+__all__ = ["deepclone", "to_cpu"]
 
 
 def deepclone(obj):

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ..errors import NonFiniteLossError
 from ..objectives.base import Diagnostics, calibrate_log_normaliser, read_floats
-from ._tree import clone_state, deepclone
+from ._tree import deepclone
 from .rng import rng_state, set_rng_state
 
 __all__ = ["DivergenceError", "Guard", "Rollback", "STABILISED_EXPLODE_FACTOR", "calibrate", "explosion", "rule_of"]
@@ -135,8 +135,8 @@ class Guard:
     def snapshot(self, step: int) -> None:
         self._snapshot = {
             "step": step,
-            "model": clone_state(self.model.state_dict()),
-            "encoder": None if self.encoder is None else clone_state(self.encoder.state_dict()),
+            "model": deepclone(self.model.state_dict()),
+            "encoder": None if self.encoder is None else deepclone(self.encoder.state_dict()),
             "optimizer": deepclone(self.optimizer.state_dict()),
             "rng": deepclone(rng_state(self.device)),
         }

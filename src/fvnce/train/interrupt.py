@@ -34,8 +34,8 @@ class StopFlag:
     def __init__(self) -> None:
         self.signal: int | None = None
 
-    def request(self, code: int = -1) -> None:
-        self.signal = code
+    def request(self) -> None:
+        self.signal = -1
 
     def asked(self, agree=None) -> bool:
         """Whether to stop now; ``agree(flag)`` (torch.distributed) makes every rank stop

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import distributed as _dist
+from .._tree import map_tensors
 from ..errors import ConfigError
 
 __all__ = ["Bf16Hooks", "Precision", "compile_modules", "cpu_native_bf16", "move_to", "resolve_device",
@@ -112,6 +113,9 @@ class Bf16Hooks:
         device_type, target = self.device_type, self.dtype
         stack: list = []
 
+        def upcast(t: Tensor) -> Tensor:  # half-precision outputs back to the parameters' dtype
+            return t.to(target) if t.dtype in (torch.bfloat16, torch.float16) else t
+
         def enter(module, args):
             ctx = torch.autocast(device_type, dtype=torch.bfloat16)
             ctx.__enter__()
@@ -120,7 +124,7 @@ class Bf16Hooks:
         def leave(module, args, out):
             if stack:
                 stack.pop().__exit__(None, None, None)
-            return _upcast(out, target)
+            return map_tensors(out, upcast)
 
         for m in modules:
             for sub in m.modules():
@@ -172,12 +176,3 @@ class _CompiledOrEager:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return (text.splitlines()[0][:200] if text else type(exc).__name__)
-
-
-def _upcast(out, dtype: torch.dtype):
-    """Tensors of a half-precision dtype in ``out`` (tensor, tuple, list) cast to ``dtype``."""
-    if isinstance(out, Tensor):
-        return out.to(dtype) if out.dtype in (torch.bfloat16, torch.float16) else out
-    if isinstance(out, (tuple, list)):
-        return type(out)(_upcast(o, dtype) for o in out)
-    return out
