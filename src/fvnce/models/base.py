@@ -39,6 +39,14 @@ class LatentVariableModel(nn.Module):
     def _init_log_normaliser(self, value: float = 0.0) -> None:
         self.log_normaliser = nn.Parameter(torch.tensor(float(value)))
 
+    def _shift(self) -> Tensor:
+        """What ``log_joint`` subtracts: the log-normaliser ``c`` of an unnormalised model,
+        else a zero of the dtype and device of the model's first parameter."""
+        if self.c is not None:
+            return self.c
+        p = next(self.parameters())
+        return torch.zeros((), dtype=p.dtype, device=p.device)
+
     def log_joint(self, x: Tensor, z: Tensor) -> Tensor:  # pragma: no cover - abstract
         """``log p~(x, z)`` with shape ``z.shape[:-1]`` (or ``z.shape`` for integer z)."""
         raise NotImplementedError

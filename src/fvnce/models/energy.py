@@ -34,6 +34,22 @@ from .base import LatentVariableModel
 __all__ = ["EnergyTiltedVAE", "GaussianReference", "MLPEnergy"]
 
 
+def _check_bound(name: str, value, allow_bool: bool = False) -> float | None:
+    """``value`` as a float bound, or None; ValueError unless it is None or a positive
+    finite number (a bool counts as one only with ``allow_bool``)."""
+    if value is None:
+        return None
+    if not (isinstance(value, (int, float)) and (allow_bool or not isinstance(value, bool))
+            and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive number or None, got {name}={value!r}")
+    return float(value)
+
+
+def _soft_bound(h: Tensor, bound: float | None) -> Tensor:
+    """``bound * tanh(h / bound)``: ``h`` squashed smoothly into ``(-bound, bound)``; ``h`` when unbounded."""
+    return h if bound is None else bound * torch.tanh(h / bound)
+
+
 class EnergyTiltedVAE(LatentVariableModel):
     """``log p~(x, z) = log p_base(x, z) + g(x) - c`` (see the module docstring).
 
@@ -46,17 +62,14 @@ class EnergyTiltedVAE(LatentVariableModel):
     def __init__(self, base: LatentVariableModel, x_dim: int, hidden: Sequence[int] = (128,),
                  tilt_bound: float | None = None, freeze_base: bool = False) -> None:
         super().__init__()
-        if tilt_bound is not None and not (isinstance(tilt_bound, (int, float)) and not isinstance(tilt_bound, bool)
-                                           and math.isfinite(tilt_bound) and tilt_bound > 0):
-            raise ValueError(f"tilt_bound must be a positive number or None, got tilt_bound={tilt_bound!r}")
+        bound = _check_bound("tilt_bound", tilt_bound)
         self.base = base
         self.tilt = mlp([x_dim, *hidden, 1])
         last = self.tilt[-1]
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
-        self.tilt_bound = None if tilt_bound is None else float(tilt_bound)
-        self.freeze_base = bool(freeze_base)
-        if self.freeze_base:
+        self.tilt_bound = bound
+        if freeze_base:
             self.base.requires_grad_(False)
         self._init_log_normaliser()
 
@@ -67,10 +80,7 @@ class EnergyTiltedVAE(LatentVariableModel):
         return cls(copy.deepcopy(vae) if copy_base else vae, x_dim, hidden, tilt_bound, freeze_base)
 
     def g(self, x: Tensor) -> Tensor:
-        h = self.tilt(x).squeeze(-1)
-        if self.tilt_bound is None:
-            return h
-        return self.tilt_bound * torch.tanh(h / self.tilt_bound)
+        return _soft_bound(self.tilt(x).squeeze(-1), self.tilt_bound)
 
     def log_ratio_to_base(self, x: Tensor) -> Tensor:
         """``log p~(x) - log p_base(x) = g(x) - c``, exact (the tilt depends on ``x`` only)."""
@@ -131,19 +141,15 @@ class MLPEnergy(LatentVariableModel):
         super().__init__()
         if lam <= 0:
             raise ValueError(f"lam must be positive to keep the model integrable, got {lam}")
-        if energy_bound is not None and not (isinstance(energy_bound, (int, float)) and math.isfinite(energy_bound)
-                                             and energy_bound > 0):
-            raise ValueError(f"energy_bound must be a positive number or None, got energy_bound={energy_bound!r}")
+        bound = _check_bound("energy_bound", energy_bound, allow_bool=True)  # True is accepted (as 1.0), as before
         self.energy = mlp([x_dim + z_dim, *hidden, 1])
         self.lam, self.z_dim, self.x_dim = lam, z_dim, x_dim
-        self.energy_bound = None if energy_bound is None else float(energy_bound)
+        self.energy_bound = bound
         self._init_log_normaliser()
 
     def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
         xb = x.expand(*z.shape[:-1], x.shape[-1])
-        e = self.energy(torch.cat([xb, z], dim=-1)).squeeze(-1)
-        if self.energy_bound is not None:
-            e = self.energy_bound * torch.tanh(e / self.energy_bound)
+        e = _soft_bound(self.energy(torch.cat([xb, z], dim=-1)).squeeze(-1), self.energy_bound)
         return -e - 0.5 * (z ** 2).sum(-1) - 0.5 * self.lam * (xb ** 2).sum(-1) - self.log_normaliser
 
     def proposal(self) -> LatentVariableModel | None:

@@ -54,16 +54,13 @@ class DiagonalGaussianMixture(LatentVariableModel):
         log_n = -0.5 * u.pow(2).sum(-1) - self.log_scales.sum(-1) - x.shape[-1] * _HALF_LOG_2PI
         return log_n + torch.log_softmax(self.logits, -1)
 
-    def _shift(self) -> Tensor:
-        return self.c if self.c is not None else torch.zeros((), dtype=self.means.dtype, device=self.means.device)
-
     def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
         comps = self._component_log_probs(x)  # (B, K)
         comps = comps.expand(*z.shape, self.components)
         return comps.gather(-1, z.long().unsqueeze(-1)).squeeze(-1) - self._shift()
 
     def log_unnormalised_marginal(self, x: Tensor) -> Tensor:
-        return torch.logsumexp(self._component_log_probs(x), -1) - self._shift()
+        return self.log_marginal(x) - self._shift()
 
     def log_marginal(self, x: Tensor) -> Tensor:
         return torch.logsumexp(self._component_log_probs(x), -1)

@@ -36,9 +36,6 @@ class LinearGaussian(LatentVariableModel):
             self._init_log_normaliser()
         self.z_dim = z_dim
 
-    def _shift(self) -> Tensor:
-        return self.c if self.c is not None else torch.zeros((), dtype=self.W.dtype, device=self.W.device)
-
     def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
         sigma = self.log_sigma.exp()
         prior = Normal(torch.zeros((), dtype=z.dtype, device=z.device), 1.0).log_prob(z).sum(-1)
