@@ -59,9 +59,7 @@ class RunConfig:
         if self.model != "auto" and self.model not in MODELS:
             raise ConfigError(f"unknown model {self.model!r}; valid models: auto, {', '.join(MODELS)}")
         check_model_sizes(self.model_options)
-        if self.noise not in ("auto", BASE_NOISE) and ":" not in self.noise and self.noise not in NOISES:
-            raise ConfigError(f"unknown noise {self.noise!r}; valid noises: auto, {BASE_NOISE}, "
-                              f"{', '.join(sorted(NOISES))}, or module:callable")
+        check_noise_name(self.noise, allow_auto=True)
         if self.noise == BASE_NOISE:
             if self.objective != "fvnce":
                 raise ConfigError(f"noise {BASE_NOISE!r} (the frozen base VAE of a tilted model) works with "
@@ -105,6 +103,15 @@ class RunConfig:
         if "train" in d:
             d["train"] = TrainConfig.from_dict(d["train"]) if isinstance(d["train"], dict) else d["train"]
         return cls(**d)
+
+
+def check_noise_name(name: str, allow_auto: bool) -> None:
+    """ConfigError unless ``name`` is a noise: a registered one, ``base``, a plug-in
+    ``module:callable``, or (with ``allow_auto``, a run's default) ``auto``."""
+    special = ("auto", BASE_NOISE) if allow_auto else (BASE_NOISE,)
+    if name not in special and ":" not in name and name not in NOISES:
+        raise ConfigError(f"unknown noise {name!r}; valid noises: {', '.join(special)}, "
+                          f"{', '.join(sorted(NOISES))}, or module:callable")
 
 
 def check_model_sizes(options: dict) -> None:
