@@ -42,10 +42,12 @@ __all__ = [
     "ESS_FRACTION_MIN",
     "KHAT_MAX",
     "MIN_WEIGHTS",
+    "finite",
     "heavy_tail_message",
     "pareto_khat",
     "reliable",
     "weight_report",
+    "weights_reliable",
 ]
 
 #: largest Pareto k-hat whose estimate is trusted (Vehtari et al. 2024)
@@ -116,6 +118,28 @@ def reliable(khat: float, ess_fraction: float) -> bool:
     khat, ess_fraction = float(khat), float(ess_fraction)
     return (not math.isnan(khat) and khat <= KHAT_MAX
             and math.isfinite(ess_fraction) and ess_fraction >= ESS_FRACTION_MIN)
+
+
+def finite(x: Any) -> float | None:
+    """``x`` as a float if it is a finite number (not a bool), else None."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def weights_reliable(khat: Any, ess_fraction: Any, reliable: Any = None) -> bool | None:
+    """Are recorded importance weights usable (summary and evaluation files)?
+
+    ``reliable`` (a bool, as evaluation recorded it) wins; else k-hat <= KHAT_MAX and ESS
+    fraction >= ESS_FRACTION_MIN on what is known (a non-finite value counts as unknown);
+    None if neither is known (older files).  With both known this is :func:`reliable`."""
+    if isinstance(reliable, bool):
+        return reliable
+    k, e = finite(khat), finite(ess_fraction)
+    if k is None and e is None:
+        return None
+    return (k is None or k <= KHAT_MAX) and (e is None or e >= ESS_FRACTION_MIN)
 
 
 def weight_report(log_w) -> dict[str, Any]:

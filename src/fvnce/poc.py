@@ -33,13 +33,13 @@ from typing import Any, Callable
 from . import __version__
 from .checkpoint import atomic_write_json
 from .data import DataSpec, load_dataset
-from .diagnostics import ESS_FRACTION_MIN, KHAT_MAX
-from .diagnostics import reliable as weights_reliable
+from .diagnostics import ESS_FRACTION_MIN, KHAT_MAX, finite, weights_reliable
 from .errors import ConfigError, FvnceError
 from .evaluate import check_alarm_rate
-from .noise import NOISES, make_noise
+from .noise import make_noise
 from .rules import scoring_rule
 from .runs import BASE_NOISE, RunConfig, _default_noise, check_model_sizes, evaluate_run, train_run
+from .runs.config import check_noise_name
 from .train import DivergenceError, TrainConfig, TrainingInterrupted
 
 __all__ = ["BUDGETS", "PocConfig", "assess_runs", "auroc_standard_error", "degradation", "ll_reliability",
@@ -147,9 +147,7 @@ class PocConfig:
             raise ConfigError("--rules is empty")
         rules = [parse_rule(r) for r in self.rules]
         for n in self.noises or []:
-            if ":" not in n and n not in NOISES and n != BASE_NOISE:
-                raise ConfigError(f"unknown noise {n!r}; valid noises: {BASE_NOISE}, {', '.join(sorted(NOISES))}, "
-                                  "or module:callable")
+            check_noise_name(n, allow_auto=False)
         check_model_sizes(self.model_options)
         check_alarm_rate(self.alarm_rate, "--alarm-rate")
         if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in self.mixtures):
@@ -176,28 +174,18 @@ def _metrics(ev: dict) -> tuple[dict, dict]:
 #   VAE of the same poc (see :func:`degradation`).
 
 
-def _num(x: Any) -> float | None:
-    """``x`` as a finite float, else None."""
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
-def _weights_ok(khat: Any, ess: Any) -> bool | None:
-    """Importance weights usable? None when neither diagnostic is known (older files)."""
-    k, e = _num(khat), _num(ess)
-    if k is None and e is None:
-        return None
-    if k is not None and e is not None:
-        return bool(weights_reliable(k, e))
-    return (k is None or k <= KHAT_MAX) and (e is None or e >= ESS_FRACTION_MIN)
+def _weights_ok(diag: dict) -> bool | None:
+    """Are the importance weights of ``diag`` (``log_z`` or ``noise_term``) usable? Its
+    ``reliable`` flag when present (any value, read as a truth value), else k-hat and ESS
+    (:func:`fvnce.diagnostics.weights_reliable`); None when nothing is known (older files)."""
+    ok = diag.get("reliable")
+    return weights_reliable(diag.get("khat"), diag.get("ess_fraction"), None if ok is None else bool(ok))
 
 
 def _weights_text(diag: dict) -> str:
     """``Pareto k-hat 1.32 (limit 0.7) and effective sample size 0.01% (minimum 5%)``."""
     parts = []
-    k, e = _num(diag.get("khat")), _num(diag.get("ess_fraction"))
+    k, e = finite(diag.get("khat")), finite(diag.get("ess_fraction"))
     if k is not None:
         parts.append(f"Pareto k-hat {k:.2f} (limit {KHAT_MAX:g})")
     if e is not None:
@@ -217,9 +205,7 @@ def ll_reliability(entry: dict) -> tuple[bool, str | None]:
     tail = "; it is not used for ranking and the run cannot be recommended."
     lz = entry.get("log_z")
     if isinstance(lz, dict):
-        ok = lz.get("reliable")
-        ok = _weights_ok(lz.get("khat"), lz.get("ess_fraction")) if ok is None else bool(ok)
-        if not ok:
+        if not _weights_ok(lz):
             return False, (f"The log-likelihood of {name} is unreliable: its log Z estimate rests on "
                            f"importance weights with {_weights_text(lz)}{tail}")
     flagged = [split for split, key in (("validation", "val_metrics"), ("test", "metrics"))
@@ -239,9 +225,7 @@ def _noise_term_warning(entry: dict) -> str | None:
     nt = entry.get("noise_term")
     if not isinstance(nt, dict) or entry.get("objective") in NO_NOISE_TERM:
         return None
-    ok = nt.get("reliable")
-    ok = _weights_ok(nt.get("khat"), nt.get("ess_fraction")) if ok is None else bool(ok)
-    if ok is not False:
+    if _weights_ok(nt) is not False:
         return None
     return (f"The noise term of {entry.get('name')} rests on heavy-tailed importance weights, with "
             f"{_weights_text(nt)}: training optimised a high-variance estimate of the objective.")
@@ -251,7 +235,7 @@ def auroc_standard_error(auroc: Any, n_anomaly: Any, n_normal: Any) -> float | N
     """Standard error of an AUROC from ``n_anomaly`` anomalous and ``n_normal`` normal items
     (Hanley & McNeil 1982, Radiology 143:29, eq. 2, with Q1 = A/(2-A), Q2 = 2A^2/(1+A)).
     None when the AUROC or either count is unknown."""
-    a, n1, n0 = _num(auroc), _num(n_anomaly), _num(n_normal)
+    a, n1, n0 = finite(auroc), finite(n_anomaly), finite(n_normal)
     if a is None or not n1 or not n0 or n1 < 1 or n0 < 1:
         return None
     q1, q2 = a / (2.0 - a), 2.0 * a * a / (1.0 + a)
@@ -279,7 +263,7 @@ def _vae_phrase(run: dict, vae: dict) -> str:
 
 
 def _auroc_drop(run: dict, vae: dict, counts: dict | None) -> str | None:
-    a, b = _num(run["val_metrics"].get("auroc")), _num(vae["val_metrics"].get("auroc"))
+    a, b = finite(run["val_metrics"].get("auroc")), finite(vae["val_metrics"].get("auroc"))
     if a is None or b is None:
         return None
     se = _combined_se(_auroc_se(run, counts), _auroc_se(vae, counts))
@@ -296,9 +280,9 @@ def _auroc_drop(run: dict, vae: dict, counts: dict | None) -> str | None:
 def _ll_drop(run: dict, vae: dict) -> str | None:
     if not (_is_reliable(run) and _is_reliable(vae)):
         return None
-    a, b = _num(run["val_metrics"].get("log_likelihood")), _num(vae["val_metrics"].get("log_likelihood"))
-    se = _combined_se(_num(run["val_metrics"].get("log_likelihood_se")),
-                      _num(vae["val_metrics"].get("log_likelihood_se")))
+    a, b = finite(run["val_metrics"].get("log_likelihood")), finite(vae["val_metrics"].get("log_likelihood"))
+    se = _combined_se(finite(run["val_metrics"].get("log_likelihood_se")),
+                      finite(vae["val_metrics"].get("log_likelihood_se")))
     if a is None or b is None or se is None:
         return None
     margin = SE_FACTOR * se
@@ -371,9 +355,8 @@ def assess_runs(runs: list[dict], counts: dict | None = None) -> None:
                 r["status"], r["status_reason"] = "degraded", why
     for r in runs:  # a run whose log-likelihood cannot be trusted is not "ok" either
         if r.get("status") == "ok" and r.get("reliable") is False:
-            r["status"] = "unreliable"
-            r["status_reason"] = next((w for w in r["warnings"] if "unreliable" in w), r["warnings"][0]
-                                      if r["warnings"] else "its log-likelihood estimate is unreliable")
+            # reliable is False only from ll_reliability, whose sentence is always warnings[0]
+            r["status"], r["status_reason"] = "unreliable", r["warnings"][0]
 
 
 # --------------------------------------------------------------------------- the choice
@@ -389,7 +372,7 @@ def _crit(has_labels: bool) -> tuple[str, str]:
 
 
 def _fmt(key: str, v: Any) -> str:
-    v = _num(v)
+    v = finite(v)
     if v is None:
         return "n/a"
     return f"{v:.4f}" if key == "auroc" else f"{v:.2f} nats"
@@ -402,7 +385,7 @@ def _exclusion(r: dict, key: str) -> str | None:
         return "unreliable log-likelihood"
     if status != "ok":
         return str(status or "unknown status")
-    if _num((r.get("val_metrics") or {}).get(key)) is None:
+    if finite((r.get("val_metrics") or {}).get(key)) is None:
         return f"no validation {'AUROC' if key == 'auroc' else 'log-likelihood'}"
     return None
 
@@ -416,8 +399,8 @@ def _rank(eligible: list[dict], has_labels: bool, counts: dict | None) -> tuple[
     Runs within noise are not re-ranked by log-likelihood: on ADBench (docs/benchmarks.md,
     section 9) that tie-break picked the better density and the worse detector (wbc,
     pima, cardiotocography), while the point AUROC remains the best estimate there is."""
-    ll = lambda r: _num(r["val_metrics"].get("log_likelihood"))  # noqa: E731
-    auc = lambda r: _num(r["val_metrics"].get("auroc"))  # noqa: E731
+    ll = lambda r: finite(r["val_metrics"].get("log_likelihood"))  # noqa: E731
+    auc = lambda r: finite(r["val_metrics"].get("auroc"))  # noqa: E731
     if not has_labels:
         return sorted(eligible, key=lambda r: -ll(r)), 1
     ranked = sorted(eligible, key=lambda r: (auc(r), ll(r) is not None, ll(r) or 0.0), reverse=True)
@@ -462,9 +445,9 @@ def _vae_statement(runs: list[dict], vae: dict, excluded: dict, key: str) -> str
         return None
     phrase = "the VAE it started from" if any(r.get("started_from") == vae.get("name") for r in fv) \
         else "the VAE baseline"
-    v = _num(vae["val_metrics"].get(key))
+    v = finite(vae["val_metrics"].get(key))
     higher = [r["name"] for r in fv if r["name"] in excluded and v is not None
-              and (_num((r.get("val_metrics") or {}).get(key)) or -math.inf) > v]
+              and (finite((r.get("val_metrics") or {}).get(key)) or -math.inf) > v]
     if not higher:
         return f"No FVNCE configuration beat {phrase} on validation data; the VAE is recommended."
     names = ", ".join(f"{n} ({excluded[n]})" for n in higher[:3]) + (" and others" if len(higher) > 3 else "")
@@ -541,24 +524,24 @@ def run_poc(config: PocConfig, out_dir: str | Path, *, log: Callable[[str], None
         data=config.data, objective="elbo", model="vae" if config.model == "auto" else config.model,
         model_options=vae_options, noise=fitted_noises[0], train=_train_cfg(config.train, steps),
         eval_k=config.eval_k, alarm_rate=config.alarm_rate))]
+
+    def add_fvnce(noise_name: str, model: str, model_options: dict, init_from: str | None, suffix: str = "") -> None:
+        """One FVNCE run per rule against ``noise_name``, appended to the plan."""
+        for rule_name, params in rules:
+            name = f"fvnce-{_rule_label(rule_name, params)}-{noise_name.replace(':', '.')}{suffix}"
+            plan.append((name, RunConfig(
+                data=config.data, objective="fvnce",
+                objective_options={"rule": rule_name, **params, **config.objective_options},
+                model=model, model_options=dict(model_options), noise=noise_name,
+                train=_train_cfg(config.train, steps), eval_k=config.eval_k, init_from=init_from,
+                alarm_rate=config.alarm_rate)))
+
     warm = config.model == "auto"
     for noise_name in noises:
-        for rule_name, params in rules:
-            name = f"fvnce-{_rule_label(rule_name, params)}-{noise_name.replace(':', '.')}"
-            plan.append((name, RunConfig(
-                data=config.data, objective="fvnce",
-                objective_options={"rule": rule_name, **params, **config.objective_options},
-                model=config.model, model_options=dict(config.model_options), noise=noise_name,
-                train=_train_cfg(config.train, steps), eval_k=config.eval_k,
-                init_from=str(base_dir) if warm else None, alarm_rate=config.alarm_rate)))
-    for k in mixture_plan(config, dataset):  # trained from scratch against the first fitted noise
-        for rule_name, params in rules:
-            name = f"fvnce-{_rule_label(rule_name, params)}-{fitted_noises[0].replace(':', '.')}-mix{k}"
-            plan.append((name, RunConfig(
-                data=config.data, objective="fvnce",
-                objective_options={"rule": rule_name, **params, **config.objective_options},
-                model="gaussian_mixture", model_options={"components": k}, noise=fitted_noises[0],
-                train=_train_cfg(config.train, steps), eval_k=config.eval_k, alarm_rate=config.alarm_rate)))
+        add_fvnce(noise_name, config.model, config.model_options, str(base_dir) if warm else None)
+    mixtures = mixture_plan(config, dataset)
+    for k in mixtures:  # trained from scratch against the first fitted noise
+        add_fvnce(fitted_noises[0], "gaussian_mixture", {"components": k}, None, f"-mix{k}")
 
     runs: list[dict] = []
     bar = _bar(len(plan), progress)
@@ -620,7 +603,7 @@ def run_poc(config: PocConfig, out_dir: str | Path, *, log: Callable[[str], None
         "steps_per_run": steps,
         "noises": noises,
         "rules": config.rules,
-        "mixtures": mixture_plan(config, dataset),
+        "mixtures": mixtures,
         "runs": runs,
         "baselines": baselines,
         "recommended": _choose(runs, has_labels, counts),

@@ -6,7 +6,6 @@ Nothing here trains or imports the command line: a report is built from files on
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,10 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from ..diagnostics import finite
 from ..errors import CheckpointError
 from ..fileio import atomic_write_text, read_jsonl
 
-__all__ = ["RunFiles", "atomic_write_text", "load_json", "load_run", "load_summary"]
+__all__ = ["RunFiles", "atomic_write_text", "finite", "load_json", "load_run", "load_summary"]
 
 #: At most this many samples are read from ``samples.npy`` (the report shows a few).
 MAX_SAMPLES = 500
@@ -117,11 +117,3 @@ def load_summary(folder: Path) -> dict:
     if not isinstance(summary, dict):
         raise CheckpointError(f"{folder / 'summary.json'} is not a JSON object")
     return summary
-
-
-def finite(x: Any) -> float | None:
-    """``x`` as a float if it is a finite number, else None."""
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None

@@ -7,11 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..diagnostics import ESS_FRACTION_MIN, KHAT_MAX
+from ..poc import AUROC_MARGIN_MIN, NO_NOISE_TERM, SE_FACTOR, VAE_RUN, find_vae
 from .html import DASH, esc, fmt_num, fmt_pct, fmt_time, kv_table, page, table
 from .load import RunFiles, finite, load_run
-from .sections import (ESS_FRACTION_MIN, KHAT_MAX, Entry, alarm_section, glossary, headline, ll_cell,
-                       operating_sentence, roc_section, rule_label, samples_section, training_section, weights_cell,
-                       weights_reliable)
+from .sections import (Entry, alarm_section, glossary, headline, ll_cell, operating_sentence, roc_section, rule_label,
+                       samples_section, training_section, weights_cell, weights_reliable)
 
 __all__ = ["poc_page", "run_page"]
 
@@ -70,7 +71,7 @@ def _log_z(r: dict, run: RunFiles | None) -> dict:
 
 def _noise_term(r: dict, run: RunFiles | None) -> dict:
     """Diagnostics of the noise-side weights; none for objectives without a noise side."""
-    if r.get("objective") in ("elbo", "iwae"):
+    if r.get("objective") in NO_NOISE_TERM:
         return {}
     nt = _d(r.get("noise_term"))
     return nt or _d(_d(run.evaluation if run is not None else None).get("noise_term"))
@@ -133,7 +134,9 @@ def _rec_operating(summary: dict, runs: list[dict], files: dict[str, RunFiles]) 
 
 
 def _recommendation(summary: dict, runs: list[dict], files: dict[str, RunFiles],
-                    baselines: list[dict]) -> str:
+                    baselines: list[dict], operating: str | None) -> str:
+    """The recommendation section; ``operating`` is the recommended run's operating point
+    sentence (:func:`_rec_operating`)."""
     rec = _d(summary.get("recommended"))
     name = rec.get("run")
     r = next((x for x in runs if x.get("name") == name), None) if name is not None else None
@@ -167,7 +170,6 @@ def _recommendation(summary: dict, runs: list[dict], files: dict[str, RunFiles],
             base += (f"<li>Baseline <b>{esc(b.get('name'))}</b>: AUROC {fmt_num(bm.get('auroc'))}, "
                      f"false alarms at 95% detection {fmt_pct(bm.get('fpr_at_95_tpr'))}.</li>")
     base = f"<p>For comparison:</p><ul>{base}</ul>" if base else ""
-    operating, _ = _rec_operating(summary, runs, files)
     body = (f'<div class="card"><p><b>Recommended:</b> {esc(name)} '
             f'<span class="small">({esc(_config_text(r))})</span></p>'
             + f"<p><b>Chosen by:</b> {esc(rec.get('criterion') or DASH)}.</p>"
@@ -183,16 +185,14 @@ def _sec(anchor: str, title: str, explain: str, body: str) -> str:
             f'<p class="explain">{explain}</p>{body}</section>')
 
 
-
-
 def _criteria(summary: dict) -> dict:
     """Thresholds the poc used (summary.json ``criteria``), with today's defaults for older files."""
     c = _d(summary.get("criteria"))
-    return {"auroc_margin_min": finite(c.get("auroc_margin_min")) or 0.02,
-            "se_factor": finite(c.get("se_factor")) or 2.0,
+    return {"auroc_margin_min": finite(c.get("auroc_margin_min")) or AUROC_MARGIN_MIN,
+            "se_factor": finite(c.get("se_factor")) or SE_FACTOR,
             "khat_max": finite(c.get("khat_max")) or KHAT_MAX,
             "ess_fraction_min": finite(c.get("ess_fraction_min")) or ESS_FRACTION_MIN,
-            "reference": c.get("reference") or "elbo-vae"}
+            "reference": c.get("reference") or VAE_RUN}
 
 
 def _status_cell(r: dict, unreliable: bool) -> str:
@@ -285,14 +285,14 @@ def _comparison_explain(c: dict, has_labels: bool) -> str:
 
 
 def _comparison(runs: list[dict], files: dict[str, RunFiles], baselines: list[dict],
-                rec_name: Any, has_labels: bool, criteria: dict | None = None) -> str:
+                rec_name: Any, has_labels: bool, criteria: dict) -> str:
     rows = []
     for r in runs:
         rows += _run_rows(r, files.get(r.get("name")), rec_name is not None and r.get("name") == rec_name)
     rows += [_baseline_row(b) for b in baselines]
     body = table(_COMPARE_HEADER, rows, cls="compare") + _matrix(runs, files, has_labels)
     return _sec("comparison", "Comparison of all configurations",
-                _comparison_explain(criteria or _criteria({}), has_labels), body)
+                _comparison_explain(criteria, has_labels), body)
 
 
 def _matrix(runs: list[dict], files: dict[str, RunFiles], has_labels: bool) -> str:
@@ -330,9 +330,9 @@ def _matrix(runs: list[dict], files: dict[str, RunFiles], has_labels: bool) -> s
             else:
                 out.append(esc(status) if status and status != "ok" else DASH)
         rows.append((out, ""))
-    vae = next((r for r in runs if r.get("objective") == "elbo" and r.get("status") == "ok"), None)
+    vae = find_vae(runs)
     ref = ""
-    if vae is not None and finite(_d(vae.get("val_metrics")).get(key)) is not None:
+    if vae is not None and vae.get("status") == "ok" and finite(_d(vae.get("val_metrics")).get(key)) is not None:
         ref = (f" For reference, the VAE {esc(vae.get('name'))} they started from has "
                f"{fmt_num(_d(vae.get('val_metrics')).get(key), 3 if has_labels else 2)}.")
     return (f"<h3>Noise distribution × rule ({esc(what)})</h3>"
@@ -389,7 +389,7 @@ def poc_page(folder: Path, summary: dict) -> str:
     missing_dirs = [Entry(name=str(r.get("name"))) for r in runs if r.get("name") not in files]
     body = "".join([
         head, data_sec,
-        _recommendation(summary, runs, files, baselines),
+        _recommendation(summary, runs, files, baselines, operating),
         _comparison(runs, files, baselines, rec_name, has_labels, _criteria(summary)),
         _problems_note([(e.name, e.run) for e in run_entries]),
         alarm_section(str(rec_name), rec_ev, "the recommended model") if rec_ev else "",

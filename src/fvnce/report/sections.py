@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from ..diagnostics import ESS_FRACTION_MIN, KHAT_MAX
+from ..diagnostics import weights_reliable  # re-exported: it lives with the thresholds it applies
 from . import plots
 from .html import DASH, esc, fmt_num, fmt_pct, img, kv_table
 from .load import RunFiles, finite
@@ -40,22 +40,6 @@ def rule_label(rule: Any, params: Any = None) -> str:
                           for k, v in sorted(params.items()))
         return f"{rule} ({inner})"
     return str(rule)
-
-
-#: below this effective-sample-size fraction a log Z estimate is flagged as unreliable
-#: (also flagged: Pareto k-hat above KHAT_MAX); both thresholds come from fvnce.diagnostics
-UNRELIABLE_ESS = ESS_FRACTION_MIN
-
-
-def weights_reliable(khat: Any, ess_fraction: Any, reliable: Any = None) -> bool | None:
-    """Are importance weights usable? ``reliable`` (as evaluation recorded it) wins; else
-    k-hat <= KHAT_MAX and ESS fraction >= ESS_FRACTION_MIN on what is known; None if nothing is."""
-    if isinstance(reliable, bool):
-        return reliable
-    k, e = finite(khat), finite(ess_fraction)
-    if k is None and e is None:
-        return None
-    return (k is None or k <= KHAT_MAX) and (e is None or e >= ESS_FRACTION_MIN)
 
 
 def _diag_text(khat: Any, ess_fraction: Any) -> str:
