@@ -16,7 +16,6 @@ from typing import Any
 from torch import Tensor
 
 from ..fileio import atomic_write_text, read_jsonl
-from ..objectives.base import Diagnostics, read_floats
 
 __all__ = ["METRICS_NAME", "MetricsLog", "train_record", "truncate_metrics"]
 
@@ -89,34 +88,18 @@ def truncate_metrics(path: Path, step: int) -> list[dict]:
 
 
 def train_record(out, norm: Tensor, step: int, lr: float, elapsed: float) -> dict:
-    """The logged record of a training step from the objective's output, read to the
-    host at once (:func:`~fvnce.objectives.base.read_floats`).  ``data_loss`` and
-    ``noise_loss`` are the objective's own diagnostics when it gives them; the means of
-    ``data_terms`` and ``noise_terms`` stand in otherwise."""
-    d = out.diagnostics or {}
-    lazy = isinstance(d, Diagnostics)
-    diag: dict[str, Any] = {}  # the diagnostics to log, before the host read
-    to_float = {"grad_norm"}  # logged as float(v); the rest as .item() gives them (loss and means: floats)
-    for k in d:
-        v = d.tensor(k) if lazy else d[k]
-        if isinstance(v, Tensor):
-            if not lazy:  # a plain dict: its one-element tensors, as floats
-                if v.numel() != 1:
-                    continue
-                to_float.add(k)
-        elif not (v is None or isinstance(v, (int, float, bool, str))):
-            continue
-        if k != "step":
-            diag[k] = v
-    rec: dict[str, Any] = {"step": step, "loss": out.loss.detach(), "data_loss": None, "noise_loss": None}
+    """The logged record of a training step from the objective's output."""
+    diag = out.diagnostics or {}
+    rec: dict[str, Any] = {"step": step, "loss": float(out.loss.detach())}
     for k, terms in (("data_loss", out.data_terms), ("noise_loss", out.noise_terms)):
-        if k not in diag and terms is not None:  # the objective gives none: the mean of its terms
-            rec[k] = terms.detach().mean()
-    rec.update(diag)  # the objective's own values win
-    rec["grad_norm"] = norm
-    keys = list(rec)[1:]
-    for k, v in zip(keys, read_floats([rec[k] for k in keys])):  # one host read for all of them
-        rec[k] = float(v) if k in to_float else v
+        # the mean of the terms only when the objective gives no value of its own
+        rec[k] = None if terms is None or k in diag else float(terms.detach().mean())
+    for k, v in diag.items():  # the objective's own values win
+        if isinstance(v, Tensor) and v.numel() == 1:
+            v = float(v)
+        if k != "step" and (v is None or isinstance(v, (int, float, bool, str))):
+            rec[k] = v
+    rec["grad_norm"] = float(norm)
     rec["lr"] = lr
     rec["elapsed"] = elapsed
     return rec
