@@ -334,7 +334,7 @@ def test_crafted_noise_file_is_not_executed(assets, tmp_path, capsys):
 
 
 # -- interruption: SIGKILL and SIGINT on a real `python -m fvnce train` -------------------------
-SUB_STEPS = 150
+SUB_STEPS = 600  # long enough after the first checkpoint (step 20) for a loaded machine to signal mid-run
 
 
 def _train_argv(data: Path, out: Path) -> list[str]:
