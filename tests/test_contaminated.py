@@ -78,10 +78,11 @@ def test_train_on_an_unlabelled_file_uses_every_row(files, tmp_path, capsys):
     assert ev["auroc"] is None and ev["alarm"]["labelled"] is False and ev["alarm"]["n"] == 45
 
 
-def test_poc_on_an_unlabelled_file_chooses_by_reliable_validation_log_likelihood(files, tmp_path):
+def test_poc_on_an_unlabelled_file_without_mixtures_chooses_by_reliable_validation_log_likelihood(files, tmp_path):
+    # with the mixtures (the default) the choice is a union of two runs: tests/test_union.py
     out = tmp_path / "poc"
     assert main(["poc", "--data", str(files / "unlabelled.csv"), "--budget", "15", "--noises", "full_gaussian",
-                 "--rules", "kl", "--no-baselines", "--out", str(out), "--quiet"]) == 0
+                 "--rules", "kl", "--no-baselines", "--mixtures", "none", "--out", str(out), "--quiet"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     rec = summary["recommended"]
     assert summary["data"]["has_labels"] is False
@@ -104,6 +105,7 @@ def test_poc_contaminated_reports_the_operating_point_of_the_recommended_run(fil
                  "--alarm-rate", "0.05", "--out", str(out), "--quiet"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["data"]["contaminated"] is True and summary["data"]["n_train_anomalies"] == 22
+    assert summary["recommended"]["run"] != "union" and "members" not in summary["recommended"]  # labels decide
     assert summary["alarm_rate"] == 0.05 and summary["baselines"][0]["metrics"]["auroc"] is not None
     text = (out / "report.html").read_text()
     header = text[text.index("<header>"):text.index("</header>")]

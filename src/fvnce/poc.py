@@ -16,7 +16,9 @@ Pareto k-hat > 0.7 or ESS < 5 %; the sentence is in ``status_reason``); ``diverg
 its log-likelihood can be trusted (:func:`ll_reliability`: k-hat and ESS of the
 importance weights behind log Z), ``warnings`` holds sentences for the report. The
 recommendation (:func:`_choose`) is taken among the ``ok`` and reliable runs, the VAE
-included, on validation data only.
+included, on validation data only; without anomaly labels it is the union
+(``runs/union``, :func:`_union_choice`) of the best joint model and the best one-component
+mixture when the poc trained both.
 """
 
 from __future__ import annotations
@@ -367,6 +369,14 @@ LABEL_FREE = ("highest validation log-likelihood, among runs whose estimate is r
               "anomaly labels, so the choice uses none)")
 
 
+#: without labels, the recommendation is a union of two runs when the poc has both kinds
+#: (fvnce.runs.union; measured on ADBench, docs/benchmarks.md section 9)
+UNION_RUN = "union"
+LABEL_FREE_UNION = ("without anomaly labels: the union of the run that models the features jointly with the highest "
+                    "reliable validation log-likelihood and the one-component diagonal mixture (independent "
+                    "features) with the highest; an alarm when either finds a row extreme")
+
+
 def _crit(has_labels: bool) -> tuple[str, str]:
     return ("auroc", "highest validation AUROC") if has_labels else ("log_likelihood", LABEL_FREE)
 
@@ -486,6 +496,57 @@ def _choose(runs: list[dict], has_labels: bool, counts: dict | None = None) -> d
     return rec
 
 
+def _union_choice(rec: dict | None, runs: list[dict], dataset, out_dir: Path, config: "PocConfig", log) -> dict | None:
+    """Without labels: the recommendation becomes the union (:mod:`fvnce.runs.union`) of the
+    joint model (not a mixture) and the one-component diagonal mixture with the highest
+    reliable validation log-likelihood each, written to ``runs/union``; ``rec`` unchanged
+    when the poc lacks either kind or the union cannot be built.  Why not the single run
+    of highest log-likelihood: without labels no criterion tells which kind of anomaly the
+    data holds, and each kind has a model that explains it away (docs/benchmarks.md,
+    section 9); ``single_choice`` keeps that run."""
+    import shutil
+
+    shutil.rmtree(out_dir / "runs" / UNION_RUN, ignore_errors=True)  # an earlier poc's union in this folder
+    if rec is None or rec.get("run") is None:
+        return rec
+    eligible = [r for r in runs if _exclusion(r, "log_likelihood") is None]
+    ll = lambda r: finite(r["val_metrics"].get("log_likelihood"))  # noqa: E731
+    joint = sorted((r for r in eligible if r.get("model") != "gaussian_mixture"), key=ll, reverse=True)
+    indep = sorted((r for r in eligible if r.get("model") == "gaussian_mixture" and r["name"].endswith("-mix1")),
+                   key=ll, reverse=True)
+    if not joint or not indep:
+        return rec
+    from .runs import create_union
+
+    a, b = joint[0], indep[0]
+    try:
+        made = create_union(out_dir / "runs" / UNION_RUN, [out_dir / a["run_dir"], out_dir / b["run_dir"]], dataset,
+                            config.alarm_rate, seed=config.train.seed, rows=dataset.test)
+    except FvnceError as exc:
+        log(f"fvnce: warning: the union of {a['name']} and {b['name']} could not be built ({exc}); "
+            f"recommending the single run {rec['run']}")
+        return rec
+    from . import evaluate as ev
+
+    alarm = {k: v for k, v in made["alarm"].items() if k != "validation_scores"}
+    labels = None if dataset.test_labels is None else dataset.test_labels.numpy()
+    operating = ev.operating_point(made["scores"], labels, alarm["threshold"], calibration=made["alarm"]) \
+        if alarm.get("threshold") is not None and len(made["scores"]) else None
+    reason = (f"The union of {a['name']} and {b['name']} is recommended: {a['name']} has the highest validation "
+              f"log-likelihood ({_fmt('log_likelihood', ll(a))}) of the {len(joint)} eligible runs that model the "
+              f"features jointly, {b['name']} the highest ({_fmt('log_likelihood', ll(b))}) of the {len(indep)} "
+              "eligible one-component mixtures. Without labels nothing tells which kind of anomaly the data holds: "
+              "rows extreme in one feature, which the mixture flags and the joint model can explain away, or rows "
+              "that break the relations between features, which only the joint model sees. The union raises an "
+              "alarm when either finds a row extreme; the choice used validation data only.")
+    return {**rec, "run": UNION_RUN, "criterion": LABEL_FREE_UNION, "reason": reason, "value": None,
+            "members": [a["name"], b["name"]], "single_choice": rec["run"], "runner_up": None, "vae_recommended": False,
+            "vae_statement": None, "union": {"run_dir": f"runs/{UNION_RUN}", "members": made["union"]["members"],
+                                             "combination": made["union"]["combination"], "alarm": alarm,
+                                             "operating_point": operating,
+                                             "alarm_curve": ev.alarm_curve(made["scores"], labels)}}
+
+
 def run_poc(config: PocConfig, out_dir: str | Path, *, log: Callable[[str], None] = lambda m: None,
             progress: bool = True, workers: int = 1) -> dict:
     """Train, evaluate and compare; write ``summary.json`` and ``report.html``.
@@ -585,6 +646,9 @@ def run_poc(config: PocConfig, out_dir: str | Path, *, log: Callable[[str], None
     for r in runs:
         for line in ([r["status_reason"]] if r.get("status") == "degraded" else []) + r["warnings"]:
             log(f"fvnce: {r['name']}: {line}")
+    recommended = _choose(runs, has_labels, counts)
+    if not has_labels:
+        recommended = _union_choice(recommended, runs, dataset, out_dir, config, log)
     baselines = []
     if config.baselines:
         baselines.append(_isolation_forest(dataset, config.train.seed))
@@ -606,7 +670,7 @@ def run_poc(config: PocConfig, out_dir: str | Path, *, log: Callable[[str], None
         "mixtures": mixtures,
         "runs": runs,
         "baselines": baselines,
-        "recommended": _choose(runs, has_labels, counts),
+        "recommended": recommended,
         "toy_2d": dataset.dim == 2,
     }
     summary["wall_time_s"] = time.perf_counter() - t0

@@ -122,6 +122,10 @@ def _headline_text(rec: dict, operating: str | None = None) -> str:
 def _rec_operating(summary: dict, runs: list[dict], files: dict[str, RunFiles]) -> tuple[str | None, dict]:
     """The recommended run's operating point sentence and its evaluation record."""
     name = _d(summary.get("recommended")).get("run")
+    union = _d(_d(summary.get("recommended")).get("union"))
+    if union:  # a union of runs (fvnce.runs.union): the poc measured its operating point itself
+        ev = {k: union.get(k) for k in ("alarm", "operating_point", "alarm_curve")}
+        return operating_sentence(ev["operating_point"], ev["alarm"], "the recommended model"), ev
     r = next((x for x in runs if x.get("name") == name), None) if name is not None else None
     if r is None:
         return None, {}
@@ -150,8 +154,26 @@ def _recommendation(summary: dict, runs: list[dict], files: dict[str, RunFiles],
                     "model under which the held-out validation data is most probable (the highest validation "
                     "log-likelihood), counting only estimates that are reliable. That is the best density, not "
                     "necessarily the best detector: when the training rows hold many anomalies, the most probable "
-                    "model can be one that learned them too. If you can label some anomalies (even a few dozen), "
-                    "give the label column: the choice then uses detection figures.")
+                    "model can be one that learned them too, and a model that learns how the features go together "
+                    "can explain away a row that is extreme in one feature. So when the poc trained both kinds, it "
+                    "recommends their union: the most probable model of the features jointly and the most "
+                    "probable model of independent features (one diagonal Gaussian), with an alarm when either "
+                    "finds an item extreme. If you can label some anomalies (even a few dozen), give the label "
+                    "column: the choice then uses detection figures.")
+    union = _d(rec.get("union"))
+    if union:
+        members = [x for m in rec.get("members") or [] for x in runs if x.get("name") == m]
+        items = "".join(f"<li>{esc(m.get('name'))} <span class=\"small\">({esc(_config_text(m))})</span></li>"
+                        for m in members)
+        body = (f'<div class="card"><p><b>Recommended:</b> the union of two runs, in <code>'
+                f'{esc(union.get("run_dir") or DASH)}</code> (score new data with <code>fvnce score '
+                f'{esc(union.get("run_dir") or DASH)}</code>):</p><ul>{items}</ul>'
+                f"<p><b>Chosen by:</b> {esc(rec.get('criterion') or DASH)}.</p>"
+                f"<p><b>Its score:</b> {esc(union.get('combination') or DASH)}.</p>"
+                + (f"<p>{esc(operating)}</p>" if operating else "")
+                + (f"<p>The single run of highest validation log-likelihood was {esc(rec['single_choice'])}.</p>"
+                   if rec.get("single_choice") else "") + "</div>")
+        return _sec("recommendation", "Recommendation", explain, body)
     if r is None:
         if name is None and rec.get("reason"):
             text = esc(rec["reason"])

@@ -413,6 +413,13 @@ def glossary() -> str:
          "that is extreme in one feature stays improbable even when it follows the normal rows' "
          "correlations; on some tables that makes it the better detector, though its log-likelihood is "
          "lower."),
+        ("Union of runs (the recommendation without labels)",
+         "One detector made of two runs: the most probable model of the features together and the most "
+         "probable one-component mixture (independent features). Each run's score is put in units of its "
+         "own spread on the training rows, and the union's score is the larger of the two, so an item "
+         "raises an alarm when either run finds it extreme. Without labels nothing says which of the two "
+         "kinds of anomaly the data holds; the union covers both. Score new data with fvnce score on its "
+         "folder, runs/union."),
         ("Unreliable log-likelihood; k-hat and ESS",
          "An estimated log-likelihood rests on importance sampling. The Pareto k-hat describes the "
          "tail of the importance weights (below 0.5 good, up to 0.7 usable, above 0.7 unreliable: "

@@ -11,6 +11,7 @@ split -> model + objective -> :class:`fvnce.train.Trainer` -> run directory ->
 * :mod:`~fvnce.runs.evaluation` -- :func:`evaluate_run`;
 * :mod:`~fvnce.runs.scoring` -- :func:`score_file` and :func:`sample_run`;
 * :mod:`~fvnce.runs.alarm` -- the alarm threshold of a run (``alarm.json``);
+* :mod:`~fvnce.runs.union` -- a union of runs: one detector, an alarm when any member finds a row extreme;
 * :mod:`~fvnce.runs.files` -- the files of a run directory and the JSON helpers.
 """
 
@@ -22,6 +23,8 @@ from .files import (ALARM_NAME, CONFIG_NAME, EVALUATION_NAME, NOISE_NAME, PREPRO
 from .loading import LoadedRun, load_run
 from .scoring import sample_run, score_file, score_rows
 from .training import normal_rows, train_run
+from .union import create_union, is_union
 
 __all__ = ["RunConfig", "LoadedRun", "calibrate_alarm", "evaluate_run", "load_run", "read_alarm", "sample_run",
-           "score_file", "score_rows", "train_run"]
+           "score_file", "score_rows", "train_run",
+           "create_union", "is_union"]

@@ -85,6 +85,9 @@ def _read_config(run_dir: Path) -> dict:
     if not run_dir.is_dir():
         raise CheckpointError(f"run directory not found: {run_dir}")
     if not path.exists():
+        if (run_dir / "union.json").is_file():  # fvnce.runs.union.UNION_NAME
+            raise CheckpointError(f"{run_dir} is a union of runs, not one run: only 'fvnce score' takes it; give "
+                                  "one of its members (listed in its union.json) to this command")
         raise CheckpointError(f"{run_dir} is not an fvnce run directory (no {CONFIG_NAME})")
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))

@@ -13,6 +13,7 @@ from ..errors import ConfigError
 from .alarm import resolve_threshold
 from .files import _atomic_npy, _check_output_file
 from .loading import load_run
+from .union import is_union, score_union
 
 
 def score_file(run_dir: str | Path, data_file: str, out: str | Path, *, k: int | None = None,
@@ -21,7 +22,8 @@ def score_file(run_dir: str | Path, data_file: str, out: str | Path, *, k: int |
     ``out``, with the columns ``row,score,alarm``.
 
     The score is the negative estimated log-density (higher = more anomalous; for an
-    unnormalised model ``log Z`` is left out, which shifts every score alike).  ``alarm``
+    unnormalised model ``log Z`` is left out, which shifts every score alike); for a union
+    of runs, :func:`fvnce.runs.union.combine` of its members' scores.  ``alarm``
     is 1 when the score is strictly above the alarm threshold: the run's own
     (``alarm.json``), that of ``alarm_rate`` (recomputed from the run's stored validation
     scores), or ``threshold`` itself.  Every setting is checked before any work, and the
@@ -38,10 +40,13 @@ def score_file(run_dir: str | Path, data_file: str, out: str | Path, *, k: int |
         ev.check_alarm_rate(alarm_rate, "--alarm-rate")
     _check_output_file(Path(out))
     chosen = resolve_threshold(run_dir, alarm_rate, threshold)
-    run = load_run(run_dir)
-    x = prepare_scoring_data(data_file, run.preprocessor, missing=missing)
-    torch.manual_seed(run.config.train.seed + 2)
-    scores = score_rows(run, x, k=k)
+    if is_union(run_dir):  # a union of runs (fvnce.runs.union): every member scores, the union combines
+        scores = score_union(run_dir, data_file, k=k, missing=missing)
+    else:
+        run = load_run(run_dir)
+        x = prepare_scoring_data(data_file, run.preprocessor, missing=missing)
+        torch.manual_seed(run.config.train.seed + 2)
+        scores = score_rows(run, x, k=k)
     alarms = scores > chosen["threshold"]
     if k and chosen["k"] and k != chosen["k"]:  # fewer samples lower the estimate: scores rise
         more = f"the threshold was set with --k {chosen['k']}; scores with --k {k} are not on the same footing"

@@ -1,0 +1,176 @@
+"""A union of trained runs: one detector that raises an alarm when any member finds a row
+extreme.
+
+Why: without anomaly labels nothing tells which *kind* of anomaly the data holds.  Rows
+extreme in one feature are flagged by a model of independent features (the one-component
+diagonal mixture) and explained away by a model that learns the features' relations (the
+VAE family); rows that break those relations are the other way round (ADBench,
+``docs/benchmarks.md`` section 9: cardiotocography and wbc against wilt).  The union
+flags both kinds.
+
+Score of a row: ``max_m (s_m - c_m) / w_m`` over the members ``m``, where ``s_m`` is the
+member's own anomaly score of the row (exactly what ``fvnce score`` writes for it), and
+``c_m`` and ``w_m`` are the median and the inter-quartile range of the member's scores of
+the *training* rows (at most ``SCALE_ROWS`` of them, a seeded subset): each member in
+units of its own spread, so that neither dominates by its scale.  The scales come from
+training rows, so the validation rows stay untouched for the alarm threshold, which is
+set from the union's scores of the validation rows exactly as for a run (split-conformal,
+:func:`fvnce.evaluate.alarm_threshold`): its false-alarm guarantee holds as it does for a
+single run.
+
+``union.json``::
+
+    kind        "union"
+    members     [{name, run_dir (relative to the union's folder), center, spread}]
+    scale_rows  how many training rows set the scales
+    combination the formula above, in words
+
+``alarm.json`` beside it has the format of a run's (:mod:`fvnce.runs.alarm`).  Only
+``fvnce score`` takes a union; the other commands take its members.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..checkpoint import atomic_write_json
+from ..errors import CheckpointError, ConfigError
+from .files import ALARM_NAME
+
+UNION_NAME = "union.json"
+#: training rows (a seeded subset when there are more) whose scores set each member's scale
+SCALE_ROWS = 2000
+COMBINATION = ("the largest, over the members, of (member score - median) / inter-quartile range, both taken over "
+               "the member's scores of the training rows")
+
+
+def is_union(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds a union of runs (``union.json``) rather than one run."""
+    return (Path(run_dir) / UNION_NAME).is_file()
+
+
+def robust_scale(scores) -> tuple[float, float]:
+    """``(median, spread)`` of ``scores`` (NaN and infinite values left out): the spread is
+    the inter-quartile range, else the standard deviation, else 1 when the scores are all
+    equal (or there are none)."""
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    s = s[np.isfinite(s)]
+    if s.size == 0:
+        return 0.0, 1.0
+    q1, med, q3 = np.percentile(s, [25.0, 50.0, 75.0])
+    spread = float(q3 - q1)
+    if not spread > 0:
+        spread = float(s.std())
+    return float(med), spread if spread > 0 else 1.0
+
+
+def combine(member_scores: Sequence, scales: Sequence[tuple[float, float]]) -> np.ndarray:
+    """The union's score of each row: ``max_m (s_m - c_m) / w_m`` (see the module's text).
+    A NaN member score is ignored when another member has a number (a row no member can
+    score stays NaN)."""
+    if len(member_scores) != len(scales) or not member_scores:
+        raise ValueError("one (center, spread) per member score array, and at least one member")
+    z = np.stack([(np.asarray(s, dtype=np.float64).reshape(-1) - c) / w for s, (c, w) in zip(member_scores, scales)])
+    out = np.full(z.shape[1], np.nan)
+    seen = ~np.isnan(z).all(axis=0)
+    out[seen] = np.nanmax(z[:, seen], axis=0)
+    return out
+
+
+def read_union(run_dir: str | Path) -> dict:
+    """The record of ``union.json`` with each member's ``path`` resolved; CheckpointError when
+    it is corrupt or a member's folder is gone."""
+    run_dir = Path(run_dir)
+    path = run_dir / UNION_NAME
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+        members = rec["members"]
+        if not isinstance(members, list) or not members:
+            raise ValueError("no members")
+        for m in members:
+            float(m["center"]), float(m["spread"]), str(m["run_dir"])  # noqa: B018 (type checks)
+            if not float(m["spread"]) > 0:
+                raise ValueError(f"member {m.get('name')} has spread {m['spread']}")
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is corrupt: {exc}") from None
+    for m in members:
+        m["path"] = (run_dir / m["run_dir"]).resolve()
+        if not (m["path"] / "config.json").is_file():
+            raise CheckpointError(f"{path}: member run {m['run_dir']} is not there (the union's folder was moved "
+                                  "without its members?)")
+    return rec
+
+
+def _member_scores(run, x, seed_offset: int, k: int | None = None) -> np.ndarray:
+    """``run``'s scores of the preprocessed rows ``x``, torch seeded with the run's seed plus
+    ``seed_offset`` (2: as ``fvnce score``; 4: as the alarm calibration) and left as it was."""
+    from .scoring import score_rows
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(run.config.train.seed + seed_offset)
+        return score_rows(run, x, k=k) if len(x) else np.zeros(0)
+
+
+def create_union(union_dir: str | Path, member_dirs: Sequence[str | Path], dataset, rate: float, *,
+                 seed: int = 0, rows: torch.Tensor | None = None) -> dict:
+    """Write a union of the trained runs ``member_dirs`` (all trained on ``dataset``) into
+    ``union_dir``: the scales from their scores of at most ``SCALE_ROWS`` training rows
+    (chosen with ``seed``), the alarm threshold for the false-alarm rate ``rate`` from the
+    union's scores of the validation normal rows (every validation row without labels).
+    Returns ``{"union": union.json's record, "alarm": alarm.json's record, "scores": the
+    union's scores of the preprocessed ``rows`` (as ``fvnce score`` gives them), or None}``."""
+    from .. import evaluate as ev
+    from .alarm import alarm_record
+    from .loading import load_run
+    from .training import normal_rows
+
+    rate = ev.check_alarm_rate(rate)
+    union_dir = Path(union_dir)
+    if union_dir.exists() and any(union_dir.iterdir()) and not is_union(union_dir):
+        raise ConfigError(f"output directory {union_dir} exists and is not a union of runs; choose a new one")
+    train = dataset.train
+    if len(train) > SCALE_ROWS:
+        gen = torch.Generator().manual_seed(seed)
+        train = train[torch.randperm(len(train), generator=gen)[:SCALE_ROWS]]
+    val = normal_rows(dataset.val, dataset.val_labels)
+    members, val_scores, ks, row_scores = [], [], [], []
+    for d in member_dirs:
+        run = load_run(d, dataset=dataset)
+        center, spread = robust_scale(_member_scores(run, train, 2))
+        members.append({"name": Path(d).name, "run_dir": os.path.relpath(Path(d).resolve(), union_dir.resolve()),
+                        "center": center, "spread": spread})
+        val_scores.append(_member_scores(run, val, 4))
+        ks.append(run.config.eval_k)
+        if rows is not None:
+            row_scores.append(_member_scores(run, rows, 2))
+    scores = combine(val_scores, [(m["center"], m["spread"]) for m in members])
+    record = {"fvnce_version": __version__, "kind": "union", "members": members, "scale_rows": int(len(train)),
+              "combination": COMBINATION}
+    alarm = alarm_record(scores, rate, dataset.val_labels is not None, k=ks[0] if len(set(ks)) == 1 else None,
+                         weights="best")
+    union_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(union_dir / ALARM_NAME, alarm)
+    atomic_write_json(union_dir / UNION_NAME, record)
+    scales = [(m["center"], m["spread"]) for m in members]
+    return {"union": record, "alarm": alarm, "scores": combine(row_scores, scales) if rows is not None else None}
+
+
+def score_union(union_dir: str | Path, data_file: str, *, k: int | None = None, missing: str | None = None) -> np.ndarray:
+    """The union's score of each row of ``data_file``: every member scores the file as
+    ``fvnce score`` would (its own preprocessing, seed and ``k``), then :func:`combine`."""
+    from ..data import prepare_scoring_data
+    from .loading import load_run
+
+    rec = read_union(union_dir)
+    scores = []
+    for m in rec["members"]:
+        run = load_run(m["path"])
+        scores.append(_member_scores(run, prepare_scoring_data(data_file, run.preprocessor, missing=missing), 2, k))
+    return combine(scores, [(m["center"], m["spread"]) for m in rec["members"]])
