@@ -521,7 +521,7 @@ def _union_choice(rec: dict | None, runs: list[dict], dataset, out_dir: Path, co
     a, b = joint[0], indep[0]
     try:
         made = create_union(out_dir / "runs" / UNION_RUN, [out_dir / a["run_dir"], out_dir / b["run_dir"]], dataset,
-                            config.alarm_rate, seed=config.train.seed, rows=dataset.test)
+                            config.alarm_rate, rows=dataset.test)
     except FvnceError as exc:
         log(f"fvnce: warning: the union of {a['name']} and {b['name']} could not be built ({exc}); "
             f"recommending the single run {rec['run']}")

@@ -416,7 +416,7 @@ def glossary() -> str:
         ("Union of runs (the recommendation without labels)",
          "One detector made of two runs: the most probable model of the features together and the most "
          "probable one-component mixture (independent features). Each run's score is put in units of its "
-         "own spread on the training rows, and the union's score is the larger of the two, so an item "
+         "own spread on the validation rows, and the union's score is the larger of the two, so an item "
          "raises an alarm when either run finds it extreme. Without labels nothing says which of the two "
          "kinds of anomaly the data holds; the union covers both. Score new data with fvnce score on its "
          "folder, runs/union."),
