@@ -536,7 +536,9 @@ def _cmd_poc(args) -> int:
     log = _log_fn(args.quiet)
     log(f"fvnce: poc finished in {summary['wall_time_s']:.0f} s; report: {Path(args.out) / 'report.html'}")
     if rec:
-        log(f"fvnce: recommended {rec['run']} ({rec['criterion']})")
+        what = (f"{rec['run']} of {' and '.join(rec['members'])}, in {Path(args.out) / 'runs' / rec['run']}"
+                if rec.get("members") else rec["run"])
+        log(f"fvnce: recommended {what} ({rec['criterion']})")
     return 0
 
 
