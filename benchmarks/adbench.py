@@ -8,9 +8,10 @@ Two protocols, each over ``--seeds`` seeds (default 3):
   rows and scored on the same test rows (the poc's preprocessed features).
 * **(b) unsupervised, ADBench's protocol**: a stratified 70/30 split; every training row
   is used *without its label* (the anomalies stay in); ``fvnce poc`` runs on the
-  unlabelled training part (its own train/validation split of it, recommendation by
-  validation log-likelihood among reliable runs) and each of its runs scores the 30 %
-  test part; baselines are fitted on the same training rows after min-max scaling
+  unlabelled training part (its own train/validation split of it; its label-free
+  recommendation: the union of the best joint model and the best one-component mixture by
+  reliable validation log-likelihood, ``fvnce.runs.union``) and each of its runs, and the
+  union, scores the 30 % test part; baselines are fitted on the same training rows after min-max scaling
   fitted on them.  Reported: test AUROC of the recommended run, of the VAE, and of the
   best run of each rule (the rule-under-contamination question), beside ADBench's
   published figures (Table D4, mean of 3 repeats; ``SOURCES.md`` there).
@@ -90,14 +91,17 @@ def fvnce_scores(poc_dir: Path, summary: dict, test_csv: Path) -> dict:
 
     from fvnce.runs import score_file
 
+    import pandas as pd
+
+    todo = {r["name"]: r["run_dir"] for r in summary["runs"] if r["status"] not in ("failed", "diverged")}
+    union = (summary.get("recommended") or {}).get("union")
+    if union:  # the label-free recommendation: a union of two runs (fvnce.runs.union)
+        todo[summary["recommended"]["run"]] = union["run_dir"]
     out = {}
-    for r in summary["runs"]:
-        if r["status"] in ("failed", "diverged"):
-            continue
-        dest = poc_dir / f"{r['name']}-scores.csv"
-        score_file(poc_dir / r["run_dir"], str(test_csv), dest)
-        import pandas as pd
-        out[r["name"]] = np.asarray(pd.read_csv(dest)["score"], dtype=float)
+    for name, run_dir in todo.items():
+        dest = poc_dir / f"{name}-scores.csv"
+        score_file(poc_dir / run_dir, str(test_csv), dest)
+        out[name] = np.asarray(pd.read_csv(dest)["score"], dtype=float)
     return out
 
 
@@ -124,7 +128,7 @@ def _rule_labels(rules: list[str] | None) -> list[str]:
 
 
 def protocol_b(name: str, df, y, seed: int, work: Path, budget, detector: bool = False,
-               rules: list[str] | None = None) -> dict:
+               rules: list[str] | None = None, dump: Path | None = None) -> dict:
     import numpy as np
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import MinMaxScaler
@@ -154,6 +158,9 @@ def protocol_b(name: str, df, y, seed: int, work: Path, budget, detector: bool =
     per_run = {n: auroc(s, y_te) for n, s in scores.items()}
     rec = (summary.get("recommended") or {}).get("run")
     res["fvnce (recommended)"] = per_run.get(rec)
+    # the single run of highest validation log-likelihood (the recommendation before the union)
+    res["fvnce (single run, val log-likelihood)"] = per_run.get((summary.get("recommended") or {}).get(
+        "single_choice", rec))
     res["vae"] = per_run.get("elbo-vae")
     for rule in _rule_labels(rules):
         mine = {n: v for n, v in per_run.items() if n.startswith(f"fvnce-{rule}-") and "-mix" not in n}
@@ -170,6 +177,21 @@ def protocol_b(name: str, df, y, seed: int, work: Path, budget, detector: bool =
             if n.startswith(f"fvnce-{rule}-") and "-mix" in n:
                 res[f"fvnce {rule} {n.rsplit('-', 1)[1]}"] = v
     res["_per_run"] = per_run
+    if dump is not None:  # every run's test and stored validation scores, to study combinations offline
+        import json
+
+        from fvnce.runs.alarm import read_alarm
+
+        rec_runs = {}
+        for n, sc in scores.items():
+            r = runs.get(n, {"run_dir": f"runs/{n}", "status": "ok", "val_metrics": {}})  # the union is no run
+            alarm = read_alarm(poc_dir / r["run_dir"]) or {}
+            rec_runs[n] = {"test": [float(v) for v in sc], "val": alarm.get("validation_scores"),
+                           "status": r["status"], "reliable": r.get("reliable"),
+                           "log_likelihood": r["val_metrics"].get("log_likelihood")}
+        dump.mkdir(parents=True, exist_ok=True)
+        (dump / f"{name}-b{seed}.json").write_text(json.dumps(
+            {"y_test": [int(v) for v in y_te], "recommended": rec, "runs": rec_runs}))
     res["_status"] = {n: r["status"] for n, r in runs.items()}
     res["_recommended"] = rec
     res["_criterion"] = (summary.get("recommended") or {}).get("criterion")
@@ -237,6 +259,8 @@ def main(argv=None) -> dict:
     p.add_argument("--gaussians", action="store_true",
                    help="only protocol (a)'s split: IsolationForest against a full- and a diagonal-covariance "
                         "Gaussian (seconds; no fvnce training)")
+    p.add_argument("--dump", type=Path, default=None,
+                   help="protocol b: write each run's test and validation scores to DIR/<set>-b<seed>.json")
     p.add_argument("--adbench-dir", type=Path,
                    default=Path(__file__).resolve().parents[2] / "shared" / "data" / "adbench")
     args = p.parse_args(argv)
@@ -268,7 +292,7 @@ def main(argv=None) -> dict:
                         res = gaussians(name, path, seed)
                     elif proto == "b":
                         res = protocol_b(name, df, y, seed, work, budget, args.detector,
-                                         args.rules.split(",") if args.rules else None)
+                                         args.rules.split(",") if args.rules else None, args.dump)
                     else:
                         res = protocol_a(name, path, seed, work, budget)
                 finally:
