@@ -106,6 +106,7 @@ def test_unlabelled_poc_recommends_the_union_of_the_best_joint_model_and_mixture
     assert rec["union"]["operating_point"]["n_items"] == 45
     text = (out / "report.html").read_text()
     assert "<b>Recommended:</b> the union of two runs" in text and "The union of " in text
+    assert text.count('<span class="badge">in the recommended union</span>') == 2
     assert '<section id="alarm">' in text
 
 

@@ -251,12 +251,13 @@ _COMPARE_HEADER = ["Configuration", "Status", "Test AUROC", "Test AUPRC", "False
                    "Noise accuracy", "Validation AUROC", "Train time"]
 
 
-def _run_rows(r: dict, run: RunFiles | None, is_rec: bool) -> list[tuple[list[str], str]]:
+def _run_rows(r: dict, run: RunFiles | None, is_rec: bool, badge_text: str = "recommended"
+              ) -> list[tuple[list[str], str]]:
     """The comparison-table row of one run and the full-width rows that explain it."""
     m, vm = _d(r.get("metrics")), _d(r.get("val_metrics"))
     status = r.get("status") or "unknown"
     unreliable = _is_unreliable(r, run)
-    badge = '<span class="badge">recommended</span>' if is_rec else ""
+    badge = f'<span class="badge">{esc(badge_text)}</span>' if is_rec else ""
     cells = [f"<b>{esc(r.get('name'))}</b>{badge}<br><span class=\"small\">{esc(_config_text(r))}</span>",
              _status_cell(r, unreliable), fmt_num(m.get("auroc")), fmt_num(m.get("auprc")),
              fmt_pct(m.get("fpr_at_95_tpr")), _run_ll_cell(m.get("log_likelihood"), r, run),
@@ -307,10 +308,14 @@ def _comparison_explain(c: dict, has_labels: bool) -> str:
 
 
 def _comparison(runs: list[dict], files: dict[str, RunFiles], baselines: list[dict],
-                rec_name: Any, has_labels: bool, criteria: dict) -> str:
+                rec_name: Any, has_labels: bool, criteria: dict, members: list | None = None) -> str:
+    """``members``: the runs of a recommended union (:mod:`fvnce.runs.union`), marked as such."""
     rows = []
     for r in runs:
-        rows += _run_rows(r, files.get(r.get("name")), rec_name is not None and r.get("name") == rec_name)
+        if members:
+            rows += _run_rows(r, files.get(r.get("name")), r.get("name") in members, "in the recommended union")
+        else:
+            rows += _run_rows(r, files.get(r.get("name")), rec_name is not None and r.get("name") == rec_name)
     rows += [_baseline_row(b) for b in baselines]
     body = table(_COMPARE_HEADER, rows, cls="compare") + _matrix(runs, files, has_labels)
     return _sec("comparison", "Comparison of all configurations",
@@ -412,7 +417,8 @@ def poc_page(folder: Path, summary: dict) -> str:
     body = "".join([
         head, data_sec,
         _recommendation(summary, runs, files, baselines, operating),
-        _comparison(runs, files, baselines, rec_name, has_labels, _criteria(summary)),
+        _comparison(runs, files, baselines, rec_name, has_labels, _criteria(summary),
+                    _d(summary.get("recommended")).get("members")),
         _problems_note([(e.name, e.run) for e in run_entries]),
         alarm_section(str(rec_name), rec_ev, "the recommended model") if rec_ev else "",
         training_section(run_entries + missing_dirs),
