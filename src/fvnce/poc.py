@@ -527,8 +527,9 @@ def _union_choice(rec: dict | None, runs: list[dict], dataset, out_dir: Path, co
             f"recommending the single run {rec['run']}")
         return rec
     from . import evaluate as ev
+    from .runs.evaluation import ALARM_KEYS
 
-    alarm = {k: v for k, v in made["alarm"].items() if k != "validation_scores"}
+    alarm = {k: made["alarm"].get(k) for k in ALARM_KEYS}  # as a run's evaluation.json repeats it
     labels = None if dataset.test_labels is None else dataset.test_labels.numpy()
     operating = ev.operating_point(made["scores"], labels, alarm["threshold"], calibration=made["alarm"]) \
         if alarm.get("threshold") is not None and len(made["scores"]) else None

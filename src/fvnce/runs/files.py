@@ -6,6 +6,7 @@
     checkpoint.pt      latest training state; best.pt the best-validation parameters
     metrics.jsonl      training curves
     alarm.json         the alarm threshold and the validation scores it was set from (runs/alarm.py)
+    union.json         a union of runs (runs/union.py): beside alarm.json, in place of the rest
     evaluation.json    metrics on validation and test data; samples.npy model samples
 
 Every file is written atomically."""
@@ -32,6 +33,7 @@ NOISE_NAME = "noise.pt"
 EVALUATION_NAME = "evaluation.json"
 SAMPLES_NAME = "samples.npy"
 ALARM_NAME = "alarm.json"
+UNION_NAME = "union.json"  # a union of runs (runs/union.py) in place of config.json
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -85,7 +87,7 @@ def _read_config(run_dir: Path) -> dict:
     if not run_dir.is_dir():
         raise CheckpointError(f"run directory not found: {run_dir}")
     if not path.exists():
-        if (run_dir / "union.json").is_file():  # fvnce.runs.union.UNION_NAME
+        if (run_dir / UNION_NAME).is_file():
             raise CheckpointError(f"{run_dir} is a union of runs, not one run: only 'fvnce score' takes it; give "
                                   "one of its members (listed in its union.json) to this command")
         raise CheckpointError(f"{run_dir} is not an fvnce run directory (no {CONFIG_NAME})")

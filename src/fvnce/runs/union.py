@@ -46,9 +46,7 @@ import torch
 from .. import __version__
 from ..checkpoint import atomic_write_json
 from ..errors import CheckpointError, ConfigError
-from .files import ALARM_NAME
-
-UNION_NAME = "union.json"
+from .files import ALARM_NAME, UNION_NAME
 COMBINATION = ("the largest, over the members, of (member score - median) / inter-quartile range, both taken over "
                "the member's scores of the validation rows")
 
@@ -97,9 +95,9 @@ def read_union(run_dir: str | Path) -> dict:
         if not isinstance(members, list) or not members:
             raise ValueError("no members")
         for m in members:
-            float(m["center"]), float(m["spread"]), str(m["run_dir"])  # noqa: B018 (type checks)
-            if not float(m["spread"]) > 0:
-                raise ValueError(f"member {m.get('name')} has spread {m['spread']}")
+            if not isinstance(m["run_dir"], str) or not float(m["spread"]) > 0 or not np.isfinite(float(m["center"])):
+                raise ValueError(f"member {m.get('name')} has run_dir {m['run_dir']!r}, center {m['center']!r}, "
+                                 f"spread {m['spread']!r}")
     except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path} is corrupt: {exc}") from None
     for m in members:
