@@ -1,7 +1,7 @@
 """Shared helpers of the benchmark scripts: thread settings, interleaved timing rounds
 with load recording, medians, machine description, tables and the JSON writer.
 
-Timing protocol (issue 5): variants run in *rounds*; each round runs every variant once,
+Timing protocol: variants run in *rounds*; each round runs every variant once,
 in an order that rotates from round to round, so slow drifts of the machine hit all
 variants alike.  ``os.getloadavg()`` is read before and after each round; a round whose
 1-minute load average exceeds ``threads + busy_margin`` (someone else is computing) is

@@ -1,4 +1,4 @@
-"""Anomaly detection on the ADBench sets of ``shared/data/adbench`` (issue 11, item 1).
+"""Anomaly detection on the ADBench sets of ``shared/data/adbench``.
 
 Two protocols, each over ``--seeds`` seeds (default 3):
 

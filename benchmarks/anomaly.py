@@ -1,4 +1,4 @@
-"""Anomaly detection against what users would pick instead (issue 5, item 5).
+"""Anomaly detection against what users would pick instead.
 
 One-class protocol: each chosen class is "normal" (training rows are normal only),
 every other class is anomalous; validation and test rows mix both (``fvnce.data``

@@ -1,6 +1,6 @@
-"""Consistency on the unnormalised two-Gaussian mixture (issue 5, item 4), following the
-protocol of the VNCE paper (Rhodes & Gutmann 2019, section 5.1), reimplemented with
-fvnce's model and objectives.
+"""Consistency on the unnormalised two-Gaussian mixture, following the protocol of the
+VNCE paper (Rhodes & Gutmann 2019, section 5.1), reimplemented with fvnce's model and
+objectives.
 
 Model: ``phi(x, z; theta) = (1-z) exp(-x^2/(2 theta^2)) + z exp(-x^2/(2 sigma1^2))``,
 sigma1 = 4, unnormalised with a learned log-normaliser c (``fvnce.models.TwoGaussianMixture``).

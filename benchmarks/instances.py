@@ -1,4 +1,4 @@
-"""Instances study (issue 5, item 3): how the scoring rules of fvnce differ in behaviour.
+"""Instances study: how the scoring rules of fvnce differ in behaviour.
 
 For each data set, seed and noise: a base VAE is trained with the ELBO; every fvnce
 run starts from it as an energy-tilted VAE (tilt 0, the VAE's weights: the set-up

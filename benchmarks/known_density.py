@@ -1,10 +1,10 @@
-"""Every rule learns a density it can be checked against (issue 10, "done when" item 1).
+"""Every rule learns a density it can be checked against.
 
 Data: a two-cluster Gaussian mixture in 4-D (1,200 training rows, written to a CSV), whose
 log-density is known in closed form.  Each configuration is trained with the command line
 and its defaults (``fvnce train --data F.csv --rule R``: energy-tilted VAE, full-Gaussian
-noise, ``exp_mode linear``, ``tau 10``, 2,000 steps), then ``fvnce score`` scores 2,000
-fresh rows of the same mixture.  Reported per rule and seed: the Spearman rank
+noise, ``exp_mode linear``, ``tau 10``, the default 4,000 steps), then ``fvnce score``
+scores 2,000 fresh rows of the same mixture.  Reported per rule and seed: the Spearman rank
 correlation of the score with the true ``-log p`` (1 = perfect ranking), the evaluation
 log-likelihood with its log Z diagnostics (k-hat, ESS), the mean true log-density of the
 data (the best achievable log-likelihood), and the stabilisation events of the run.

@@ -1,4 +1,4 @@
-"""Can the proof of concept be trusted? (issue 10, "done when" items 2-4)
+"""Can the proof of concept be trusted?
 
 Runs ``fvnce poc`` with its defaults (the VAE, then every default noise x rule on an
 energy-tilted version of it; nothing tuned) on each set and checks, per set:
@@ -72,7 +72,7 @@ def _paired_se(a, b) -> float | None:
 
 
 def assess(summary: dict, out: Path | None = None) -> dict:
-    """The issue's checks on one poc summary (``out``: its directory, for paired errors)."""
+    """The trust checks on one poc summary (``out``: its directory, for paired errors)."""
     runs = {r["name"]: r for r in summary["runs"]}
     vae_rows = _row_log_likelihoods(out, "elbo-vae")
     vae = runs.get("elbo-vae")

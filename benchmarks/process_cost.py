@@ -1,15 +1,16 @@
-"""Fixed cost of a ``fvnce train`` process, before and after, side by side (issue 12).
+"""Fixed cost of a ``fvnce train`` process, before and after, side by side.
 
 The fixed cost is the process wall time minus the time of its training loop (the
 ``trained N steps in X s`` line: ``Trainer.fit`` from the first to the last step, with
 validation and checkpoints): imports, data, noise fitting, evaluation, samples, report
 files and interpreter start/exit.
 
-"before" is the source tree of an older commit (``--before-rev``, default the last commit
-of main before issue 12's changes), checked out into a temporary ``git worktree`` and
-run with ``PYTHONPATH=<worktree>/src`` from the same virtual environment; "after" is this
-tree.  Both run the same command lines, interleaved in rounds (the order alternates), one
-thread each; the table gives medians over the rounds.
+"before" is the source tree of an older commit (``--before-rev``, default
+``DEFAULT_BEFORE``: the tree before the training loop was split and the process start
+was cut), checked out into a temporary ``git worktree`` and run with
+``PYTHONPATH=<worktree>/src`` from the same virtual environment; "after" is this tree.
+Both run the same command lines, interleaved in rounds (the order alternates), one thread
+each; the table gives medians over the rounds.
 
     python benchmarks/process_cost.py                      # digits, 1500 steps, elbo and fvnce, 3 rounds
     python benchmarks/process_cost.py --steps 300 --rounds 2 --objectives elbo
@@ -31,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-#: main before issue 12 (the golden runs' parent commit)
+#: the tree before the training loop was split (the golden runs' parent commit)
 DEFAULT_BEFORE = "279fe07"
 LOOP = re.compile(r"trained (\d+) steps in ([0-9.]+) s")
 

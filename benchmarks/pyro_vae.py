@@ -1,5 +1,5 @@
 """Epoch time and test ELBO of Pyro's SVI (Trace_ELBO) against fvnce ``elbo`` and
-fvnce ``kl`` on the same VAE, data and batch (issue 5, item 2).
+fvnce ``kl`` on the same VAE, data and batch.
 
 The three variants train the *same* network classes (fvnce's ``VAE`` decoder and
 ``GaussianEncoder``, 784-512-256-32 MLP, Bernoulli likelihood) from the same initial

@@ -1,4 +1,4 @@
-"""Step cost of fvnce against a minimal hand-written PyTorch VAE step (issue 5, item 1).
+"""Step cost of fvnce against a minimal hand-written PyTorch VAE step.
 
 Variants, all on the same binarised Fashion-MNIST batch, the same MLP architecture
 (784-512-256-z encoder, z-256-512-784 Bernoulli decoder), Adam, the same thread

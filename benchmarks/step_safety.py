@@ -1,4 +1,4 @@
-"""Per-step safety work of a training step, piece by piece (issue 12, item 5).
+"""Per-step safety work of a training step, piece by piece.
 
 On the batches and models of ``step_cost.py`` (batch 512, 784-D binarised Fashion-MNIST,
 normalised ``kl`` and the energy-tilted VAE with ``kl`` and ``power`` at nu = 1), after
@@ -9,8 +9,8 @@ one real forward and backward pass, times in microseconds:
   check (``Guard.check``, one read), the gradient norm (``get_total_norm``) and its one
   read, and the clipping decision (the rescaling pass runs only when the factor can be
   below 1) -- and the objective's diagnostics, which are built but not read;
-* ``as_before``: the same protections as the step ran them before issue 12 item 5 --
-  every diagnostic computed and read by the objective (here: read all of them),
+* ``as_before``: the same protections as the step ran them before the diagnostics were
+  computed on read -- every diagnostic computed and read by the objective (here: read all of them),
   ``bool(isfinite(loss))``, the explosion check with boolean indexing,
   ``clip_grad_norm_`` (which rescales every gradient, by exactly 1 when nothing is
   clipped) and ``bool(isfinite(norm))``;
