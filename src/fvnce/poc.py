@@ -110,7 +110,7 @@ def mixture_plan(config: "PocConfig", dataset) -> list[int]:
     and then explains away a row that is extreme along them; a mixture of diagonal
     Gaussians does not.  On ADBench wbc and cardiotocography that decides detection
     (validation-chosen FVNCE 0.85 / 0.66 test AUROC without the mixtures, IsolationForest
-    0.98 / 0.81; docs/benchmarks.md, section 9).  They are small (seconds per run)."""
+    0.98 / 0.81; docs/benchmarks.md, "ADBench").  They are small (seconds per run)."""
     if config.model != "auto" or dataset.binary or dataset.image_shape is not None:
         return []
     return list(dict.fromkeys(config.mixtures))
@@ -370,7 +370,7 @@ LABEL_FREE = ("highest validation log-likelihood, among runs whose estimate is r
 
 
 #: without labels, the recommendation is a union of two runs when the poc has both kinds
-#: (fvnce.runs.union; measured on ADBench, docs/benchmarks.md section 9)
+#: (fvnce.runs.union; measured on ADBench, docs/benchmarks.md, "ADBench")
 UNION_RUN = "union"
 LABEL_FREE_UNION = ("without anomaly labels: the union of the run that models the features jointly with the highest "
                     "reliable validation log-likelihood and the one-component diagonal mixture (independent "
@@ -407,7 +407,7 @@ def _rank(eligible: list[dict], has_labels: bool, counts: dict | None) -> tuple[
     AUROC (log-likelihood breaks exact ties); ``n_lead`` counts the runs whose AUROC is within
     SE_FACTOR * sqrt(se_best^2 + se^2) (Hanley & McNeil) of the best, which the reason names.
     Runs within noise are not re-ranked by log-likelihood: on ADBench (docs/benchmarks.md,
-    section 9) that tie-break picked the better density and the worse detector (wbc,
+    "ADBench") that tie-break picked the better density and the worse detector (wbc,
     pima, cardiotocography), while the point AUROC remains the best estimate there is."""
     ll = lambda r: finite(r["val_metrics"].get("log_likelihood"))  # noqa: E731
     auc = lambda r: finite(r["val_metrics"].get("auroc"))  # noqa: E731
@@ -503,7 +503,7 @@ def _union_choice(rec: dict | None, runs: list[dict], dataset, out_dir: Path, co
     when the poc lacks either kind or the union cannot be built.  Why not the single run
     of highest log-likelihood: without labels no criterion tells which kind of anomaly the
     data holds, and each kind has a model that explains it away (docs/benchmarks.md,
-    section 9); ``single_choice`` keeps that run."""
+    "ADBench"); ``single_choice`` keeps that run."""
     import shutil
 
     shutil.rmtree(out_dir / "runs" / UNION_RUN, ignore_errors=True)  # an earlier poc's union in this folder

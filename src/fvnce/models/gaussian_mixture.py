@@ -7,7 +7,7 @@ independent, so a row that is extreme in one feature is improbable even when the
 features of the normal rows are strongly correlated and the row lies along that
 correlation: a model that learns the correlations (a full-covariance Gaussian, a VAE)
 explains such a row away.  On the ADBench sets wbc and cardiotocography that difference
-decides detection (docs/benchmarks.md, section 9).
+decides detection (docs/benchmarks.md, "ADBench").
 
 Everything is exact: the marginal is a ``logsumexp`` over the ``K`` components, the
 posterior ``p(z | x)`` a Categorical, and discrete encoders are summed over exactly by the

@@ -5,7 +5,7 @@ Why: without anomaly labels nothing tells which *kind* of anomaly the data holds
 extreme in one feature are flagged by a model of independent features (the one-component
 diagonal mixture) and explained away by a model that learns the features' relations (the
 VAE family); rows that break those relations are the other way round (ADBench,
-``docs/benchmarks.md`` section 9: cardiotocography and wbc against wilt).  The union
+``docs/benchmarks.md``, "ADBench": cardiotocography and wbc against wilt).  The union
 flags both kinds.
 
 Score of a row: ``max_m (s_m - c_m) / w_m`` over the members ``m``, where ``s_m`` is the

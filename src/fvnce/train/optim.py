@@ -1,8 +1,8 @@
 """The optimiser: torch's Adam, without the ~1.6 s import of ``torch._dynamo`` in eager runs.
 
 Constructing any ``torch.optim`` optimiser imports ``torch._dynamo`` (measured 1.5-1.8 s
-of a 2-core machine's process start; ``benchmarks/process_cost.py``, docs/benchmarks.md
-section 7): ``Optimizer.add_param_group``, ``zero_grad``, ``state_dict`` and
+of a 2-core machine's process start; ``benchmarks/process_cost.py``, docs/benchmarks.md,
+"Fixed cost of a process"): ``Optimizer.add_param_group``, ``zero_grad``, ``state_dict`` and
 ``load_state_dict`` are wrapped in ``torch._disable_dynamo``, which imports
 ``torch._dynamo`` on its first call to tell a ``torch.compile`` trace not to enter them,
 and ``Adam.step`` runs inside a wrapper that imports it for two graph breaks.  Outside a
