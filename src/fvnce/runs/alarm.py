@@ -31,8 +31,7 @@ from ..checkpoint import atomic_write_json
 from ..errors import CheckpointError, ConfigError
 from .files import ALARM_NAME
 
-#: the default target false-alarm rate of a run
-DEFAULT_ALARM_RATE = 0.01
+from ..thresholds import DEFAULT_ALARM_RATE  # noqa: E402,F401
 NORMAL_ROWS = "validation normal rows"
 ALL_ROWS = "validation rows, all of them (the data has no anomaly labels)"
 
