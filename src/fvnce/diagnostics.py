@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .objectives.base import effective_sample_size
+from .objectives.weights import effective_sample_size
 
 __all__ = [
     "ESS_FRACTION_MIN",
@@ -146,7 +146,7 @@ def weight_report(log_w) -> dict[str, Any]:
     """Diagnostics of a flat set of log importance weights.
 
     Returns ``n`` (number of weights, zero weights included), ``ess`` (Kish,
-    ``(sum w)^2 / sum w^2``, see :func:`~fvnce.objectives.base.effective_sample_size`;
+    ``(sum w)^2 / sum w^2``, see :func:`~fvnce.objectives.weights.effective_sample_size`;
     0 when a weight is NaN or infinite, or all are zero), ``ess_fraction = ess / n``,
     ``khat`` (:func:`pareto_khat`) and ``reliable`` (:func:`reliable`).
     """

@@ -8,8 +8,10 @@ returns an :class:`ObjectiveOutput`.
 from __future__ import annotations
 
 from ..errors import ConfigError
-from .base import (LogWeights, Objective, ObjectiveOutput, calibrate_log_normaliser, effective_sample_size,
-                   estimate_log_ratio, log_weights)
+from .base import Objective
+from .output import ObjectiveOutput
+from .weights import (LogWeights, calibrate_log_normaliser, effective_sample_size, estimate_log_ratio,
+                      log_weights)
 from .elbo import ELBO
 from .fvnce import FVNCE
 from .iwae import IWAE

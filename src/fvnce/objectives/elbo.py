@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .base import Objective, ObjectiveOutput, _noise_diagnostics, _validate_positive_int, log_weights, require_normalised
+from .base import Objective
+from .output import ObjectiveOutput
+from .util import noise_diagnostics, require_normalised, validate_positive_int
+from .weights import log_weights
 
 __all__ = ["ELBO"]
 
@@ -20,7 +23,7 @@ class ELBO(Objective):
     uses_noise = False
 
     def __init__(self, k: int = 1) -> None:
-        self.k = _validate_positive_int("k", k, "elbo")
+        self.k = validate_positive_int("k", k, "elbo")
 
     def config(self) -> dict:
         return {"name": self.name, "k": self.k}
@@ -32,7 +35,7 @@ class ELBO(Objective):
         lw = log_weights(model, encoder, x, 0.0, self.k)
         per = lw.expect(lambda t: -t) if lw.enumerated else -lw.log_w.mean(0)
         loss = per.mean()
-        diag = _noise_diagnostics(lw.log_ratio, None, model)  # computed when read
+        diag = noise_diagnostics(lw.log_ratio, None, model)  # computed when read
         diag["data_loss"] = loss.detach()
         parts = {"model log-density log p(x,z)": lw.log_joint, "encoder log-density log q(z|x)": lw.log_q}
         return ObjectiveOutput(loss, per, None, diag, parts)

@@ -44,26 +44,16 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from ..rules import ScoringRule, scoring_rule
-from .base import (LogWeights, ratio_output, Objective, ObjectiveOutput, _mean_of, _noise_diagnostics, _validate_positive_int,
-                   exact_ratio, log_weights)
+from .base import Objective
+from .output import ObjectiveOutput
+from .util import make_rule, mean_of, noise_diagnostics, ratio_output, validate_positive_int
+from .weights import LogWeights, exact_ratio, log_weights
 
 __all__ = ["FVNCE"]
 
 NOISE_TERMS = ("auto", "estimate")
 NOISE_ENCODER = ("auto", "grad", "detach")
 BASE_FITS = ("auto", "elbo", "rule")
-
-
-def _make_rule(rule, exp_mode: str, tau: float, params: dict, owner: str) -> ScoringRule:
-    if isinstance(rule, ScoringRule):
-        if params:
-            raise ConfigError(f"{owner}: rule parameters {sorted(params)} given with a rule object")
-        return rule
-    try:
-        return scoring_rule(rule, exp_mode=exp_mode, tau=tau, **params)
-    except ValueError as exc:
-        raise ConfigError(f"{owner}: {exc}") from None
 
 
 def data_log_pn(noise, x: Tensor, x_log_pn: Tensor | None, owner: str) -> Tensor:
@@ -95,13 +85,13 @@ class FVNCE(Objective):
     def __init__(self, rule="kl", k: int = 1, nu: int = 1, exp_mode: str = "exact", tau: float = 20.0,
                  noise_term: str = "auto", noise_encoder: str = "auto", base_fit: str = "auto",
                  **rule_params) -> None:
-        self.rule = _make_rule(rule, exp_mode, tau, rule_params, "fvnce")
+        self.rule = make_rule(rule, exp_mode, tau, rule_params, "fvnce")
         bad = self.rule.convexity_violations()
         if bad:
             raise ConfigError("fvnce refuses this rule: " + "; ".join(bad)
                               + " - a fully variational bound needs both sides convex (use it with nce or vnce)")
-        self.k = _validate_positive_int("k", k, "fvnce")
-        self.nu = _validate_positive_int("nu", nu, "fvnce")
+        self.k = validate_positive_int("k", k, "fvnce")
+        self.nu = validate_positive_int("nu", nu, "fvnce")
         if noise_term not in NOISE_TERMS:
             raise ConfigError(f"fvnce: noise_term must be one of {NOISE_TERMS}, got {noise_term!r}")
         self.noise_term = noise_term
@@ -160,8 +150,8 @@ class FVNCE(Objective):
             noise_terms, noise_lr = lw_n.expect_with_ratio(self.rule.noise_loss)
             noise_mean, noise_lr = noise_terms.mean(), noise_lr.detach()
         loss = data_terms.mean() + noise_mean
-        diag = _noise_diagnostics(lw_d.log_ratio, noise_lr, model)  # computed when read
-        diag["data_loss"] = _mean_of(data_terms)
+        diag = noise_diagnostics(lw_d.log_ratio, noise_lr, model)  # computed when read
+        diag["data_loss"] = mean_of(data_terms)
         diag["noise_loss"] = noise_mean.detach()
         parts = {"data-side model log-density log p~(x,z)": lw_d.log_joint,
                  "data-side encoder log-density log q(z|x)": lw_d.log_q,
@@ -191,10 +181,10 @@ class FVNCE(Objective):
         noise_terms, noise_lr = lw_n.expect_with_ratio(self.rule.noise_loss)
         noise_lr = noise_lr.detach()
         loss = data_terms.mean() + noise_terms.mean() - elbo.mean()
-        diag = _noise_diagnostics(lw_d.log_ratio, noise_lr, model)
-        diag["data_loss"] = _mean_of(data_terms)
-        diag["noise_loss"] = _mean_of(noise_terms)
-        diag["base_elbo"] = _mean_of(elbo)
+        diag = noise_diagnostics(lw_d.log_ratio, noise_lr, model)
+        diag["data_loss"] = mean_of(data_terms)
+        diag["noise_loss"] = mean_of(noise_terms)
+        diag["base_elbo"] = mean_of(elbo)
         parts = {"data-side base log-density log p_base(x,z)": lw.log_joint[:, :b],
                  "data-side encoder log-density log q(z|x)": lw.log_q[:, :b],
                  "tilt g(x) - c": tilt, "data-side log-ratio": lw_d.log_w, "noise-side log-ratio": lw_n.log_w}

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .base import Objective, ObjectiveOutput, _noise_diagnostics, _validate_positive_int, log_weights, require_normalised
+from .base import Objective
+from .output import ObjectiveOutput
+from .util import noise_diagnostics, require_normalised, validate_positive_int
+from .weights import log_weights
 
 __all__ = ["IWAE"]
 
@@ -21,7 +24,7 @@ class IWAE(Objective):
     uses_noise = False
 
     def __init__(self, k: int = 8) -> None:
-        self.k = _validate_positive_int("k", k, "iwae")
+        self.k = validate_positive_int("k", k, "iwae")
 
     def config(self) -> dict:
         return {"name": self.name, "k": self.k}
@@ -33,7 +36,7 @@ class IWAE(Objective):
         lw = log_weights(model, encoder, x, 0.0, self.k, exact_limit=True)
         per = -lw.log_ratio()
         loss = per.mean()
-        diag = _noise_diagnostics(lw.log_ratio, None, model)  # computed when read
+        diag = noise_diagnostics(lw.log_ratio, None, model)  # computed when read
         diag["data_loss"] = loss.detach()
         parts = {"model log-density log p(x,z)": lw.log_joint, "encoder log-density log q(z|x)": lw.log_q}
         return ObjectiveOutput(loss, per, None, diag, parts)

@@ -14,8 +14,10 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from .base import Objective, ObjectiveOutput, _validate_positive_int, ratio_output
-from .fvnce import _make_rule, data_log_pn, draw_noise
+from .base import Objective
+from .fvnce import data_log_pn, draw_noise
+from .output import ObjectiveOutput
+from .util import make_rule, ratio_output, validate_positive_int
 
 __all__ = ["NCE"]
 
@@ -25,10 +27,10 @@ class NCE(Objective):
     uses_encoder = False
 
     def __init__(self, rule="logistic", nu: int = 1, exp_mode: str = "exact", tau: float = 20.0, **rule_params) -> None:
-        self.nu = _validate_positive_int("nu", nu, "nce")
+        self.nu = validate_positive_int("nu", nu, "nce")
         if rule == "logistic":
             rule_params.setdefault("nu", float(self.nu))
-        self.rule = _make_rule(rule, exp_mode, tau, rule_params, "nce")
+        self.rule = make_rule(rule, exp_mode, tau, rule_params, "nce")
 
     def config(self) -> dict:
         return {"name": self.name, "rule": self.rule.config(), "nu": self.nu}

@@ -16,8 +16,11 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..errors import ConfigError
-from .base import Objective, ObjectiveOutput, _mean_of, _noise_diagnostics, _validate_positive_int, log_weights
-from .fvnce import _make_rule, data_log_pn, draw_noise
+from .base import Objective
+from .fvnce import data_log_pn, draw_noise
+from .output import ObjectiveOutput
+from .util import make_rule, mean_of, noise_diagnostics, validate_positive_int
+from .weights import log_weights
 
 __all__ = ["VNCE"]
 
@@ -27,11 +30,11 @@ class VNCE(Objective):
 
     def __init__(self, rule="logistic", k: int = 1, nu: int = 1, exp_mode: str = "exact", tau: float = 20.0,
                  **rule_params) -> None:
-        self.k = _validate_positive_int("k", k, "vnce")
-        self.nu = _validate_positive_int("nu", nu, "vnce")
+        self.k = validate_positive_int("k", k, "vnce")
+        self.nu = validate_positive_int("nu", nu, "vnce")
         if rule == "logistic":
             rule_params.setdefault("nu", float(self.nu))
-        self.rule = _make_rule(rule, exp_mode, tau, rule_params, "vnce")
+        self.rule = make_rule(rule, exp_mode, tau, rule_params, "vnce")
         bad = [v for v in self.rule.convexity_violations() if v.startswith("data side")]
         if bad:
             raise ConfigError("vnce refuses this rule: " + "; ".join(bad) + " - the data-side bound needs it convex")
@@ -49,9 +52,9 @@ class VNCE(Objective):
         lr_n = lw_n.log_ratio()
         noise_terms = self.rule.noise_loss(lr_n)
         loss = data_terms.mean() + noise_terms.mean()
-        diag = _noise_diagnostics(lw_d.log_ratio, lr_n, model)  # computed when read
-        diag["data_loss"] = _mean_of(data_terms)
-        diag["noise_loss"] = _mean_of(noise_terms)
+        diag = noise_diagnostics(lw_d.log_ratio, lr_n, model)  # computed when read
+        diag["data_loss"] = mean_of(data_terms)
+        diag["noise_loss"] = mean_of(noise_terms)
         parts = {"data-side model log-density log p~(x,z)": lw_d.log_joint,
                  "data-side encoder log-density log q(z|x)": lw_d.log_q,
                  "noise-side model log-density log p~(y,z)": lw_n.log_joint,

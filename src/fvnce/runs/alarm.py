@@ -29,10 +29,9 @@ import torch
 from .. import __version__
 from ..checkpoint import atomic_write_json
 from ..errors import CheckpointError, ConfigError
+from ..thresholds import DEFAULT_ALARM_RATE  # noqa: F401 (re-exported for runs)
 from .files import ALARM_NAME
 
-#: the default target false-alarm rate of a run
-DEFAULT_ALARM_RATE = 0.01
 NORMAL_ROWS = "validation normal rows"
 ALL_ROWS = "validation rows, all of them (the data has no anomaly labels)"
 

@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 
 from ..errors import NonFiniteLossError
-from ..objectives.base import Diagnostics, calibrate_log_normaliser, read_floats
+from ..objectives.output import Diagnostics, read_floats
+from ..objectives.weights import calibrate_log_normaliser
 from ._tree import deepclone
 from .rng import rng_state, set_rng_state
 
