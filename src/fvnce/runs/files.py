@@ -82,6 +82,15 @@ def _config_record(config: RunConfig, dataset: Dataset, model_name: str, model_o
     }
 
 
+def _check_run_dir(run_dir: Path) -> None:
+    """CheckpointError unless ``run_dir`` is a run (``config.json``) or a union of runs
+    (``union.json``): checked before anything else a command does with it."""
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory not found: {run_dir}")
+    if not (run_dir / CONFIG_NAME).is_file() and not (run_dir / UNION_NAME).is_file():
+        raise CheckpointError(f"{run_dir} is not an fvnce run directory (no {CONFIG_NAME})")
+
+
 def _read_config(run_dir: Path) -> dict:
     path = run_dir / CONFIG_NAME
     if not run_dir.is_dir():
