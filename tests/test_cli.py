@@ -291,8 +291,8 @@ def test_the_recommended_train_command_trains_the_recommended_run_again(table, t
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "poc"
     assert main(["poc", "--data", str(table), "--label", "status", "--normal", "ok", "--budget", "12", "--rules",
-                 "kl,power:1.5", "--noises", "full_gaussian,base", "--seed", "3", "--split-seed", "5", "--z-dim", "2",
-                 "--alarm-rate", "0.05", "--no-baselines", "--out", str(out), "--quiet"]) == 0
+                 "power:1.5", "--noises", "full_gaussian,base", "--mixtures", "2", "--seed", "3", "--split-seed", "5",
+                 "--z-dim", "2", "--alarm-rate", "0.05", "--no-baselines", "--out", str(out), "--quiet"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     rec = summary["recommended"]
     cmd = rec["train_command"]
@@ -313,4 +313,12 @@ def test_the_recommended_train_command_trains_the_recommended_run_again(table, t
     assert main(shlex.split(cmd)[1:] + ["--quiet"]) == 0
     ev = json.loads((tmp_path / "recommended-run" / "evaluation.json").read_text())
     poc_auroc = next(r for r in summary["runs"] if r["name"] == rec["run"])["metrics"]["auroc"]
+    assert ev["auroc"] == pytest.approx(poc_auroc, abs=1e-9)
+    # the same for a run that starts from the poc's VAE (--init-from) and samples it as its noise
+    tilted = RunConfig.from_dict(json.loads((out / "runs" / "fvnce-power1.5-base" / "config.json").read_text())["run"])
+    line, _ = train_command(tilted, "tilted")
+    assert "--init-from" in line and "--noise base" in line
+    assert main(shlex.split(line)[1:] + ["--quiet"]) == 0
+    ev = json.loads((tmp_path / "tilted" / "evaluation.json").read_text())
+    poc_auroc = next(r for r in summary["runs"] if r["name"] == "fvnce-power1.5-base")["metrics"]["auroc"]
     assert ev["auroc"] == pytest.approx(poc_auroc, abs=1e-9)

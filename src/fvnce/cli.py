@@ -298,8 +298,8 @@ def _run_config(args, base=None):
     if args.alarm_rate is not None:
         cfg.alarm_rate = args.alarm_rate
     train = cfg.train.to_dict()
-    for key in ("steps", "epochs", "batch_size", "lr", "grad_clip", "seed", "checkpoint_every", "eval_every", "device",
-                "precision", "compile", "dist_noise"):
+    for key in ("steps", "epochs", "batch_size", "lr", "grad_clip", "seed", "checkpoint_every", "eval_every",
+                "device", "precision", "compile", "dist_noise"):
         v = getattr(args, key)
         if v is not None:
             train[key] = v

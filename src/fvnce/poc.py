@@ -571,8 +571,8 @@ def run_poc(config: PocConfig, out_dir: str | Path, *, log: Callable[[str], None
     except TrainingInterrupted as exc:
         if not replace:
             raise
-        raise TrainingInterrupted(f"poc interrupted at step {exc.step}; the new poc was discarded and {out_dir} was "
-                                  "left as it was", exc.step, None) from None
+        raise TrainingInterrupted(f"{str(exc).split(';')[0]}; the new poc was discarded and {out_dir} was left as it "
+                                  "was", exc.step, None) from None
 
 
 def _run_poc_into(config: PocConfig, rules: list, out_dir: Path, final: Path, t0: float, log, progress: bool,

@@ -44,7 +44,8 @@ def _jsonable(d: dict) -> dict:
 
 
 def _check_new_run_dir(run_dir: Path) -> None:
-    """A new run goes into a new (or empty) folder, or replaces an earlier fvnce run."""
+    """A new run's files go into a new (or empty) folder, or into a run folder that
+    :func:`fvnce.runs.training.train_run` has checked (:mod:`fvnce.runs.output`)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"output {run_dir} exists and is not a directory; choose a new --out")
     if run_dir.exists() and any(run_dir.iterdir()):
