@@ -212,3 +212,13 @@ def test_poc_overwrite_swaps_in_a_poc_whose_runs_point_at_their_final_folder(tab
     assert main(["train", "--out", str(member), "--resume", "--steps", "9", "--quiet", "--no-eval"]) == 0
     import torch
     assert torch.load(member / "checkpoint.pt", weights_only=True)["step"] == 9
+
+
+def test_a_run_is_not_started_from_weights_that_its_overwrite_would_delete(finished, table, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(_train(table, run)) == 0
+    before = _snapshot(run)
+    capsys.readouterr()
+    assert main(_train(table, run, "--overwrite", "--init-from", str(run))) == 2
+    assert f"--init-from {run} is in {run}, which --overwrite would replace" in capsys.readouterr().err
+    assert _snapshot(run) == before

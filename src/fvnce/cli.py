@@ -563,6 +563,11 @@ def _cmd_poc(args) -> int:
         what = (f"{rec['run']} of {' and '.join(rec['members'])}, in {Path(args.out) / 'runs' / rec['run']}"
                 if rec.get("members") else rec["run"])
         log(f"fvnce: recommended {what} ({rec['criterion']})")
+        if rec.get("train_command"):
+            log(f"fvnce: to train it again: {rec['train_command']}")
+        elif rec.get("member_commands"):
+            log(f"fvnce: to train its members again and score the union: recommended.member_commands and "
+                f"score_command in {Path(args.out) / 'summary.json'}")
     return 0
 
 

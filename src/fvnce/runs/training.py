@@ -59,9 +59,9 @@ def train_run(config: RunConfig, run_dir: str | Path, *, resume: bool = False, o
         resume = False
     elif not resume:
         replace = check_output(run_dir, overwrite)
-        if replace and config.init_from and Path(config.init_from).resolve() == run_dir.resolve():
-            raise ConfigError(f"--init-from {config.init_from} is the run that --overwrite would replace; copy it "
-                              "elsewhere first, or choose a new --out")
+        if replace and config.init_from and Path(config.init_from).resolve().is_relative_to(run_dir.resolve()):
+            raise ConfigError(f"--init-from {config.init_from} is in {run_dir}, which --overwrite would replace; copy "
+                              "it elsewhere first, or choose a new --out")
     main = distributed.is_main()
     try:
         with replacing(run_dir, replace and main) as work:
