@@ -159,7 +159,7 @@ def test_interrupting_a_poc_stops_it_without_a_summary(table, tmp_path, capsys, 
     assert rc == 130 and len(calls) == 2
     err = capsys.readouterr().err
     assert f"poc interrupted at step 7 of run {calls[1]}" in err and "--resume" not in err
-    assert not (out / "summary.json").exists() and f"remove {out} (or choose a new --out)" in " ".join(err.split())
+    assert not (out / "summary.json").exists() and "run it again with --overwrite (or choose a new --out)" in err
 
 
 def test_python_dash_m_and_help():
@@ -236,3 +236,89 @@ def test_headline_never_shows_an_estimated_log_likelihood_without_its_diagnostic
     assert "(estimate: log Z k-hat 0.20, ESS 50 %)" in good and "UNRELIABLE" not in good
     assert _headline({"log_likelihood": -3.0, "log_likelihood_kind": "iwae_bound", "log_z": None}) \
         == "test log-likelihood -3.000 nats"
+
+
+@pytest.mark.parametrize("command", [["score", "--data", "x.csv", "--out", "s.csv"], ["evaluate"],
+                                     ["sample", "--out", "s.npy"]])
+def test_a_missing_or_foreign_run_folder_is_named_before_anything_else(command, tmp_path, capsys, monkeypatch):
+    """``score`` used to say the run "has no alarm threshold" for a folder that does not exist."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("not a run")
+    for folder, message in (("missing", "run directory not found: missing"),
+                            ("other", "other is not an fvnce run directory (no config.json)")):
+        assert main([command[0], folder, *command[1:]]) == 2
+        assert capsys.readouterr().err.strip() == f"fvnce: error: {message}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other"]
+
+
+@pytest.mark.parametrize("flag,value", [("--steps", "-1"), ("--epochs", "0"), ("--grad-clip", "0"),
+                                        ("--tilt-bound", "-1")])
+def test_number_checks_never_say_none(flag, value, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", flag, value, "--out", "X"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "None" not in err
+    assert f"must be a positive {'integer' if flag in ('--steps', '--epochs') else 'number'}, got" in err
+
+
+def test_components_sets_the_mixture_size(table, tmp_path, capsys):
+    run = tmp_path / "mix"
+    assert main(["train", "--data", str(table), "--label", "status", "--normal", "ok", "--model", "gaussian_mixture",
+                 "--components", "3", "--steps", "5", "--eval-k", "8", "--eval-every", "2", "--out", str(run),
+                 "--quiet", "--no-eval"]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["run"]["model_options"] == {"components": 3} and saved["model"]["options"]["components"] == 3
+    assert saved["run"]["eval_k"] == 8 and saved["run"]["train"]["eval_every"] == 2
+    assert main(["train", "--data", str(table), "--components", "3", "--out", str(tmp_path / "x")]) == 2
+    assert "--components is the gaussian_mixture model's option" in capsys.readouterr().err
+
+
+def _parsed_config(command: str) -> dict:
+    import shlex
+
+    from fvnce.cli import _run_config, build_parser
+
+    argv = shlex.split(command)
+    assert argv[:2] == ["fvnce", "train"]
+    return _run_config(build_parser().parse_args(argv[1:])).to_dict()
+
+
+def test_the_recommended_train_command_trains_the_recommended_run_again(table, tmp_path, monkeypatch):
+    from fvnce.runs import RunConfig
+    from fvnce.runs.command import config_differences, train_command
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "poc"
+    assert main(["poc", "--data", str(table), "--label", "status", "--normal", "ok", "--budget", "12", "--rules",
+                 "power:1.5", "--noises", "full_gaussian,base", "--mixtures", "2", "--seed", "3", "--split-seed", "5",
+                 "--z-dim", "2", "--alarm-rate", "0.05", "--no-baselines", "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    rec = summary["recommended"]
+    cmd = rec["train_command"]
+    assert cmd.endswith(" --out recommended-run") and "members" not in rec
+    saved = json.loads((out / "runs" / rec["run"] / "config.json").read_text())["run"]
+    assert config_differences(_parsed_config(cmd), saved) == []
+    if saved["init_from"]:
+        assert f"--init-from {out / 'runs' / 'elbo-vae'}" in cmd
+    # every kind of run the poc trains has a command that parses back to its settings
+    kinds = {json.loads((d / "config.json").read_text())["run"]["model"] for d in (out / "runs").iterdir()}
+    assert kinds == {"vae", "auto", "gaussian_mixture"}
+    for d in (out / "runs").iterdir():
+        rc = RunConfig.from_dict(json.loads((d / "config.json").read_text())["run"])
+        line, note = train_command(rc, "again")
+        assert note is None and config_differences(_parsed_config(line), rc.to_dict()) == []
+    # run as it is: the same split, settings and starting weights give the same test AUROC
+    import shlex
+    assert main(shlex.split(cmd)[1:] + ["--quiet"]) == 0
+    ev = json.loads((tmp_path / "recommended-run" / "evaluation.json").read_text())
+    poc_auroc = next(r for r in summary["runs"] if r["name"] == rec["run"])["metrics"]["auroc"]
+    assert ev["auroc"] == pytest.approx(poc_auroc, abs=1e-9)
+    # the same for a run that starts from the poc's VAE (--init-from) and samples it as its noise
+    tilted = RunConfig.from_dict(json.loads((out / "runs" / "fvnce-power1.5-base" / "config.json").read_text())["run"])
+    line, _ = train_command(tilted, "tilted")
+    assert "--init-from" in line and "--noise base" in line
+    assert main(shlex.split(line)[1:] + ["--quiet"]) == 0
+    ev = json.loads((tmp_path / "tilted" / "evaluation.json").read_text())
+    poc_auroc = next(r for r in summary["runs"] if r["name"] == "fvnce-power1.5-base")["metrics"]["auroc"]
+    assert ev["auroc"] == pytest.approx(poc_auroc, abs=1e-9)

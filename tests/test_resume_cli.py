@@ -111,3 +111,40 @@ def test_every_train_option_is_a_compared_setting_or_named_as_none():
     train = next(a for a in parser._subparsers._group_actions[0].choices.items() if a[0] == "train")[1]
     dests = {a.dest for a in train._actions if a.dest != "help"}
     assert dests == set(_FLAG_PATHS) | set(_NOT_SETTINGS)
+
+
+def test_resume_of_a_run_stopped_before_its_first_checkpoint_trains_it_from_step_0(table, tmp_path, capsys,
+                                                                                   monkeypatch):
+    """Killed before the first checkpoint, a run folder holds config.json, preprocess.json,
+    noise.pt (and metrics.jsonl): --resume with the same settings trains it from step 0, and
+    gives the run an uninterrupted command gives; other settings are refused as usual."""
+    import fvnce.runs.training as training
+
+    real = training.Trainer.fit
+
+    def killed(self, *a, **kw):
+        (self.run_dir / "metrics.jsonl").write_text('{"step": 1, "loss": 3.0}\n')
+        raise KeyboardInterrupt  # as a SIGKILL would leave it: no checkpoint, no alarm threshold
+
+    monkeypatch.setattr(training.Trainer, "fit", killed)
+    run = tmp_path / "run"
+    assert main(_command(table, run)) == 130
+    monkeypatch.setattr(training.Trainer, "fit", real)
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.jsonl", "noise.pt", "preprocess.json"]
+    capsys.readouterr()
+    assert main(_command(table, run, lr="0.01") + ["--resume"]) == 2
+    assert "--lr differs: saved 0.002, given 0.01" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.jsonl", "noise.pt", "preprocess.json"]
+    assert main([a for a in _command(table, run) if a != "--quiet"] + ["--resume"]) == 0
+    err = capsys.readouterr().err
+    assert f"fvnce: {run} has no checkpoint yet (stopped before the first one): training it from step 0 with its " \
+           "saved settings" in err
+    whole = tmp_path / "whole"
+    assert main(_command(table, whole)) == 0
+    a, b = (torch.load(d / "checkpoint.pt", weights_only=True) for d in (run, whole))
+    assert a["step"] == b["step"] == 20
+    for name, value in b["model"].items():
+        assert torch.equal(a["model"][name], value), name
+    assert (run / "alarm.json").read_bytes() == (whole / "alarm.json").read_bytes()
+    lines = [len((d / "metrics.jsonl").read_text().splitlines()) for d in (run, whole)]
+    assert lines[0] == lines[1]

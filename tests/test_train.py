@@ -111,15 +111,15 @@ def test_config_defaults_round_trip():
 
 
 @pytest.mark.parametrize("kw, match", [
-    ({"steps": 0}, r"steps must be a positive integer or None, got steps=0"),
+    ({"steps": 0}, r"steps must be a positive integer, got steps=0"),
     ({"steps": 1.5}, r"steps=1.5"),
-    ({"epochs": -1}, r"epochs must be a positive integer or None, got epochs=-1"),
+    ({"epochs": -1}, r"epochs must be a positive integer, got epochs=-1"),
     ({"steps": 10, "epochs": 2}, r"either steps or epochs, not both"),
     ({"batch_size": 0}, r"batch_size must be a positive integer, got batch_size=0"),
     ({"lr": 0.0}, r"lr must be a positive number, got lr=0.0"),
     ({"lr": float("nan")}, r"lr=nan"),
     ({"weight_decay": -1e-3}, r"weight_decay must be a non-negative number"),
-    ({"grad_clip": 0}, r"grad_clip must be a positive number or None"),
+    ({"grad_clip": 0}, r"grad_clip must be a positive number, got"),
     ({"seed": -3}, r"seed must be a non-negative integer, got seed=-3"),
     ({"log_every": 0}, r"log_every=0"),
     ({"eval_every": True}, r"eval_every=True"),

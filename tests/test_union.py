@@ -173,7 +173,8 @@ def test_without_mixtures_the_choice_is_one_run_and_an_old_union_goes(poc, tmp_p
     again = tmp_path / "poc"
     shutil.copytree(out, again)
     assert main(["poc", "--data", str(folder / "unlabelled.csv"), "--budget", "15", "--noises", "full_gaussian",
-                 "--rules", "kl", "--no-baselines", "--mixtures", "none", "--out", str(again), "--quiet"]) == 0
+                 "--rules", "kl", "--no-baselines", "--mixtures", "none", "--out", str(again), "--quiet",
+                 "--overwrite"]) == 0
     rec = json.loads((again / "summary.json").read_text())["recommended"]
     assert rec["run"] != "union" and "members" not in rec and not (again / "runs" / "union").exists()
 
@@ -203,3 +204,76 @@ def test_union_threshold_keeps_the_target_false_alarm_rate_on_fresh_rows():
         rates.append(float((combine(list(scores(fresh)), scales) > t["threshold"]).mean()))
     sd = np.sqrt((0.05 * 0.95 / 201 + 0.05 * 0.95 / m) / len(rates))
     assert abs(np.mean(rates) - 0.05) < 4 * sd, (np.mean(rates), sd)
+
+
+def test_members_carry_their_identity_and_a_changed_member_is_refused(poc, tmp_path, capsys):
+    from fvnce.runs.union import member_identity
+
+    folder, out, summary = poc
+    union = json.loads((out / "runs" / "union" / UNION_NAME).read_text())
+    for m in union["members"]:
+        assert m["identity"] == member_identity(out / "runs" / m["name"])
+        assert set(m["identity"]) == {"weights", "weights_sha256", "preprocess_sha256", "noise_sha256",
+                                      "config_sha256"}
+    copy = tmp_path / "poc"
+    shutil.copytree(out, copy)
+    data = str(folder / "unlabelled.csv")
+    args = ["score", str(copy / "runs" / "union"), "--data", data, "--out", str(tmp_path / "s.csv"), "--quiet"]
+    assert main(args) == 0  # a moved poc keeps its members
+    (tmp_path / "s.csv").unlink()
+    joint = summary["recommended"]["members"][0]
+    assert main(["train", "--out", str(copy / "runs" / joint), "--resume", "--steps", "25", "--quiet",
+                 "--no-eval"]) == 0  # the member trains on: other weights
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"fvnce: error: member {joint} of the union {copy / 'runs' / 'union'} changed since the "
+                          "union was built (its weights (") and len(err.splitlines()) == 1
+    assert "rebuild the union: run the poc again (with --overwrite)" in err and not (tmp_path / "s.csv").exists()
+    mix = copy / "runs" / summary["recommended"]["members"][1]
+    rec = json.loads((copy / "runs" / "union" / UNION_NAME).read_text())
+    rec["members"][0]["identity"] = member_identity(copy / "runs" / joint)  # the first member accepted as it is
+    (copy / "runs" / "union" / UNION_NAME).write_text(json.dumps(rec))
+    pre = json.loads((mix / "preprocess.json").read_text())
+    (mix / "preprocess.json").write_text(json.dumps(pre, indent=1))  # same content, other bytes: a changed file
+    assert main(args) == 2
+    assert f"member {mix.name} of the union" in capsys.readouterr().err
+    for m in rec["members"]:  # a union written before members had identities
+        del m["identity"]
+    (copy / "runs" / "union" / UNION_NAME).write_text(json.dumps(rec))
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "does not record what its members were when it was built" in err and "rebuild the union" in err
+
+
+def test_a_union_recommendation_gives_its_members_commands_and_the_score_command(poc):
+    import shlex
+
+    from fvnce.cli import _run_config, build_parser
+    from fvnce.runs.command import config_differences
+
+    folder, out, summary = poc
+    rec = summary["recommended"]
+    assert rec["train_command"] is None
+    assert [m["run"] for m in rec["member_commands"]] == rec["members"]
+    for m in rec["member_commands"]:
+        argv = shlex.split(m["command"])
+        assert argv[:2] == ["fvnce", "train"] and argv[-2:] == ["--out", m["run"]]
+        saved = json.loads((out / "runs" / m["run"] / "config.json").read_text())["run"]
+        assert config_differences(_run_config(build_parser().parse_args(argv[1:])).to_dict(), saved) == []
+    assert shlex.split(rec["score_command"]) == ["fvnce", "score", str(out / "runs" / "union"), "--data",
+                                                 str(folder / "unlabelled.csv"), "--out", "union-scores.csv"]
+
+
+def test_a_poc_replaced_with_overwrite_scores_its_new_union(poc, tmp_path):
+    folder, out, summary = poc
+    again = tmp_path / "poc"
+    shutil.copytree(out, again)
+    data = str(folder / "unlabelled.csv")
+    assert main(["poc", "--data", data, "--budget", "15", "--noises", "full_gaussian", "--rules", "kl",
+                 "--no-baselines", "--seed", "2", "--out", str(again), "--quiet", "--overwrite"]) == 0
+    members = json.loads((again / "runs" / "union" / UNION_NAME).read_text())["members"]
+    assert all(m["run_dir"].startswith("../") for m in members)
+    assert main(["score", str(again / "runs" / "union"), "--data", data, "--out", str(tmp_path / "u.csv"),
+                 "--quiet"]) == 0
+    assert len((tmp_path / "u.csv").read_text().splitlines()) == 301

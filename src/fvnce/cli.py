@@ -79,6 +79,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--z-dim", type=int, help="latent dimension")
     g.add_argument("--tilt-bound", type=float, metavar="B",
                    help="tilted_vae: bound the tilt, g = B tanh(h/B), so |log p~ - log p_base| <= B + |c|")
+    g.add_argument("--components", type=int, metavar="N",
+                   help="gaussian_mixture: number of mixture components (default 4)")
     g.add_argument("--freeze-base", action="store_true", default=None,
                    help="tilted_vae: train the tilt and log-normaliser only (implied by --noise base)")
     g.add_argument("--init-from", metavar="RUN_DIR", help="start from a finished run's weights (a VAE run "
@@ -90,6 +92,11 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
     t.add_argument("--grad-clip", type=float, help="gradient-norm clipping (default 10)")
+    t.add_argument("--eval-every", type=int, metavar="N",
+                   help="validation loss every N steps; best.pt keeps the best (default 100)")
+    t.add_argument("--eval-k", type=int, metavar="K",
+                   help="importance samples per row when the run is evaluated, scores rows and sets its alarm "
+                        "threshold (default 64)")
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--checkpoint-every", type=int, metavar="N",
                    help="write checkpoint.pt every N steps (default 100; also at the end and on Ctrl-C)")
@@ -105,6 +112,12 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 def _alarm_rate_arg(p, what: str) -> None:
     p.add_argument("--alarm-rate", type=float, metavar="RATE",
                    help=f"target false-alarm rate of {what} (default 0.01)")
+
+
+def _overwrite_arg(p, what: str) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help=f"replace the run or poc that --out holds (the new {what} is built beside it and swapped "
+                        "in at the end; without this flag such an --out is refused)")
 
 
 def _precision_arg(g) -> None:
@@ -125,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE.toml", help="TOML file with run settings (flags override it)")
     p.add_argument("--out", required=True, metavar="RUN_DIR")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last checkpoint")
+    _overwrite_arg(p, "run")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
     _alarm_rate_arg(p, "the run's alarm threshold: the conformal (1 - RATE) quantile of the validation normal "
@@ -177,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     _alarm_rate_arg(p, "every run's alarm threshold")
     _precision_arg(p)
     p.add_argument("--out", default="poc_out", metavar="DIR")
+    _overwrite_arg(p, "poc")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("report", help="(re)build the HTML report of a poc or run directory")
@@ -270,6 +285,12 @@ def _run_config(args, base=None):
         cfg.model_options = {**cfg.model_options, "tilt_bound": args.tilt_bound}
     if args.freeze_base:
         cfg.model_options = {**cfg.model_options, "freeze_base": True}
+    if args.components is not None:
+        if cfg.model != "gaussian_mixture":
+            raise ConfigError("--components is the gaussian_mixture model's option: add --model gaussian_mixture")
+        cfg.model_options = {**cfg.model_options, "components": args.components}
+    if args.eval_k is not None:
+        cfg.eval_k = args.eval_k
     if args.noise:
         cfg.noise = args.noise
     if args.init_from:
@@ -277,8 +298,8 @@ def _run_config(args, base=None):
     if args.alarm_rate is not None:
         cfg.alarm_rate = args.alarm_rate
     train = cfg.train.to_dict()
-    for key in ("steps", "epochs", "batch_size", "lr", "grad_clip", "seed", "checkpoint_every", "device",
-                "precision", "compile", "dist_noise"):
+    for key in ("steps", "epochs", "batch_size", "lr", "grad_clip", "seed", "checkpoint_every", "eval_every",
+                "device", "precision", "compile", "dist_noise"):
         v = getattr(args, key)
         if v is not None:
             train[key] = v
@@ -303,14 +324,14 @@ _FLAG_PATHS = {
     "data": (("data", "source"),), "drop_missing": (("data", "missing"),), "impute": (("data", "missing"),),
     "split_seed": (("data", "seed"),), "seed": (("train", "seed"), ("data", "seed")),
     "objective": (("objective",),), "noise": (("noise",),), "model": (("model",),), "init_from": (("init_from",),),
-    "alarm_rate": (("alarm_rate",),), "shift": (("objective_options", "c"),),
+    "alarm_rate": (("alarm_rate",),), "shift": (("objective_options", "c"),), "eval_k": (("eval_k",),),
     **{k: (("objective_options", k),) for k in ("rule", "alpha", "k", "nu", "exp_mode", "tau")},
-    **{k: (("model_options", k),) for k in ("z_dim", "tilt_bound", "freeze_base")},
-    **{k: (("train", k),) for k in ("batch_size", "lr", "grad_clip", "checkpoint_every", "device", "precision",
-                                    "compile", "dist_noise")},
+    **{k: (("model_options", k),) for k in ("z_dim", "tilt_bound", "freeze_base", "components")},
+    **{k: (("train", k),) for k in ("batch_size", "lr", "grad_clip", "checkpoint_every", "eval_every", "device",
+                                    "precision", "compile", "dist_noise")},
 }
 #: ``train`` options that are not settings of the run (or, steps/epochs, may change on --resume)
-_NOT_SETTINGS = ("out", "resume", "quiet", "no_eval", "config", "steps", "epochs")
+_NOT_SETTINGS = ("out", "resume", "overwrite", "quiet", "no_eval", "config", "steps", "epochs")
 #: configuration paths a resumed run may change (how long it trains) or that are no setting
 _FREE_PATHS = (("train", "steps"), ("train", "epochs"), ("train", "progress"))
 
@@ -392,12 +413,15 @@ def _cmd_train(args) -> int:
     if not distributed.is_main():
         args.quiet = True
     log = _log_fn(args.quiet)
+    if args.resume and args.overwrite:
+        from .errors import ConfigError
+        raise ConfigError("--resume continues the run in --out and --overwrite replaces it: give one of them")
     if args.resume:
         result, dataset = train_run(_resume_length(args), args.out, resume=True, log=log,
                                     progress=not args.quiet and sys.stderr.isatty())
     else:
         cfg = _run_config(args)
-        result, dataset = train_run(cfg, args.out, log=log)
+        result, dataset = train_run(cfg, args.out, overwrite=args.overwrite, log=log)
     log(f"fvnce: trained {result.step} steps in {result.elapsed:.1f} s -> {args.out}")
     if distributed.is_main():
         from .runs import read_alarm
@@ -531,7 +555,7 @@ def _cmd_poc(args) -> int:
                     baselines=not args.no_baselines, mixtures=_mixtures(args.mixtures),
                     **({} if args.alarm_rate is None else {"alarm_rate": args.alarm_rate}))
     summary = run_poc(cfg, args.out, log=_log_fn(args.quiet), progress=not args.quiet and sys.stderr.isatty(),
-                      workers=args.workers)
+                      workers=args.workers, overwrite=args.overwrite)
     rec = summary.get("recommended")
     log = _log_fn(args.quiet)
     log(f"fvnce: poc finished in {summary['wall_time_s']:.0f} s; report: {Path(args.out) / 'report.html'}")
@@ -539,6 +563,11 @@ def _cmd_poc(args) -> int:
         what = (f"{rec['run']} of {' and '.join(rec['members'])}, in {Path(args.out) / 'runs' / rec['run']}"
                 if rec.get("members") else rec["run"])
         log(f"fvnce: recommended {what} ({rec['criterion']})")
+        if rec.get("train_command"):
+            log(f"fvnce: to train it again: {rec['train_command']}")
+        elif rec.get("member_commands"):
+            log(f"fvnce: to train its members again and score the union: recommended.member_commands and "
+                f"score_command in {Path(args.out) / 'summary.json'}")
     return 0
 
 

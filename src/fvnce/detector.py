@@ -57,8 +57,8 @@ class Detector(OutlierMixin, BaseEstimator):
       threshold on (and to keep the best weights by); ``feature_transform``: as ``--transform``;
       ``dequantize``: as ``--dequantize`` ("auto": integer-valued columns get uniform noise
       in training);
-    * ``run_dir``: where the run is written (kept; an earlier run there is replaced);
-      None trains in a temporary folder removed at the end of ``fit``;
+    * ``run_dir``: where the run is written (kept; an earlier run there is replaced, the
+      new one built beside it and swapped in once trained); None trains in a temporary folder removed at the end of ``fit``;
     * ``quiet``: no progress bar or notes.
 
     ``fit(X)`` is unlabelled, as ``fvnce train`` on a file without a label column: the
@@ -159,7 +159,7 @@ class Detector(OutlierMixin, BaseEstimator):
         temp = self.run_dir is None
         run_dir = Path(tempfile.mkdtemp(prefix="fvnce-detector-")) if temp else Path(self.run_dir)
         try:
-            train_run(config, run_dir, dataset=dataset, log=log, progress=not self.quiet)
+            train_run(config, run_dir, overwrite=not temp, dataset=dataset, log=log, progress=not self.quiet)
             alarm = read_alarm(run_dir)
             run = load_run(run_dir, dataset=dataset)
         finally:

@@ -42,6 +42,7 @@ from .noise import make_noise
 from .rules import scoring_rule
 from .runs import BASE_NOISE, RunConfig, _default_noise, check_model_sizes, evaluate_run, train_run
 from .runs.config import check_noise_name
+from .runs.output import check_output, replacing
 from .train import DivergenceError, TrainConfig, TrainingInterrupted
 
 __all__ = ["BUDGETS", "PocConfig", "assess_runs", "auroc_standard_error", "degradation", "ll_reliability",
@@ -549,21 +550,34 @@ def _union_choice(rec: dict | None, runs: list[dict], dataset, out_dir: Path, co
 
 
 def run_poc(config: PocConfig, out_dir: str | Path, *, log: Callable[[str], None] = lambda m: None,
-            progress: bool = True, workers: int = 1) -> dict:
+            progress: bool = True, workers: int = 1, overwrite: bool = False) -> dict:
     """Train, evaluate and compare; write ``summary.json`` and ``report.html``.
 
     ``workers > 1`` trains the FVNCE runs in that many processes (spawned; each with
     ``cores // workers`` torch threads) once the VAE they start from has finished; the
-    runs and their seeds are the same as with one worker."""
+    runs and their seeds are the same as with one worker.  An ``out_dir`` that holds a poc
+    or a run is refused unless ``overwrite``; then the new poc is built beside it and
+    swapped in at the end (:mod:`fvnce.runs.output`: an error or Ctrl-C leaves the old one
+    as it was)."""
     t0 = time.perf_counter()
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"--workers must be a positive integer, got {workers!r}")
     rules = config.validate()
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"output {out_dir} exists and is not a directory; choose a new --out")
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "summary.json").exists():
-        raise ConfigError(f"output directory {out_dir} exists and is not an fvnce poc directory; choose a new --out")
+    replace = check_output(out_dir, overwrite)
+    try:
+        with replacing(out_dir, replace) as work:
+            return _run_poc_into(config, rules, work, out_dir, t0, log, progress, workers)
+    except TrainingInterrupted as exc:
+        if not replace:
+            raise
+        raise TrainingInterrupted(f"{str(exc).split(';')[0]}; the new poc was discarded and {out_dir} was left as it "
+                                  "was", exc.step, None) from None
+
+
+def _run_poc_into(config: PocConfig, rules: list, out_dir: Path, final: Path, t0: float, log, progress: bool,
+                  workers: int) -> dict:
+    """:func:`run_poc` into the folder ``out_dir``, which becomes ``final`` when it is done."""
     dataset = load_dataset(config.data)
     for note in dataset.notes:
         log(f"fvnce: note: {note}")
@@ -650,6 +664,8 @@ def run_poc(config: PocConfig, out_dir: str | Path, *, log: Callable[[str], None
     recommended = _choose(runs, has_labels, counts)
     if not has_labels:
         recommended = _union_choice(recommended, runs, dataset, out_dir, config, log)
+    if recommended is not None and recommended.get("run"):
+        recommended.update(production_commands(recommended, dict(plan), final, config.data.source))
     baselines = []
     if config.baselines:
         baselines.append(_isolation_forest(dataset, config.train.seed))
@@ -681,6 +697,39 @@ def run_poc(config: PocConfig, out_dir: str | Path, *, log: Callable[[str], None
     summary["wall_time_s"] = time.perf_counter() - t0
     atomic_write_json(out_dir / "summary.json", _finite(summary))
     return summary
+
+
+def production_commands(rec: dict, plan: dict[str, RunConfig], final: str | Path, source: str) -> dict:
+    """The command lines that train the recommendation for production, on the same data and
+    split (:func:`fvnce.runs.command.train_command`): ``train_command`` for one run (into
+    ``recommended-run``); for a union, ``member_commands`` (one ``{"run", "command"}`` per
+    member, into a folder of the member's name) and ``score_command`` (``fvnce score`` of
+    the poc's union).  A run that started from the poc's VAE gets ``--init-from`` with the
+    absolute path of that VAE run in ``final`` (the poc's folder), so it starts from the
+    same weights.  A command that cannot be written is None, with ``*_note`` saying why."""
+    import os
+    import shlex
+
+    from .runs.command import _source, train_command
+
+    vae = str(Path(os.path.abspath(final)) / "runs" / VAE_RUN)
+
+    def command(name: str, out: str) -> tuple[str | None, str | None]:
+        rc = copy.deepcopy(plan[name])
+        if rc.init_from:
+            rc.init_from = vae
+        return train_command(rc, out)
+
+    if rec.get("members"):
+        members = []
+        for name in rec["members"]:
+            cmd, note = command(name, name)
+            members.append({"run": name, "command": cmd, **({"note": note} if note else {})})
+        union = str(Path(os.path.abspath(final)) / "runs" / UNION_RUN)
+        score = "fvnce " + shlex.join(["score", union, "--data", _source(source), "--out", "union-scores.csv"])
+        return {"train_command": None, "member_commands": members, "score_command": score}
+    cmd, note = command(rec["run"], "recommended-run")
+    return {"train_command": cmd, **({"train_command_note": note} if note else {})}
 
 
 def _val_counts(dataset) -> dict:
@@ -717,7 +766,7 @@ def _run_one(name: str, rc: RunConfig, dataset, fitted: dict, out_dir: Path, log
         entry.update(status="diverged", error=str(exc))
     except TrainingInterrupted as exc:  # Ctrl-C / SIGTERM stops the poc, not just this run
         raise TrainingInterrupted(f"poc interrupted at step {exc.step} of run {name}; it did not finish and wrote "
-                                  f"no summary: remove {out_dir} (or choose a new --out) and run it again",
+                                  f"no summary: run it again with --overwrite (or choose a new --out)",
                                   exc.step, None) from None
     except FvnceError as exc:
         entry.update(status="failed", error=str(exc))

@@ -41,7 +41,7 @@ def _check_bound(name: str, value, allow_bool: bool = False) -> float | None:
         return None
     if not (isinstance(value, (int, float)) and (allow_bool or not isinstance(value, bool))
             and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive number or None, got {name}={value!r}")
+        raise ValueError(f"{name} must be a positive number, got {name}={value!r}")
     return float(value)
 
 

@@ -44,7 +44,8 @@ def _jsonable(d: dict) -> dict:
 
 
 def _check_new_run_dir(run_dir: Path) -> None:
-    """A new run goes into a new (or empty) folder, or replaces an earlier fvnce run."""
+    """A new run's files go into a new (or empty) folder, or into a run folder that
+    :func:`fvnce.runs.training.train_run` has checked (:mod:`fvnce.runs.output`)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"output {run_dir} exists and is not a directory; choose a new --out")
     if run_dir.exists() and any(run_dir.iterdir()):
@@ -80,6 +81,15 @@ def _config_record(config: RunConfig, dataset: Dataset, model_name: str, model_o
         "binary": bool(dataset.binary),
         "feature_names": list(dataset.feature_names),
     }
+
+
+def _check_run_dir(run_dir: Path) -> None:
+    """CheckpointError unless ``run_dir`` is a run (``config.json``) or a union of runs
+    (``union.json``): checked before anything else a command does with it."""
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory not found: {run_dir}")
+    if not (run_dir / CONFIG_NAME).is_file() and not (run_dir / UNION_NAME).is_file():
+        raise CheckpointError(f"{run_dir} is not an fvnce run directory (no {CONFIG_NAME})")
 
 
 def _read_config(run_dir: Path) -> dict:

@@ -11,7 +11,7 @@ from ..checkpoint import atomic_write_bytes
 from ..data import prepare_scoring_data
 from ..errors import ConfigError
 from .alarm import resolve_threshold
-from .files import _atomic_npy, _check_output_file
+from .files import _atomic_npy, _check_output_file, _check_run_dir
 from .loading import load_run
 from .union import is_union, score_union
 
@@ -32,6 +32,7 @@ def score_file(run_dir: str | Path, data_file: str, out: str | Path, *, k: int |
     """
     from .. import evaluate as ev
 
+    _check_run_dir(Path(run_dir))
     if alarm_rate is not None and threshold is not None:
         raise ConfigError("give --alarm-rate or --threshold, not both")
     if threshold is not None:

@@ -11,22 +11,29 @@ import torch
 from .. import distributed
 from ..checkpoint import load_checkpoint
 from ..data import Dataset, load_dataset
-from ..errors import CheckpointError
+from ..errors import ConfigError
 from ..noise import load_noise, make_noise
-from ..train import CHECKPOINT_NAME, TrainConfig, Trainer
+from ..train import CHECKPOINT_NAME, TrainConfig, Trainer, TrainingInterrupted
+from ..train.state import BEST_NAME
 from .alarm import calibrate_alarm
 from .build import _base_noise, _build, _check_noise_support, _warm_start
 from .config import BASE_NOISE, RunConfig
-from .files import ALARM_NAME, _check_new_run_dir, _load_noise_state, _read_config, _write_run_files
+from .files import ALARM_NAME, _load_noise_state, _read_config, _write_run_files
+from .output import NEW_SUFFIX, check_output, replacing, sibling
 
 
-def train_run(config: RunConfig, run_dir: str | Path, *, resume: bool = False, dataset: Dataset | None = None,
-              noise=None, log: Callable[[str], None] = lambda m: None, progress: bool | None = None):
+def train_run(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+              dataset: Dataset | None = None, noise=None, log: Callable[[str], None] = lambda m: None,
+              progress: bool | None = None):
     """Train one run into ``run_dir`` (created only once every input has been checked).
 
     ``dataset`` and ``noise`` may be passed to share them between runs (the proof of
     concept does).  With ``resume=True`` the run's own saved configuration is used; only
-    ``steps``/``epochs`` of a ``config`` passed along are taken (to train longer).
+    ``steps``/``epochs`` of a ``config`` passed along are taken (to train longer); a run
+    stopped before its first checkpoint starts again from step 0 with its saved settings.
+    A ``run_dir`` that holds a run or a poc is refused unless ``overwrite``; then the new
+    run is built beside it and swapped in once trained (:mod:`fvnce.runs.output`: an error
+    or Ctrl-C leaves the old one as it was).
     Once trained, the run's alarm threshold is set on its validation rows
     (:func:`fvnce.runs.alarm.calibrate_alarm`, ``alarm.json``).
     Returns ``(trainer_result, dataset)``.
@@ -44,13 +51,34 @@ def train_run(config: RunConfig, run_dir: str | Path, *, resume: bool = False, d
     config.validate()
     if progress is not None:
         config.train.progress = progress
+    replace = False
+    if resume and not (run_dir / CHECKPOINT_NAME).exists() and not (run_dir / BEST_NAME).exists():
+        # stopped before its first checkpoint: nothing trained to keep, the settings are saved
+        log(f"fvnce: {run_dir} has no checkpoint yet (stopped before the first one): training it from step 0 "
+            "with its saved settings")
+        resume = False
+    elif not resume:
+        replace = check_output(run_dir, overwrite)
+        if replace and config.init_from and Path(config.init_from).resolve().is_relative_to(run_dir.resolve()):
+            raise ConfigError(f"--init-from {config.init_from} is in {run_dir}, which --overwrite would replace; copy "
+                              "it elsewhere first, or choose a new --out")
+    main = distributed.is_main()
+    try:
+        with replacing(run_dir, replace and main) as work:
+            return _train(config, run_dir if not replace else sibling(run_dir, NEW_SUFFIX), resume,
+                          dataset, noise, log)
+    except TrainingInterrupted as exc:
+        if not replace:
+            raise
+        raise TrainingInterrupted(f"training interrupted at step {exc.step}; the new run was discarded and "
+                                  f"{run_dir} was left as it was", exc.step, None) from None
+
+
+def _train(config: RunConfig, run_dir: Path, resume: bool, dataset, noise, log):
+    """:func:`train_run` into ``run_dir`` once the output folder has been checked."""
     if resume:  # fail before reading (possibly large) data when the run cannot be resumed
-        if not (run_dir / CHECKPOINT_NAME).exists():
-            raise CheckpointError(f"nothing to resume: no {CHECKPOINT_NAME} in {run_dir}")
         resumed = load_checkpoint(run_dir / CHECKPOINT_NAME)
         noise_state = _load_noise_state(run_dir)
-    else:
-        _check_new_run_dir(run_dir)
     if dataset is None:
         dataset = load_dataset(config.data)
         for note in dataset.notes:

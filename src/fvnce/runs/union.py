@@ -25,9 +25,16 @@ target.
 ``union.json``::
 
     kind        "union"
-    members     [{name, run_dir (relative to the union's folder), center, spread}]
+    members     [{name, run_dir (relative to the union's folder), center, spread, identity}]
     scale_rows  how many validation rows set the scales (and the threshold)
     combination the formula above, in words
+
+``identity`` is what defines a member's scores (:func:`member_identity`: SHA-256 of its
+weights file, preprocessing, noise and configuration); ``fvnce score`` refuses a union
+whose member no longer matches it (retrained, resumed or replaced), since its scale and the
+union's threshold were set from the member as it was.  A ``union.json`` written before
+members had identities is refused too: nothing tells whether its members changed, so it is
+rebuilt by running the poc again.
 
 ``alarm.json`` beside it has the format of a run's (:mod:`fvnce.runs.alarm`).  Only
 ``fvnce score`` takes a union; the other commands take its members.
@@ -35,6 +42,7 @@ target.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -46,7 +54,7 @@ import torch
 from .. import __version__
 from ..checkpoint import atomic_write_json
 from ..errors import CheckpointError, ConfigError
-from .files import ALARM_NAME, UNION_NAME
+from .files import ALARM_NAME, CONFIG_NAME, NOISE_NAME, PREPROCESS_NAME, UNION_NAME
 COMBINATION = ("the largest, over the members, of (member score - median) / inter-quartile range, both taken over "
                "the member's scores of the validation rows")
 
@@ -82,6 +90,61 @@ def combine(member_scores: Sequence, scales: Sequence[tuple[float, float]]) -> n
     seen = ~np.isnan(z).all(axis=0)
     out[seen] = np.nanmax(z[:, seen], axis=0)
     return out
+
+
+def _sha256(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+#: the parts of a member's identity, and their names in a refusal
+IDENTITY_PARTS = {"weights_sha256": "weights", "preprocess_sha256": f"preprocessing ({PREPROCESS_NAME})",
+                  "noise_sha256": f"noise ({NOISE_NAME})", "config_sha256": f"settings ({CONFIG_NAME})"}
+
+
+def member_identity(run_dir: str | Path) -> dict:
+    """What defines a trained run's scores, as SHA-256 digests: the weights file that
+    :func:`fvnce.runs.loading.load_run` reads (``best.pt``, else ``checkpoint.pt``; its name
+    in ``weights``), ``preprocess.json``, ``noise.pt`` and ``config.json`` (read as JSON,
+    without ``init_from``, the run it started from, whose path may be rewritten when a poc
+    folder is moved into place)."""
+    run_dir = Path(run_dir)
+    weights = "best.pt" if (run_dir / "best.pt").is_file() else "checkpoint.pt"
+    try:
+        record = json.loads((run_dir / CONFIG_NAME).read_text(encoding="utf-8"))
+        if isinstance(record, dict) and isinstance(record.get("run"), dict):
+            record["run"].pop("init_from", None)
+        config = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+    except (OSError, ValueError, UnicodeDecodeError):
+        config = None
+    return {"weights": weights, "weights_sha256": _sha256(run_dir / weights),
+            "preprocess_sha256": _sha256(run_dir / PREPROCESS_NAME), "noise_sha256": _sha256(run_dir / NOISE_NAME),
+            "config_sha256": config}
+
+
+def check_members(union_dir: str | Path, rec: dict) -> None:
+    """CheckpointError (one line, naming the member) unless every member of the union record
+    ``rec`` (:func:`read_union`) is the run the union was built from."""
+    path = Path(union_dir) / UNION_NAME
+    rebuild = "rebuild the union: run the poc again (with --overwrite)"
+    for m in rec["members"]:
+        want = m.get("identity")
+        if not isinstance(want, dict):
+            raise CheckpointError(f"{path} does not record what its members were when it was built (it predates "
+                                  f"member identities), so it cannot tell whether {m['name']} changed since: "
+                                  f"{rebuild}")
+        have = member_identity(m["path"])
+        changed = [IDENTITY_PARTS[k] + (f" ({have['weights']})" if k == "weights_sha256" else "")
+                   for k in IDENTITY_PARTS if have.get(k) != want.get(k)]
+        if changed:
+            raise CheckpointError(f"member {m['name']} of the union {union_dir} changed since the union was built "
+                                  f"(its {' and '.join(changed)} differ): the union's scales and alarm threshold "
+                                  f"no longer fit it; {rebuild}")
 
 
 def read_union(run_dir: str | Path) -> dict:
@@ -142,7 +205,7 @@ def create_union(union_dir: str | Path, member_dirs: Sequence[str | Path], datas
         val_scores.append(_member_scores(run, val, 4))
         center, spread = robust_scale(val_scores[-1])
         members.append({"name": Path(d).name, "run_dir": os.path.relpath(Path(d).resolve(), union_dir.resolve()),
-                        "center": center, "spread": spread})
+                        "center": center, "spread": spread, "identity": member_identity(d)})
         ks.append(run.config.eval_k)
         if rows is not None:
             row_scores.append(_member_scores(run, rows, 2))
@@ -164,6 +227,7 @@ def score_union(union_dir: str | Path, data_file: str, *, k: int | None = None, 
     from .loading import load_run
 
     rec = read_union(union_dir)
+    check_members(union_dir, rec)
     scores = []
     for m in rec["members"]:
         run = load_run(m["path"])

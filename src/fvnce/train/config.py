@@ -75,7 +75,7 @@ class TrainConfig:
                               f"epochs={self.epochs!r})")
         for name in ("steps", "epochs"):
             v = getattr(self, name)
-            need(v is None or (_is_int(v) and v > 0), name, "a positive integer or None")
+            need(v is None or (_is_int(v) and v > 0), name, "a positive integer")
         for name in ("batch_size", "log_every", "eval_every", "checkpoint_every"):
             v = getattr(self, name)
             need(_is_int(v) and v > 0, name, "a positive integer")
@@ -83,7 +83,7 @@ class TrainConfig:
         need(_is_num(self.weight_decay) and math.isfinite(self.weight_decay) and self.weight_decay >= 0,
              "weight_decay", "a non-negative number")
         need(self.grad_clip is None or (_is_num(self.grad_clip) and self.grad_clip > 0),
-             "grad_clip", "a positive number or None")
+             "grad_clip", "a positive number")
         need(_is_int(self.seed) and 0 <= self.seed < 2 ** 63, "seed", "a non-negative integer")
         need(_is_int(self.max_retries) and self.max_retries >= 0, "max_retries", "a non-negative integer")
         need(_is_num(self.explode_log_ratio) and self.explode_log_ratio > 0, "explode_log_ratio",
