@@ -459,9 +459,14 @@ def test_report_shows_degraded_and_unreliable_runs_with_their_sentences(verdict_
     assert "7.0e-05" in cell.group(1)
     assert text.count("-11.00") == 1
     # the k-hat and ESS columns, with the usual reading
-    assert "log Z: k-hat · ESS" in text and "Noise term: k-hat · ESS" in text
-    assert '<span class="bad-text">1.38 · 0.01% unreliable</span>' in text
-    assert '<span class="bad-text">0.95 · 0.40% unreliable</span>' in text and "0.41 · 30.0%" in text
+    assert "log Z: k-hat · ESS" in text and "Noise term (training): k-hat · ESS" in text
+    assert '<span class="bad-text"><span class="nowrap">1.38 ·</span> 0.01% unreliable</span>' in text
+    # the noise term's diagnostic has its own word: "unreliable" is the run status only
+    assert ('<span class="warn-text"><span class="nowrap">0.95 ·</span> 0.40% heavy-tailed weights</span>'
+            in text) and '<span class="nowrap">0.41 ·</span> 30.0%' in text
+    assert "0.40% unreliable" not in text
+    glossary = text[text.index('<section id="glossary">'):]
+    assert "Noise term: heavy-tailed weights" in glossary and "for a chosen run they stand as shown" in glossary
     assert "Pareto k-hat above 0.7" in text and "Hanley &amp; McNeil 1982" in text
     # the matrix marks both and stars neither; the VAE is quoted for reference
     matrix = text[text.index("Noise distribution × rule"):]
@@ -507,6 +512,80 @@ def test_single_run_report_shows_weight_diagnostics_and_events(tmp_path):
     text = build_report(run).read_text()
     _check_common(text)
     assert "(estimate, unreliable: log Z weights have k-hat 1.21, ESS fraction 2.0e-03)" in text
-    assert '<span class="bad-text">1.21 · 0.20% unreliable</span>' in text
-    assert "Noise term importance weights (k-hat · ESS)</td><td>0.45 · 31.0%" in text
+    assert '<span class="bad-text"><span class="nowrap">1.21 ·</span> 0.20% unreliable</span>' in text
+    assert ('Noise term importance weights of training (k-hat · ESS)</td><td><span class="nowrap">0.45 ·</span> '
+            "31.0%") in text
     assert "step 7: the objective&#x27;s stabilisation was changed automatically from exp_mode=exact" in text
+
+
+# --------------------------------------------------------------------------- layout at 1,280 px
+
+#: Measures the rendered page (our own probe, added to a copy of the report with its
+#: Content-Security-Policy removed, so it measures any version of the report): the page's
+#: width, every table against the box that holds it, and the full-width detail rows
+#: (warnings, errors) against the visible part of that box.
+LAYOUT_JS = """
+window.addEventListener('load',function(){
+var out={width:document.documentElement.scrollWidth,window:window.innerWidth,tables:[],cut:[]};
+function box(el){for(var p=el.parentElement;p;p=p.parentElement){var o=getComputedStyle(p).overflowX;
+if(o==='auto'||o==='scroll'||o==='hidden'){return p;}}return document.documentElement;}
+var ts=document.querySelectorAll('table');
+for(var i=0;i<ts.length;i++){var b=box(ts[i]),s=ts[i].closest('section');
+out.tables.push({section:s?s.id:'',table:Math.round(ts[i].getBoundingClientRect().width),
+box:b.clientWidth,scroll:b.scrollWidth});}
+var cells=document.querySelectorAll('td,th');
+for(i=0;i<cells.length;i++){var c=cells[i],r=c.getBoundingClientRect(),br=box(c).getBoundingClientRect();
+var right=Math.min(br.right,window.innerWidth);
+if(r.width>0&&r.right>right+1){out.cut.push((c.textContent||'').slice(0,60));}}
+document.body.dataset.layout=JSON.stringify(out);
+});
+"""
+
+
+def write_wide_poc(root: Path) -> Path:
+    """The verdict poc with more runs: long names, many rules (many grid columns), a mixture
+    family, warnings on several rows."""
+    write_verdict_poc(root)
+    summary = json.loads((root / "summary.json").read_text())
+    extra = [("fvnce-shifted_log-full_gaussian-mix4", "shifted_log", {}, "full_gaussian", "gaussian_mixture"),
+             ("fvnce-pseudo_spherical-marginals-with-a-rather-long-configuration-name", "pseudo_spherical", {},
+              "marginals", "tilted_vae"),
+             ("fvnce-power0.5-kde", "power", {"alpha": 0.5}, "kde", "tilted_vae"),
+             ("fvnce-power2.5-kde", "power", {"alpha": 2.5}, "kde", "tilted_vae"),
+             ("fvnce-logistic-full_gaussian", "logistic", {}, "full_gaussian", "tilted_vae"),
+             ("fvnce-asymmetric_power-full_gaussian", "asymmetric_power", {"alpha": 0.25, "c": 3.0},
+              "full_gaussian", "tilted_vae")]
+    for i, (name, rule, params, noise, model) in enumerate(extra):
+        rd = f"runs/{name}"
+        m = write_run(root / rd, rule=rule, noise=noise, dim=5, seed=10 + i)
+        warn = (f"The noise term of {name} rests on heavy-tailed importance weights, with Pareto k-hat 0.94 "
+                "(limit 0.7) and effective sample size 0.93% (minimum 5%): training optimised a high-variance "
+                "estimate of the objective.")
+        summary["runs"].append({
+            "name": name, "objective": "fvnce", "rule": rule, "rule_params": params, "noise": noise, "model": model,
+            "run_dir": rd, "status": "ok", "error": None, "train_time_s": 4000.0 + i,
+            "metrics": {**m, "log_likelihood_se": 0.2}, "val_metrics": {**m, "log_likelihood_se": 0.2},
+            "log_z": {"log_z": 1.0, "ess_fraction": 0.0031, "khat": 0.82, "reliable": False},
+            "noise_term": {"khat": 0.94, "ess_fraction": 0.0093, "reliable": False},
+            "warnings": [warn], "reliable": False})
+    (root / "summary.json").write_text(json.dumps(summary))
+    return root
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed (/usr/bin/chromium)")
+def test_layout_at_1280_px_nothing_wider_than_the_page(tmp_path):
+    report = build_report(write_wide_poc(tmp_path / "wide"))
+    text = re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", report.read_text())
+    probe = tmp_path / "probe.html"
+    probe.write_text(text.replace("</body>", f"<script>{LAYOUT_JS}</script>\n</body>"))
+    res = _chromium(["--dump-dom", probe.as_uri()], tmp_path / "profile", 1280)
+    m = re.search(r'data-layout="([^"]*)"', res.stdout)
+    assert m, f"no layout measurement in the DOM (rc={res.returncode}): {res.stderr[-2000:]}"
+    layout = json.loads(html_mod.unescape(m.group(1)))
+    assert layout["window"] == 1280
+    assert layout["width"] <= 1280, layout
+    compare = [t for t in layout["tables"] if t["section"] == "comparison"]
+    assert len(compare) >= 2  # the comparison table and the noise x rule grid(s)
+    wide = [t for t in layout["tables"] if t["scroll"] > t["box"] + 1]
+    assert not wide, f"tables wider than their box: {wide}"
+    assert not layout["cut"], f"cells cut off: {layout['cut'][:10]}"
