@@ -171,7 +171,8 @@ color:#8a1c1c;font-weight:normal;overflow-wrap:anywhere}
 .card{border:1px solid #e3e8ef;border-left:5px solid #2e7d32;border-radius:6px;padding:.8rem 1rem;
 background:#f7fbf7;margin:.6rem 0 1rem}
 .card.none{border-left-color:#999;background:#f7f7f7}
-.headline{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,230px),1fr));
+p.headline-what{margin:.6rem 0 .2rem}
+.headline{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,230px),1fr));
 gap:.8rem;margin:.6rem 0}
 .headline div{background:#fff;border:1px solid #e3e8ef;border-radius:6px;padding:.5rem .7rem}
 .headline b{display:block;font-size:1.35rem;color:#1b5e20}

@@ -436,7 +436,7 @@ def _matrix(runs: list[dict], files: dict[str, RunFiles], has_labels: bool) -> s
            if len(families) > 1 else "")
     return (f"<h3>Noise distribution × rule ({esc(what)})</h3>"
             f'<p class="explain">The {esc(what)} of each FVNCE run, by the noise distribution '
-            "(rows) and the rule (columns) it was trained with;" + per + " ★ marks the best of those that "
+            "(rows) and the rule (columns) it was trained with." + per + " ★ marks the best of those that "
             "are neither degraded nor unreliable. &ldquo;—&rdquo; means not tried." + ref + "</p>"
             + "".join(grids))
 

@@ -28,6 +28,7 @@ __all__ = [
     "scatter_limits",
     "scatter_png",
     "score_hist_png",
+    "training_figure",
     "training_png",
 ]
 
@@ -73,23 +74,26 @@ def _series(records: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
     return _thin(arr[:, 0], arr[:, 1])
 
 
-def robust_limits(values: np.ndarray, q: float = 0.02, spread: float = 5.0) -> tuple[float, float] | None:
+def robust_limits(values: np.ndarray, reach: float = 10.0) -> tuple[float, float] | None:
     """Axis limits that keep spikes from flattening a curve, or None when no cut is needed.
 
-    The limits are the ``q`` and ``1 - q`` quantiles widened by 15 % of their distance; they
-    are used only when the values reach more than ``spread`` times that distance beyond it
-    (a loss of about 1 with spikes to 4e4 or 2e9), so that an ordinary curve keeps its full
-    range, its early transient included."""
+    A spike is a value further from the median than ``reach`` times the spread of the middle
+    80 % (10 % to 90 % quantiles); the limits span the other values (padded by 5 %).  A loss
+    of about 1 with spikes to 4e4 or 2e9 is cut; an ordinary curve keeps its full range, its
+    early transient included."""
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
     if v.size < 10:
         return None
-    lo, hi = (float(x) for x in np.quantile(v, [q, 1.0 - q]))
-    span = hi - lo if hi > lo else max(abs(hi), 1.0) * 0.1
-    lo, hi = lo - 0.15 * span, hi + 0.15 * span
-    if float(v.max()) - float(v.min()) <= spread * (hi - lo):
+    med = float(np.median(v))
+    q10, q90 = (float(x) for x in np.quantile(v, [0.1, 0.9]))
+    spread = max(q90 - q10, 1e-9 * max(abs(med), 1.0))
+    inside = v[np.abs(v - med) <= reach * spread]
+    if inside.size == v.size or not inside.size:
         return None
-    return lo, hi
+    lo, hi = float(inside.min()), float(inside.max())
+    pad = 0.05 * (hi - lo) if hi > lo else max(abs(hi), 1.0) * 0.05
+    return lo - pad, hi + pad
 
 
 def _mark_clipped(ax, curves: Sequence[tuple], limits: tuple[float, float]) -> None:
@@ -116,8 +120,15 @@ def _mark_clipped(ax, curves: Sequence[tuple], limits: tuple[float, float]) -> N
 
 
 def training_png(records: Sequence[dict], title: str) -> bytes | None:
+    """:func:`training_figure` as PNG bytes."""
+    fig = training_figure(records, title)
+    return None if fig is None else _png(fig)
+
+
+def training_figure(records: Sequence[dict], title: str) -> Figure | None:
     """Loss terms (left) and noise accuracy (right) against step; retries as dotted lines,
-    automatic stabilisation changes as dashed lines."""
+    automatic stabilisation changes as dashed lines; a loss axis cut short of spikes
+    (:func:`robust_limits`) marks the points beyond it."""
     loss_keys = [("loss", "total loss", "#444444"), ("data_loss", "data term", _COLORS[0]),
                  ("noise_loss", "noise term", _COLORS[1]), ("val_loss", "validation loss", _COLORS[3])]
     curves = [(k, lab, c, *_series(records, k)) for k, lab, c in loss_keys]
@@ -158,7 +169,7 @@ def training_png(records: Sequence[dict], title: str) -> bytes | None:
             ax.legend(fontsize=7, loc=loc)
     fig.suptitle(_label(title, 120), fontsize=10)
     fig.subplots_adjust(left=0.09, right=0.98, bottom=0.16, top=0.8, wspace=0.22)
-    return _png(fig)
+    return fig
 
 
 def roc_curve(normal: Sequence[float], anomaly: Sequence[float]) -> tuple[list, list] | None:

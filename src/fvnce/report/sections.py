@@ -300,10 +300,14 @@ def _count_clause(count: Any, n: Any, rate: Any, per_1000: Any, what: str, items
     band = f"{_per_1000(1000 * lo)} to {_per_1000(1000 * hi)} per 1,000"
     level = f"{100 * RATE_RANGE_LEVEL:g} %"
     head = f"{k:,} {what} among {m:,} {items} ({_per_1000(1000 * k / m)} per 1,000"
+    if r is not None and lo > r:
+        return f"{head}; {level} range of the rate: {band}, wholly above the {_rate_text(r)} target)", False
     if r is not None and m * r < 1:
         return (f"{head}) — too few items to check the {_rate_text(r)} target (at that rate {m:,} items "
                 f"show {m * r:.2g} {what} on average): the rate could be anywhere from {band} ({level} range)",
                 True)
+    if r is not None and hi < r:
+        return f"{head}; {level} range of the rate: {band}, wholly below the {_rate_text(r)} target)", False
     return f"{head}; {level} range of the rate: {band})", False
 
 
@@ -556,12 +560,12 @@ def headline(auroc: Any, fpr95: Any, ll: Any, ll_kind: Any, *, who: str = "this 
     not a detection criterion (so a lower one can win)."""
     cards = []
     a = finite(auroc)
-    cards.append(f"<div>Detection quality of {esc(who)} (test AUROC)<b>{fmt_frac(a, 3)}</b>"
+    cards.append(f"<div>Detection quality (test AUROC)<b>{fmt_frac(a, 3)}</b>"
                  + (f"An anomalous test item outranks a normal one {bounded(a, 100.0, 1)}% of the time; 0.5 is "
                     "guessing. " if a is not None else "Not available (no anomaly labels in the test data). ")
                  + _compare_line(refs, "auroc", lambda v: fmt_frac(v, 3)) + "</div>")
     f = finite(fpr95)
-    cards.append(f"<div>False alarms of {esc(who)} at 95% detection (test)<b>{fmt_pct(f)}</b>"
+    cards.append(f"<div>False alarms at 95% detection (test)<b>{fmt_pct(f)}</b>"
                  + (f"To catch 95% of the anomalies, {fmt_pct(f)} of normal items would be flagged; lower is "
                     "better. " if f is not None else "Not available (no anomaly labels in the test data). ")
                  + _compare_line(refs, "fpr95", fmt_pct) + "</div>")
@@ -570,19 +574,21 @@ def headline(auroc: Any, fpr95: Any, ll: Any, ll_kind: Any, *, who: str = "this 
     v = finite(ll)
     if chosen_by == "auroc" and v is not None:
         lower = [r for r in refs if finite(r.ll) is not None and finite(r.ll) > v]
-        why = (" Not the criterion of the choice: the recommendation is the highest validation AUROC, measured "
-               "with the anomaly labels. A log-likelihood says how probable a model finds normal data; between "
-               "models of different families")
         families = sorted({str(x) for x in [model, *(r.model for r in refs)] if x})
-        why += f" (here {esc(', '.join(families))})" if len(families) > 1 else ""
-        why += (" it is not a detection criterion, so "
-                + ("a model with a lower log-likelihood can be the better detector, as here."
-                   if lower else "the model with the higher one need not be the better detector."))
+        here = f" (here {esc(', '.join(families))})" if len(families) > 1 else ""
+        why = (" Not how the choice was made: that is the validation AUROC, measured with the anomaly labels. "
+               f"Log-likelihoods of different model families{here} are not a detection criterion: "
+               + ("a lower one can be the better detector, as here." if lower
+                  else "a higher one need not be the better detector."))
     elif chosen_by == "log_likelihood" and v is not None:
         why = (" Without anomaly labels it is the criterion of the choice: the highest validation "
                "log-likelihood among reliable estimates.")
-    cards.append(f"<div>Test log-likelihood of {esc(who)}{esc(est)}<b>{fmt_num(ll, 2)}</b>"
-                 + ("nats per example; higher means the model finds the held-out data more probable."
+    cards.append(f"<div>Test log-likelihood{esc(est)}<b>{fmt_num(ll, 2)}</b>"
+                 + ("nats per example; higher: the model finds the held-out data more probable."
                     if v is not None else "Not available for this configuration.")
                  + why + " " + _compare_line(refs, "ll", lambda x: f"{fmt_num(x, 2)} nats") + "</div>")
-    return f'<div class="headline">{"".join(cards)}</div>'
+    versus = [w for w in ("the VAE", "the baselines")
+              if any((r.what == "the VAE") == (w == "the VAE") for r in refs)]
+    against = f", each compared with {' and '.join(versus)}" if versus else ""
+    return (f'<p class="headline-what">Figures of <b>{esc(who)}</b> on the held-out test data{against}:</p>'
+            f'<div class="headline">{"".join(cards)}</div>')
