@@ -230,9 +230,9 @@ def test_run_report_shows_the_operating_point(run):
     ev = json.loads((run / "evaluation.json").read_text())
     op = ev["operating_point"]
     assert '<section id="alarm">' in text and 'alt="Alarm threshold of run"' in text
-    assert (f"At the alarm threshold set for 5 % false alarms, the model raised "
-            f"{op['false_alarms_per_1000']:.0f} false alarms per 1,000 normal test items and detected "
-            f"{100 * op['detection_rate']:.0f} % of the anomalies.") in text
+    assert (f"At the alarm threshold set for 5 % false alarms, the model raised {op['false_alarms']} false alarms "
+            f"among {op['n_normal']} normal test items") in text
+    assert f"detected {op['detected']} of {op['n_anomaly']} anomalies (" in text
 
 
 def test_unlabelled_run_calibrates_on_all_validation_rows(data, tmp_path, capsys):

@@ -459,9 +459,14 @@ def test_report_shows_degraded_and_unreliable_runs_with_their_sentences(verdict_
     assert "7.0e-05" in cell.group(1)
     assert text.count("-11.00") == 1
     # the k-hat and ESS columns, with the usual reading
-    assert "log Z: k-hat · ESS" in text and "Noise term: k-hat · ESS" in text
-    assert '<span class="bad-text">1.38 · 0.01% unreliable</span>' in text
-    assert '<span class="bad-text">0.95 · 0.40% unreliable</span>' in text and "0.41 · 30.0%" in text
+    assert "log Z: k-hat · ESS" in text and "Noise term (training): k-hat · ESS" in text
+    assert '<span class="bad-text"><span class="nowrap">1.38 ·</span> 0.01% unreliable</span>' in text
+    # the noise term's diagnostic has its own word: "unreliable" is the run status only
+    assert ('<span class="warn-text"><span class="nowrap">0.95 ·</span> 0.40% heavy-tailed weights</span>'
+            in text) and '<span class="nowrap">0.41 ·</span> 30.0%' in text
+    assert "0.40% unreliable" not in text
+    glossary = text[text.index('<section id="glossary">'):]
+    assert "Noise term: heavy-tailed weights" in glossary and "for a chosen run they stand as shown" in glossary
     assert "Pareto k-hat above 0.7" in text and "Hanley &amp; McNeil 1982" in text
     # the matrix marks both and stars neither; the VAE is quoted for reference
     matrix = text[text.index("Noise distribution × rule"):]
@@ -507,6 +512,289 @@ def test_single_run_report_shows_weight_diagnostics_and_events(tmp_path):
     text = build_report(run).read_text()
     _check_common(text)
     assert "(estimate, unreliable: log Z weights have k-hat 1.21, ESS fraction 2.0e-03)" in text
-    assert '<span class="bad-text">1.21 · 0.20% unreliable</span>' in text
-    assert "Noise term importance weights (k-hat · ESS)</td><td>0.45 · 31.0%" in text
+    assert '<span class="bad-text"><span class="nowrap">1.21 ·</span> 0.20% unreliable</span>' in text
+    assert ('Noise term importance weights of training (k-hat · ESS)</td><td><span class="nowrap">0.45 ·</span> '
+            "31.0%") in text
     assert "step 7: the objective&#x27;s stabilisation was changed automatically from exp_mode=exact" in text
+
+
+# --------------------------------------------------------------------------- layout at 1,280 px
+
+#: Measures the rendered page (our own probe, added to a copy of the report with its
+#: Content-Security-Policy removed, so it measures any version of the report): the page's
+#: width, every table against the box that holds it, and the full-width detail rows
+#: (warnings, errors) against the visible part of that box.
+LAYOUT_JS = """
+window.addEventListener('load',function(){
+var out={width:document.documentElement.scrollWidth,window:window.innerWidth,tables:[],cut:[]};
+function box(el){for(var p=el.parentElement;p;p=p.parentElement){var o=getComputedStyle(p).overflowX;
+if(o==='auto'||o==='scroll'||o==='hidden'){return p;}}return document.documentElement;}
+var ts=document.querySelectorAll('table');
+for(var i=0;i<ts.length;i++){var b=box(ts[i]),s=ts[i].closest('section');
+out.tables.push({section:s?s.id:'',table:Math.round(ts[i].getBoundingClientRect().width),
+box:b.clientWidth,scroll:b.scrollWidth});}
+var cells=document.querySelectorAll('td,th');
+for(i=0;i<cells.length;i++){var c=cells[i],r=c.getBoundingClientRect(),br=box(c).getBoundingClientRect();
+var right=Math.min(br.right,window.innerWidth);
+if(r.width>0&&r.right>right+1){out.cut.push((c.textContent||'').slice(0,60));}}
+document.body.dataset.layout=JSON.stringify(out);
+});
+"""
+
+
+def write_wide_poc(root: Path) -> Path:
+    """The verdict poc with more runs: long names, many rules (many grid columns), a mixture
+    family, warnings on several rows."""
+    write_verdict_poc(root)
+    summary = json.loads((root / "summary.json").read_text())
+    extra = [("fvnce-shifted_log-full_gaussian-mix4", "shifted_log", {}, "full_gaussian", "gaussian_mixture"),
+             ("fvnce-pseudo_spherical-marginals-with-a-rather-long-configuration-name", "pseudo_spherical", {},
+              "marginals", "tilted_vae"),
+             ("fvnce-power0.5-kde", "power", {"alpha": 0.5}, "kde", "tilted_vae"),
+             ("fvnce-power2.5-kde", "power", {"alpha": 2.5}, "kde", "tilted_vae"),
+             ("fvnce-logistic-full_gaussian", "logistic", {}, "full_gaussian", "tilted_vae"),
+             ("fvnce-asymmetric_power-full_gaussian", "asymmetric_power", {"alpha": 0.25, "c": 3.0},
+              "full_gaussian", "tilted_vae")]
+    for i, (name, rule, params, noise, model) in enumerate(extra):
+        rd = f"runs/{name}"
+        m = write_run(root / rd, rule=rule, noise=noise, dim=5, seed=10 + i)
+        warn = (f"The noise term of {name} rests on heavy-tailed importance weights, with Pareto k-hat 0.94 "
+                "(limit 0.7) and effective sample size 0.93% (minimum 5%): training optimised a high-variance "
+                "estimate of the objective.")
+        summary["runs"].append({
+            "name": name, "objective": "fvnce", "rule": rule, "rule_params": params, "noise": noise, "model": model,
+            "run_dir": rd, "status": "ok", "error": None, "train_time_s": 4000.0 + i,
+            "metrics": {**m, "log_likelihood_se": 0.2}, "val_metrics": {**m, "log_likelihood_se": 0.2},
+            "log_z": {"log_z": 1.0, "ess_fraction": 0.0031, "khat": 0.82, "reliable": False},
+            "noise_term": {"khat": 0.94, "ess_fraction": 0.0093, "reliable": False},
+            "warnings": [warn], "reliable": False})
+    (root / "summary.json").write_text(json.dumps(summary))
+    return root
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed (/usr/bin/chromium)")
+def test_layout_at_1280_px_nothing_wider_than_the_page(tmp_path):
+    report = build_report(write_wide_poc(tmp_path / "wide"))
+    text = re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", report.read_text())
+    probe = tmp_path / "probe.html"
+    probe.write_text(text.replace("</body>", f"<script>{LAYOUT_JS}</script>\n</body>"))
+    res = _chromium(["--dump-dom", probe.as_uri()], tmp_path / "profile", 1280)
+    m = re.search(r'data-layout="([^"]*)"', res.stdout)
+    assert m, f"no layout measurement in the DOM (rc={res.returncode}): {res.stderr[-2000:]}"
+    layout = json.loads(html_mod.unescape(m.group(1)))
+    assert layout["window"] == 1280
+    assert layout["width"] <= 1280, layout
+    compare = [t for t in layout["tables"] if t["section"] == "comparison"]
+    assert len(compare) >= 2  # the comparison table and the noise x rule grid(s)
+    wide = [t for t in layout["tables"] if t["scroll"] > t["box"] + 1]
+    assert not wide, f"tables wider than their box: {wide}"
+    assert not layout["cut"], f"cells cut off: {layout['cut'][:10]}"
+
+
+# --------------------------------------------------------------------------- numbers as an analyst writes them
+
+
+def test_rates_are_never_rounded_to_0_or_100_percent_unless_exact():
+    from fvnce.report.html import fmt_count, fmt_frac, fmt_pct
+
+    assert fmt_pct(0.9996) == "99.96%" and fmt_pct(1.0) == "100.0%" and fmt_pct(0.0) == "0.0%"
+    assert fmt_pct(0.00004) == "0.004%" and fmt_pct(807 / 809) == "99.8%"
+    assert fmt_frac(0.99996) == "0.99996" and fmt_frac(1.0) == "1.000" and fmt_frac(0.0004) == "0.0004"
+    assert fmt_pct(1 - 1e-12).startswith(">99.99") and fmt_pct(1e-13).startswith("<0.0000")
+    assert fmt_count(807, 809) == "807 of 809 (99.8%)" and fmt_count(1999, 2000) == "1,999 of 2,000 (99.95%)"
+    assert fmt_count(None, 809, 0.9996) == "99.96%"
+
+
+def test_clopper_pearson_range_of_a_rate():
+    from scipy.stats import binom
+
+    from fvnce.report.sections import rate_range
+
+    lo, hi = rate_range(0, 27)
+    assert lo == 0.0 and hi == pytest.approx(1 - 0.005 ** (1 / 27), rel=1e-12)  # P(0 of 27 | hi) = 0.005
+    lo, hi = rate_range(27, 27)
+    assert hi == 1.0 and lo == pytest.approx(0.005 ** (1 / 27), rel=1e-12)
+    lo, hi = rate_range(7, 500)
+    assert binom.sf(6, 500, lo) == pytest.approx(0.005, rel=1e-9)  # P(X >= 7 | lo)
+    assert binom.cdf(7, 500, hi) == pytest.approx(0.005, rel=1e-9)  # P(X <= 7 | hi)
+
+
+def test_operating_sentence_counts_and_too_few_items_in_the_same_sentence():
+    from fvnce.report.sections import operating_sentence
+
+    alarm = {"rate": 0.01}
+    few = {"false_alarms_per_1000": 0.0, "false_alarms": 0, "n_normal": 27, "detected": 807, "n_anomaly": 809,
+           "detection_rate": 807 / 809}
+    text = operating_sentence(few, alarm, "the recommended model")
+    assert text == ("At the alarm threshold set for 1 % false alarms, the recommended model raised 0 false alarms "
+                    "among 27 normal test items (0 per 1,000) — too few items to check the 1 % target (at that rate "
+                    "27 items show 0.27 false alarms on average): the rate could be anywhere from 0 to 178 per "
+                    "1,000 (99 % range) — and detected 807 of 809 anomalies (99.8 %).")
+    many = {**few, "false_alarms": 12, "n_normal": 1530, "false_alarms_per_1000": 12000 / 1530}
+    text = operating_sentence(many, alarm)
+    assert "12 false alarms among 1,530 normal test items (7.8 per 1,000; 99 % range of the rate: 3.2 to 16 per " \
+           "1,000)" in text and "too few" not in text
+    above = {**few, "false_alarms": 3, "false_alarms_per_1000": 3000 / 27}
+    assert "wholly above the 1 % target" in operating_sentence(above, alarm)
+    old = {"false_alarms_per_1000": 7.8, "detection_rate": 0.9996}  # files without counts
+    assert operating_sentence(old, alarm).endswith("raised 7.8 false alarms per 1,000 normal test items and "
+                                                   "detected 99.96 % of the anomalies.")
+
+
+def test_headline_of_a_small_test_part_says_the_target_cannot_be_checked(tmp_path):
+    poc = write_poc(tmp_path / "small")
+    ev_path = poc / "runs" / "run0" / "evaluation.json"
+    ev = json.loads(ev_path.read_text())
+    ev["alarm"] = {"rate": 0.01, "threshold": 1.5, "n": 32, "calibrated_on": "validation normal rows"}
+    ev["operating_point"] = {"threshold": 1.5, "n_normal": 27, "false_alarms": 0, "false_alarms_per_1000": 0.0,
+                             "n_anomaly": 809, "detected": 807, "detection_rate": 807 / 809,
+                             "expected_per_1000": [0.0, 259.0], "range_level": 0.99, "within_expected": True}
+    ev_path.write_text(json.dumps(ev))
+    text = build_report(poc).read_text()
+    header = html_mod.unescape(text[text.index("<header>"):text.index("</header>")])
+    first = re.search(r'<p class="verdict"><b>([^<]*)</b></p>', header).group(1)
+    sentence = first.split(". ")[0]
+    assert "0 false alarms among 27 normal test items" in sentence and "too few items to check the 1 % target" \
+        in sentence and "0 to 178 per 1,000 (99 % range)" in sentence and "807 of 809 anomalies (99.8 %)" in sentence
+    assert "100 %" not in header and "100.0 %" not in header
+    alarm = html_mod.unescape(text[text.index('<section id="alarm">'):])
+    assert "807 of 809 (99.8%)" in alarm
+
+
+# --------------------------------------------------------------------------- families, cards, commands
+
+
+def write_family_poc(root: Path, with_commands: bool = True) -> Path:
+    """The verdict poc plus a 4-component mixture in the same noise x rule cell as the tilted
+    run fvnce-kl-gmm, with a higher validation AUROC and a lower log-likelihood than the VAE;
+    it is the recommendation."""
+    write_verdict_poc(root)
+    summary = json.loads((root / "summary.json").read_text())
+    name = "fvnce-kl-gmm-mix4"
+    m = write_run(root / "runs" / name, rule="kl", noise="gmm", dim=5, seed=21)
+    metrics = {**m, "auroc": 0.98, "log_likelihood": -39.67}
+    summary["runs"].append({"name": name, "objective": "fvnce", "rule": "kl", "rule_params": {}, "noise": "gmm",
+                            "model": "gaussian_mixture", "run_dir": f"runs/{name}", "status": "ok", "error": None,
+                            "train_time_s": 2.0, "metrics": metrics,
+                            "val_metrics": {**metrics, "auroc": 0.995}, "reliable": True})
+    rec = {"run": name, "criterion": "highest validation AUROC", "reason": "best validation AUROC"}
+    if with_commands:
+        rec["train_command"] = ("fvnce train --data 'my data.csv' --label label --normal normal --model "
+                                "gaussian_mixture --components 4 --rule kl --noise gmm --steps 5000 --out RUN "
+                                "<&> " + "x" * 300)
+    summary["recommended"] = rec
+    (root / "summary.json").write_text(json.dumps(summary))
+    return root
+
+
+@pytest.fixture(scope="module")
+def family_report(tmp_path_factory) -> str:
+    return build_report(write_family_poc(tmp_path_factory.mktemp("family") / "poc")).read_text()
+
+
+def test_one_noise_rule_grid_per_model_family(family_report):
+    text = family_report
+    grids = text[text.index("Noise distribution × rule"):text.index('<section id="alarm">')
+                 if '<section id="alarm">' in text else text.index('<section id="training">')]
+    assert "Model vae" in grids and "Model gaussian_mixture, 4 components" in grids
+    tilted = grids[grids.index("Model vae"):grids.index("Model gaussian_mixture")]
+    mixture = grids[grids.index("Model gaussian_mixture"):]
+    # the tilted run's own value in its cell; the mixture's 0.995 only in the mixture's grid
+    assert "<td><b>gmm</b></td><td>—</td><td>0.960</td>" in tilted and "0.995" not in tilted
+    assert '<span class="best-cell">0.995 ★</span>' in mixture and grids.count("★</span>") == 1
+
+
+def test_matrix_cell_with_two_runs_names_each(tmp_path):
+    poc = write_verdict_poc(tmp_path / "twins")
+    summary = json.loads((poc / "summary.json").read_text())
+    twin = json.loads(json.dumps(next(r for r in summary["runs"] if r["name"] == "fvnce-kl-gmm")))
+    twin.update(name="fvnce-kl-gmm-seed2", run_dir=None)
+    twin["val_metrics"]["auroc"] = 0.955
+    summary["runs"].append(twin)
+    (poc / "summary.json").write_text(json.dumps(summary))
+    text = build_report(poc).read_text()
+    grid = text[text.index("Noise distribution × rule"):]
+    assert '<span class="small">fvnce-kl-gmm:</span> <span class="best-cell">0.960 ★</span><br>' \
+           '<span class="small">fvnce-kl-gmm-seed2:</span> 0.955' in grid
+
+
+def test_stat_cards_say_what_they_compare_and_why_a_lower_log_likelihood_wins(family_report):
+    text = html_mod.unescape(family_report)
+    rec = text[text.index('<section id="recommendation">'):text.index('<section id="comparison">')]
+    assert "Figures of fvnce-kl-gmm-mix4 on the held-out test data, each compared with the VAE:" \
+        in re.sub(r"</?b>", "", rec)
+    assert "Compare: elbo-vae (the VAE):" in rec and "-30.00 nats" in rec
+    assert ("Not how the choice was made: that is the validation AUROC, measured with the anomaly labels. "
+            "Log-likelihoods of different model families (here gaussian_mixture, vae) are not a detection "
+            "criterion: a lower one can be the better detector, as here.") in rec
+
+
+def test_production_commands_are_shown_escaped_and_copyable(family_report, tmp_path):
+    text = family_report
+    assert '<h3 id="production">From recommendation to production</h3>' in text
+    cmd = re.search(r'<pre class="command"><code>([^<]*)</code></pre>', text).group(1)
+    assert "&lt;&amp;&gt;" in cmd and html_mod.unescape(cmd).startswith(
+        "fvnce train --data 'my data.csv' --label label --normal normal --model gaussian_mixture --components 4")
+    # none in summary.json: no section, no empty block
+    plain = build_report(write_family_poc(tmp_path / "plain", with_commands=False)).read_text()
+    assert "From recommendation to production" not in plain and "<pre" not in plain
+
+
+def test_union_recommendation_shows_member_and_score_commands(tmp_path):
+    poc = write_poc(tmp_path / "union", labels=False)
+    summary = json.loads((poc / "summary.json").read_text())
+    summary["recommended"] = {
+        "run": "union", "criterion": "without anomaly labels: the union", "reason": "union of two",
+        "members": ["fvnce-power-gauss", "fvnce-kl-flow"], "single_choice": "fvnce-power-gauss",
+        "union": {"run_dir": "runs/union", "combination": "max of z-scores",
+                  "alarm": {"rate": 0.01, "threshold": 2.0, "n": 200},
+                  "operating_point": {"alarms": 5, "n_items": 360, "alarms_per_1000": 5000 / 360}},
+        "member_commands": [{"run": "fvnce-power-gauss", "command": "fvnce train --rule power --out A"},
+                            {"run": "fvnce-kl-flow", "command": "fvnce train --rule kl --out B"}],
+        "score_command": "fvnce union A B --out U && fvnce score U new.csv --out scores.csv"}
+    (poc / "summary.json").write_text(json.dumps(summary))
+    text = build_report(poc).read_text()
+    blocks = [html_mod.unescape(c) for c in re.findall(r'<pre class="command"><code>([^<]*)</code></pre>', text)]
+    assert blocks == ["fvnce train --rule power --out A", "fvnce train --rule kl --out B",
+                      "fvnce union A B --out U && fvnce score U new.csv --out scores.csv"]
+    assert "Train the union's member <b>fvnce-kl-flow</b>" in text
+    assert "5 alarms among 360 test items (14 per 1,000; 99 % range of the rate" in text
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def test_training_axis_is_cut_short_of_spikes_and_marks_them():
+    from fvnce.report.plots import robust_limits, training_figure
+
+    steps = np.arange(0, 5000, 10)
+    recs = [{"step": int(s), "loss": 2.0 * np.exp(-s / 800) + 0.5, "data_loss": 1.2 * np.exp(-s / 800) + 0.3,
+             "noise_loss": 2e9 if s in (1200, 3300) else 0.8 * np.exp(-s / 700) + 0.2} for s in steps]
+    recs[410]["data_loss"] = 4e4
+    fig = training_figure(recs, "spiky")
+    ax = fig.axes[0]
+    lo, hi = ax.get_ylim()
+    assert hi < 3.0 and lo > 0.0  # the curves (0.2 to 2.5) fill the axis
+    notes = [t.get_text() for t in ax.texts]
+    assert notes == ["axis cut: 3 point(s) above, up to 2e+09 (triangles)"]
+    # an ordinary decaying curve keeps its full range, early transient included
+    smooth = 50.0 * np.exp(-steps / 300) + 1.0
+    assert robust_limits(smooth) is None
+    fig = training_figure([{"step": int(s), "loss": float(v)} for s, v in zip(steps, smooth)], "smooth")
+    assert fig.axes[0].get_ylim()[1] > 50.0 and not fig.axes[0].texts
+
+
+def test_roc_legend_keeps_names_whole_and_styles_distinct():
+    from fvnce.report.plots import curve_styles, roc_figure
+
+    names = [f"fvnce-shifted_log-full_gaussian-mix4-configuration-{i:02d} (AUROC 0.9{i:02d})" for i in range(25)]
+    fig = roc_figure([(n, [0.0, 0.5, 1.0], [0.0, 0.8, 1.0], i == 3) for i, n in enumerate(names)])
+    legend = fig.legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == ["random guessing", *names]
+    lines = [ln for ln in fig.axes[0].get_lines() if ln.get_label() in names]
+    pairs = {(ln.get_color(), ln.get_linestyle()) for ln in lines}
+    assert len(lines) == 25 and len(pairs) == 25
+    assert len(set(curve_styles(40))) == 40
+    # the legend sits below the axes, not over the curves
+    fig.canvas.draw()
+    assert legend.get_window_extent().y1 < fig.axes[0].get_window_extent().y0

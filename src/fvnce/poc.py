@@ -436,8 +436,8 @@ def _reason(ranked: list[dict], n_lead: int, key: str, has_labels: bool) -> str:
                 f"{val(w)}; no other run was eligible{tail}")
     r = ranked[1]
     if has_labels and val(w) == val(r):  # equal as shown: say what decided
-        tie = (f", equal to four decimals, ahead by validation log-likelihood "
-               f"({val(w, 'log_likelihood')} against {val(r, 'log_likelihood')})")
+        tie = (f", equal to four decimals; the validation log-likelihood decided: "
+               f"{val(w, 'log_likelihood')} against {val(r, 'log_likelihood')}")
     else:
         tie = ""
     if has_labels and n_lead > 1:

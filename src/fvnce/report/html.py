@@ -15,7 +15,8 @@ from typing import Any, Iterable, Sequence
 
 from .load import finite
 
-__all__ = ["DASH", "esc", "fmt_num", "fmt_pct", "fmt_time", "img", "kv_table", "page", "table"]
+__all__ = ["DASH", "bounded", "esc", "fmt_count", "fmt_frac", "fmt_num", "fmt_pct", "fmt_time", "img", "kv_table",
+           "page", "table"]
 
 
 def esc(value: Any) -> str:
@@ -31,9 +32,39 @@ def fmt_num(x: Any, digits: int = 3) -> str:
     return DASH if v is None else f"{v:.{digits}f}"
 
 
-def fmt_pct(x: Any, digits: int = 1) -> str:
+def bounded(frac: float, scale: float = 1.0, digits: int = 1) -> str:
+    """``frac * scale`` for a share ``frac`` in [0, 1], with ``digits`` decimals or as many
+    more as it takes never to show 0 or ``scale`` (100 %, 1,000 per 1,000, an AUROC of 1)
+    unless ``frac`` is exactly 0 or 1: 0.9996 is "99.96", not "100.0"."""
+    if not 0.0 <= frac <= 1.0 or frac in (0.0, 1.0):
+        return f"{frac * scale:.{digits}f}"
+    for d in range(digits, digits + 7):
+        text = f"{frac * scale:.{d}f}"
+        if 0.0 < float(text) < scale:
+            return text
+    d = digits + 7
+    return f"<{10.0 ** -d:.{d}f}" if frac < 0.5 else f">{scale - 10.0 ** -d:.{d}f}"
+
+
+def fmt_frac(x: Any, digits: int = 3) -> str:
+    """A share in [0, 1] such as an AUROC: never rounded to 0 or 1 unless exact."""
     v = finite(x)
-    return DASH if v is None else f"{100 * v:.{digits}f}%"
+    return DASH if v is None else bounded(v, 1.0, digits)
+
+
+def fmt_pct(x: Any, digits: int = 1) -> str:
+    """A share in [0, 1] as a percentage, never rounded to 0% or 100% unless exact."""
+    v = finite(x)
+    return DASH if v is None else bounded(v, 100.0, digits) + "%"
+
+
+def fmt_count(count: Any, total: Any, share: Any = None, digits: int = 1) -> str:
+    """"807 of 809 (99.8%)": a count with its total and the share it makes; ``share``
+    alone (as :func:`fmt_pct`) when the counts are missing."""
+    k, n = finite(count), finite(total)
+    if k is None or n is None or n <= 0 or not 0 <= k <= n:
+        return fmt_pct(share, digits)
+    return f"{int(k):,} of {int(n):,} ({bounded(k / n, 100.0, digits)}%)"
 
 
 def fmt_time(seconds: Any) -> str:
@@ -65,7 +96,7 @@ def table(header: Sequence[str], rows: Iterable[tuple[Sequence[str], str]], cls:
     for cells, row_cls in rows:
         attr = f' class="{esc(row_cls)}"' if row_cls else ""
         if len(cells) == 1 and len(header) > 1:  # a full-width row (e.g. an error message)
-            body.append(f'<tr{attr}><td colspan="{len(header)}">{cells[0]}</td></tr>')
+            body.append(f'<tr{attr}><td colspan="{len(header)}"><div class="row-text">{cells[0]}</div></td></tr>')
         else:
             body.append(f"<tr{attr}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     klass = f' class="{esc(cls)}"' if cls else ""
@@ -100,17 +131,30 @@ table{border-collapse:collapse;font-size:.88rem}
 th,td{border:1px solid #dde3ea;padding:.3rem .5rem;text-align:left;vertical-align:top;
 overflow-wrap:normal}
 td ul{margin:0;padding-left:1.1rem}
-table.compare td:not(:first-child):not(:last-child):not([colspan]){white-space:nowrap}
-table.compare td:first-child{min-width:11rem}
-table.compare th{min-width:4.5rem}
+table.compare{width:100%;font-size:.84rem}
+table.compare th,table.compare td{padding:.25rem .35rem}
+table.compare td:first-child:not([colspan]){min-width:9.5rem;overflow-wrap:anywhere}
+table.compare th:first-child,table.compare td:first-child:not([colspan]){position:sticky;left:0;z-index:1;
+background:inherit}
+table.compare thead th:first-child{z-index:2}
+table.compare tbody tr{background:#fff}
+.row-text{position:sticky;left:.35rem;max-width:calc(100vw - 4rem)}
+.nowrap{white-space:nowrap}
 thead th{background:#f3f6f9;position:sticky;top:0}
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 table.kv th{background:#f7f9fb;font-weight:600;white-space:nowrap}
-tr.rec td{background:#fff6d6;font-weight:600}
-tr.bad td{color:#8a1c1c;background:#fdf1f1}
-tr.degraded td{background:#fff4e5}
-tr.unreliable td{background:#f6f2fb}
-tr.warn.detail td{color:#5a3d00;background:#fffaf0}
+table.compare tbody tr.rec{background:#fff6d6}
+tr.rec td{font-weight:600}
+table.compare tbody tr.bad{background:#fdf1f1}
+tr.bad td{color:#8a1c1c}
+table.compare tbody tr.degraded{background:#fff4e5}
+table.compare tbody tr.unreliable{background:#f6f2fb}
+table.compare tbody tr.warn.detail{background:#fffaf0}
+tr.warn.detail td{color:#5a3d00}
+table.grid-family td{min-width:5rem}
+pre.command{margin:.3rem 0 .8rem;padding:.5rem .7rem;background:#f3f6f9;border:1px solid #dde3ea;
+border-radius:6px;white-space:pre-wrap;overflow-wrap:anywhere;font-size:.82rem;user-select:all}
+.warn-text{color:#8a5a00}
 tr.first td{border-bottom:none}
 tr.detail td{border-top:none;padding-top:0}
 .tag{display:inline-block;font-size:.72rem;padding:0 .35rem;border-radius:.5rem;font-weight:700}
@@ -127,10 +171,12 @@ color:#8a1c1c;font-weight:normal;overflow-wrap:anywhere}
 .card{border:1px solid #e3e8ef;border-left:5px solid #2e7d32;border-radius:6px;padding:.8rem 1rem;
 background:#f7fbf7;margin:.6rem 0 1rem}
 .card.none{border-left-color:#999;background:#f7f7f7}
-.headline{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,230px),1fr));
+p.headline-what{margin:.6rem 0 .2rem}
+.headline{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,230px),1fr));
 gap:.8rem;margin:.6rem 0}
 .headline div{background:#fff;border:1px solid #e3e8ef;border-radius:6px;padding:.5rem .7rem}
 .headline b{display:block;font-size:1.35rem;color:#1b5e20}
+.card-compare{display:block;margin-top:.3rem;font-size:.85rem;color:#4a5566}
 .note{background:#f3f6f9;border-radius:6px;padding:.5rem .8rem;color:#4a5566}
 dl.glossary dt{font-weight:700;margin-top:.6rem}
 dl.glossary dd{margin:0 0 0 1rem;color:#333}

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from ..diagnostics import ESS_FRACTION_MIN, KHAT_MAX
 from ..poc import AUROC_MARGIN_MIN, NO_NOISE_TERM, SE_FACTOR, VAE_RUN, find_vae
-from .html import DASH, esc, fmt_num, fmt_pct, fmt_time, kv_table, page, table
+from .html import DASH, esc, fmt_count, fmt_frac, fmt_num, fmt_pct, fmt_time, kv_table, page, table
 from .load import RunFiles, finite, load_run
-from .sections import (Entry, alarm_section, glossary, headline, ll_cell, operating_sentence, roc_section, rule_label,
-                       samples_section, training_section, weights_cell, weights_reliable)
+from .sections import (NOISE_TERM_WORDS, Entry, Ref, alarm_section, glossary, headline, ll_cell, operating_sentence,
+                       roc_section, rule_label, samples_section, training_section, weights_cell, weights_reliable)
 
 __all__ = ["poc_page", "run_page"]
 
@@ -160,6 +161,7 @@ def _recommendation(summary: dict, runs: list[dict], files: dict[str, RunFiles],
                     "probable model of independent features (one diagonal Gaussian), with an alarm when either "
                     "finds an item extreme. If you can label some anomalies (even a few dozen), give the label "
                     "column: the choice then uses detection figures.")
+    has_labels = bool(_d(summary.get("data")).get("has_labels", True))
     union = _d(rec.get("union"))
     if union:
         members = [x for m in rec.get("members") or [] for x in runs if x.get("name") == m]
@@ -172,7 +174,7 @@ def _recommendation(summary: dict, runs: list[dict], files: dict[str, RunFiles],
                 f"<p><b>Its score:</b> {esc(union.get('combination') or DASH)}.</p>"
                 + (f"<p>{esc(operating)}</p>" if operating else "")
                 + (f"<p>The single run of highest validation log-likelihood was {esc(rec['single_choice'])}.</p>"
-                   if rec.get("single_choice") else "") + "</div>")
+                   if rec.get("single_choice") else "") + _commands(rec) + "</div>")
         return _sec("recommendation", "Recommendation", explain, body)
     if r is None:
         if name is None and rec.get("reason"):
@@ -189,7 +191,7 @@ def _recommendation(summary: dict, runs: list[dict], files: dict[str, RunFiles],
     for b in baselines:
         bm = _d(b.get("metrics"))
         if finite(bm.get("auroc")) is not None:
-            base += (f"<li>Baseline <b>{esc(b.get('name'))}</b>: AUROC {fmt_num(bm.get('auroc'))}, "
+            base += (f"<li>Baseline <b>{esc(b.get('name'))}</b>: AUROC {fmt_frac(bm.get('auroc'))}, "
                      f"false alarms at 95% detection {fmt_pct(bm.get('fpr_at_95_tpr'))}.</li>")
     base = f"<p>For comparison:</p><ul>{base}</ul>" if base else ""
     body = (f'<div class="card"><p><b>Recommended:</b> {esc(name)} '
@@ -197,9 +199,44 @@ def _recommendation(summary: dict, runs: list[dict], files: dict[str, RunFiles],
             + f"<p><b>Chosen by:</b> {esc(rec.get('criterion') or DASH)}.</p>"
             + (f"<p>{esc(operating)}</p>" if operating else "")
             + headline(m.get("auroc"), m.get("fpr_at_95_tpr"), m.get("log_likelihood"),
-                       _ll_kind(r, files.get(name)))
-            + base + "</div>")
+                       _ll_kind(r, files.get(name)), who=str(name), model=r.get("model"),
+                       refs=_refs(runs, baselines, r), chosen_by="auroc" if has_labels else "log_likelihood")
+            + base + _commands(rec) + "</div>")
     return _sec("recommendation", "Recommendation", explain, body)
+
+
+def _refs(runs: list[dict], baselines: list[dict], chosen: dict) -> list[Ref]:
+    """What the recommended run's headline figures are compared with: the VAE the FVNCE runs
+    started from (unless it is the recommended run) and the baselines."""
+    out = []
+    vae = find_vae(runs)
+    if vae is not None and vae is not chosen and vae.get("status") in ("ok", "degraded"):
+        m = _d(vae.get("metrics"))
+        out.append(Ref(str(vae.get("name")), "the VAE", m.get("auroc"), m.get("fpr_at_95_tpr"),
+                       m.get("log_likelihood"), vae.get("model")))
+    for b in baselines:
+        m = _d(b.get("metrics"))
+        out.append(Ref(str(b.get("name")), "baseline", m.get("auroc"), m.get("fpr_at_95_tpr")))
+    return out
+
+
+def _commands(rec: dict) -> str:
+    """The command lines that reproduce the recommendation in production (summary.json
+    ``recommended.train_command``; for a union ``member_commands`` and ``score_command``),
+    each in a block that copies whole; nothing when summary.json has none."""
+    blocks = []
+    if isinstance(rec.get("train_command"), str) and rec["train_command"].strip():
+        blocks.append(("Train the recommended configuration on the same data and split (choose your own "
+                       "<code>--out</code> folder):", rec["train_command"]))
+    for m in rec.get("member_commands") or []:
+        if isinstance(m, dict) and isinstance(m.get("command"), str) and m["command"].strip():
+            blocks.append((f"Train the union's member <b>{esc(m.get('run') or DASH)}</b>:", m["command"]))
+    if isinstance(rec.get("score_command"), str) and rec["score_command"].strip():
+        blocks.append(("Score new data with the union of the members:", rec["score_command"]))
+    if not blocks:
+        return ""
+    return ('<h3 id="production">From recommendation to production</h3>'
+            + "".join(f'<p>{label}</p><pre class="command"><code>{esc(cmd)}</code></pre>' for label, cmd in blocks))
 
 
 def _sec(anchor: str, title: str, explain: str, body: str) -> str:
@@ -242,12 +279,14 @@ def _details(r: dict, unreliable: bool) -> list[tuple[str, str]]:
         warnings.insert(0, "The log-likelihood estimate of this run is unreliable (see k-hat and ESS of log Z); "
                            "it is not used for ranking and the run cannot be recommended.")
     for w in warnings:
-        out.append(("warn", f'<span class="small">Warning:</span> {esc(w)}'))
+        what = (f"Noise term, {NOISE_TERM_WORDS} (a diagnostic of training; the figures in the row stand, see "
+                "the glossary):" if w.startswith("The noise term") else "Warning:")
+        out.append(("warn", f'<span class="small">{what}</span> {esc(w)}'))
     return out
 
 
 _COMPARE_HEADER = ["Configuration", "Status", "Test AUROC", "Test AUPRC", "False alarms at 95% detection",
-                   "Test log-likelihood (nats)", "log Z: k-hat · ESS", "Noise term: k-hat · ESS",
+                   "Test log-likelihood (nats)", "log Z: k-hat · ESS", "Noise term (training): k-hat · ESS",
                    "Noise accuracy", "Validation AUROC", "Train time"]
 
 
@@ -259,10 +298,10 @@ def _run_rows(r: dict, run: RunFiles | None, is_rec: bool, badge_text: str = "re
     unreliable = _is_unreliable(r, run)
     badge = f'<span class="badge">{esc(badge_text)}</span>' if is_rec else ""
     cells = [f"<b>{esc(r.get('name'))}</b>{badge}<br><span class=\"small\">{esc(_config_text(r))}</span>",
-             _status_cell(r, unreliable), fmt_num(m.get("auroc")), fmt_num(m.get("auprc")),
+             _status_cell(r, unreliable), fmt_frac(m.get("auroc")), fmt_frac(m.get("auprc")),
              fmt_pct(m.get("fpr_at_95_tpr")), _run_ll_cell(m.get("log_likelihood"), r, run),
-             weights_cell(_log_z(r, run)), weights_cell(_noise_term(r, run)),
-             fmt_pct(m.get("noise_accuracy")), fmt_num(vm.get("auroc")), fmt_time(r.get("train_time_s"))]
+             weights_cell(_log_z(r, run)), weights_cell(_noise_term(r, run), noise_term=True),
+             fmt_pct(m.get("noise_accuracy")), fmt_frac(vm.get("auroc")), fmt_time(r.get("train_time_s"))]
     if is_rec:
         cls = "rec"
     elif status in ("ok", "degraded", "unreliable"):
@@ -277,9 +316,9 @@ def _run_rows(r: dict, run: RunFiles | None, is_rec: bool, badge_text: str = "re
 def _baseline_row(b: dict) -> tuple[list[str], str]:
     m, vm = _d(b.get("metrics")), _d(b.get("val_metrics"))
     return ([f"<b>{esc(b.get('name'))}</b><br><span class=\"small\">baseline</span>", "ok",
-             fmt_num(m.get("auroc")), fmt_num(m.get("auprc")), fmt_pct(m.get("fpr_at_95_tpr")),
+             fmt_frac(m.get("auroc")), fmt_frac(m.get("auprc")), fmt_pct(m.get("fpr_at_95_tpr")),
              ll_cell(m.get("log_likelihood"), m.get("log_likelihood_kind")), DASH, DASH,
-             fmt_pct(m.get("noise_accuracy")), fmt_num(vm.get("auroc")), fmt_time(b.get("train_time_s"))], "")
+             fmt_pct(m.get("noise_accuracy")), fmt_frac(vm.get("auroc")), fmt_time(b.get("train_time_s"))], "")
 
 
 def _comparison_explain(c: dict, has_labels: bool) -> str:
@@ -301,7 +340,9 @@ def _comparison_explain(c: dict, has_labels: bool) -> str:
             f"{100 * c['ess_fraction_min']:g}% of the samples; such a figure may be off by many nats, "
             "is never used for ranking, and the run is never recommended. The k-hat · ESS columns "
             "show these diagnostics for log Z and for the training objective's noise term (k-hat up "
-            f"to 0.5 is good, up to {c['khat_max']:g} usable, above it unreliable).")
+            f"to 0.5 is good, up to {c['khat_max']:g} usable). Beyond the limits, log Z is marked "
+            f"<b>unreliable</b>; the noise term is marked <b>{NOISE_TERM_WORDS}</b> instead: it concerns "
+            "training only, not the log-likelihood or the detection figures of the row (see the glossary).")
     if not has_labels:
         text += " Detection figures are empty because the data has no anomaly labels."
     return text
@@ -322,51 +363,82 @@ def _comparison(runs: list[dict], files: dict[str, RunFiles], baselines: list[di
                 _comparison_explain(criteria, has_labels), body)
 
 
+def _family(r: dict) -> str:
+    """The model family of a run, for one noise x rule grid each: the model, with the number
+    of mixture components (``model_options.components``, else the name's ``-mixN``)."""
+    model = str(r.get("model") or "model not recorded")
+    k = finite(_d(r.get("model_options")).get("components"))
+    if k is None:
+        m = re.search(r"-mix(\d+)$", str(r.get("name") or ""))
+        k = float(m.group(1)) if m else None
+    return model + (f", {int(k)} component{'s' if int(k) != 1 else ''}" if k is not None else "")
+
+
 def _matrix(runs: list[dict], files: dict[str, RunFiles], has_labels: bool) -> str:
+    """One noise x rule grid per model family (:func:`_family`), so that a cell never shows
+    another family's run; a cell with several runs names each."""
     fv = [r for r in runs if r.get("objective") == "fvnce"]
     if not fv:
         return ""
     key, what = ("auroc", "validation AUROC") if has_labels else ("log_likelihood",
                                                                  "validation log-likelihood")
-    noises, rules, cells = [], [], {}
+    fmt = (lambda v: fmt_frac(v, 3)) if has_labels else (lambda v: fmt_num(v, 2))  # noqa: E731
+    families: dict[str, list[dict]] = {}
     for r in fv:
-        noise, rule = str(r.get("noise") or DASH), rule_label(r.get("rule"), r.get("rule_params"))
-        noises += [noise] if noise not in noises else []
-        rules += [rule] if rule not in rules else []
-        status = r.get("status") or "unknown"
-        v = finite(_d(r.get("val_metrics")).get(key)) if status in ("ok", "degraded", "unreliable") else None
-        mark = "degraded" if status == "degraded" else (
-            "unreliable" if _is_unreliable(r, files.get(r.get("name"))) else "")
-        # a value counts for the star only where it could be chosen on this criterion
-        rank = v if v is not None and not mark else None
-        old = cells.get((noise, rule))
-        if old is None or (v is not None and (old[0] is None or v > old[0])):
-            cells[(noise, rule)] = (v, status, mark, rank)
-    ranks = [c[3] for c in cells.values() if c[3] is not None]
+        families.setdefault(_family(r), []).append(r)
+    cells = []  # (family, noise, rule, name, value, status, mark)
+    for fam, members in families.items():
+        for r in members:
+            status = r.get("status") or "unknown"
+            v = finite(_d(r.get("val_metrics")).get(key)) if status in ("ok", "degraded", "unreliable") else None
+            mark = "degraded" if status == "degraded" else (
+                "unreliable" if _is_unreliable(r, files.get(r.get("name"))) else "")
+            cells.append((fam, str(r.get("noise") or DASH), rule_label(r.get("rule"), r.get("rule_params")),
+                          str(r.get("name")), v, status, mark))
+    # the star: the best value that could be chosen on this criterion, over all families
+    ranks = [c[4] for c in cells if c[4] is not None and not c[6]]
     best = max(ranks) if ranks else None
-    rows = []
-    for n in noises:
-        out = [f"<b>{esc(n)}</b>"]
-        for ru in rules:
-            v, status, mark, rank = cells.get((n, ru), (None, None, "", None))
-            if v is not None:
-                text = fmt_num(v, 3 if has_labels else 2)
-                if mark:
-                    text += f' <span class="tag {mark}">{mark}</span>'
-                out.append(f'<span class="best-cell">{text} ★</span>' if rank is not None and rank == best else text)
-            else:
-                out.append(esc(status) if status and status != "ok" else DASH)
-        rows.append((out, ""))
+
+    def show(c: tuple, named: bool) -> str:
+        _, _, _, name, v, status, mark = c
+        if v is None:
+            text = esc(status) if status and status != "ok" else DASH
+        else:
+            text = fmt(v)
+            if mark:
+                text += f' <span class="tag {mark}">{mark}</span>'
+            if not mark and best is not None and v == best:
+                text = f'<span class="best-cell">{text} ★</span>'
+        return f'<span class="small">{esc(name)}:</span> {text}' if named else text
+
+    grids = []
+    for fam in families:
+        mine = [c for c in cells if c[0] == fam]
+        noises = list(dict.fromkeys(c[1] for c in mine))
+        rules = list(dict.fromkeys(c[2] for c in mine))
+        rows = []
+        for n in noises:
+            out = [f"<b>{esc(n)}</b>"]
+            for ru in rules:
+                here = [c for c in mine if c[1] == n and c[2] == ru]
+                out.append("<br>".join(show(c, len(here) > 1) for c in here) if here else DASH)
+            rows.append((out, ""))
+        title = f"Model {esc(fam)}" if len(families) > 1 else ""
+        grids.append((f'<p class="grid-title"><b>{title}</b> <span class="small">({len(mine)} run'
+                       f'{"s" if len(mine) != 1 else ""})</span></p>' if title else "")
+                     + table(["Noise \\ rule", *rules], rows, cls="grid-family"))
     vae = find_vae(runs)
     ref = ""
     if vae is not None and vae.get("status") == "ok" and finite(_d(vae.get("val_metrics")).get(key)) is not None:
         ref = (f" For reference, the VAE {esc(vae.get('name'))} they started from has "
-               f"{fmt_num(_d(vae.get('val_metrics')).get(key), 3 if has_labels else 2)}.")
+               f"{fmt(_d(vae.get('val_metrics')).get(key))}.")
+    per = (" There is one grid per model family, so a cell only ever shows a run of that family."
+           if len(families) > 1 else "")
     return (f"<h3>Noise distribution × rule ({esc(what)})</h3>"
             f'<p class="explain">The {esc(what)} of each FVNCE run, by the noise distribution '
-            "(rows) and the rule (columns) it was trained with; ★ marks the best of those that "
+            "(rows) and the rule (columns) it was trained with." + per + " ★ marks the best of those that "
             "are neither degraded nor unreliable. &ldquo;—&rdquo; means not tried." + ref + "</p>"
-            + table(["Noise \\ rule", *rules], rows))
+            + "".join(grids))
 
 
 def poc_page(folder: Path, summary: dict) -> str:
@@ -484,8 +556,8 @@ def run_page(run: RunFiles) -> str:
         lz = _d(ev.get("log_z"))
         ll_diag = (lz.get("ess_fraction"), lz.get("khat"), lz.get("reliable"))
         metric_rows = [
-            (["AUROC", fmt_num(ev.get("auroc")), fmt_num(val.get("auroc"))], ""),
-            (["AUPRC", fmt_num(ev.get("auprc")), fmt_num(val.get("auprc"))], ""),
+            (["AUROC", fmt_frac(ev.get("auroc")), fmt_frac(val.get("auroc"))], ""),
+            (["AUPRC", fmt_frac(ev.get("auprc")), fmt_frac(val.get("auprc"))], ""),
             (["False alarms at 95% detection", fmt_pct(ev.get("fpr_at_95_tpr")),
               fmt_pct(val.get("fpr_at_95_tpr"))], ""),
             (["Log-likelihood (nats per example)",
@@ -499,13 +571,15 @@ def run_page(run: RunFiles) -> str:
                                  f'proposal {esc(lz.get("proposal") or DASH)}</span>', DASH], ""))
         nt = _d(ev.get("noise_term"))
         if nt:
-            metric_rows.append((["Noise term importance weights (k-hat · ESS)", weights_cell(nt), DASH], ""))
+            metric_rows.append((["Noise term importance weights of training (k-hat · ESS)",
+                                 weights_cell(nt, noise_term=True), DASH], ""))
         op = _d(ev.get("operating_point"))
         if op:
             metric_rows[3:3] = [
-                (["False alarms per 1,000 normal items at the alarm threshold",
-                  fmt_num(op.get("false_alarms_per_1000"), 1), DASH], ""),
-                (["Anomalies detected at the alarm threshold", fmt_pct(op.get("detection_rate")), DASH], "")]
+                (["False alarms among normal items at the alarm threshold",
+                  fmt_count(op.get("false_alarms"), op.get("n_normal"), op.get("false_alarm_rate")), DASH], ""),
+                (["Anomalies detected at the alarm threshold",
+                  fmt_count(op.get("detected"), op.get("n_anomaly"), op.get("detection_rate")), DASH], "")]
         sentence = operating_sentence(ev.get("operating_point"), ev.get("alarm"))
         res_body = ((f'<p class="verdict"><b>{esc(sentence)}</b></p>' if sentence else "")
                     + headline(ev.get("auroc"), ev.get("fpr_at_95_tpr"), ev.get("log_likelihood"), kind)

@@ -14,16 +14,21 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .html import bounded
 from .load import finite
 
 __all__ = [
     "alarm_png",
     "image_grid_png",
+    "curve_styles",
+    "robust_limits",
     "roc_curve",
+    "roc_figure",
     "roc_png",
     "scatter_limits",
     "scatter_png",
     "score_hist_png",
+    "training_figure",
     "training_png",
 ]
 
@@ -69,9 +74,61 @@ def _series(records: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
     return _thin(arr[:, 0], arr[:, 1])
 
 
+def robust_limits(values: np.ndarray, reach: float = 10.0) -> tuple[float, float] | None:
+    """Axis limits that keep spikes from flattening a curve, or None when no cut is needed.
+
+    A spike is a value further from the median than ``reach`` times the spread of the middle
+    80 % (10 % to 90 % quantiles); the limits span the other values (padded by 5 %).  A loss
+    of about 1 with spikes to 4e4 or 2e9 is cut; an ordinary curve keeps its full range, its
+    early transient included."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size < 10:
+        return None
+    med = float(np.median(v))
+    q10, q90 = (float(x) for x in np.quantile(v, [0.1, 0.9]))
+    spread = max(q90 - q10, 1e-9 * max(abs(med), 1.0))
+    inside = v[np.abs(v - med) <= reach * spread]
+    if inside.size == v.size or not inside.size:
+        return None
+    lo, hi = float(inside.min()), float(inside.max())
+    pad = 0.05 * (hi - lo) if hi > lo else max(abs(hi), 1.0) * 0.05
+    return lo - pad, hi + pad
+
+
+def _mark_clipped(ax, curves: Sequence[tuple], limits: tuple[float, float]) -> None:
+    """Triangles on the axis edge for the points beyond ``limits``, and their count."""
+    lo, hi = limits
+    above = below = 0
+    top = bottom = None
+    for _, _, color, x, y in curves:
+        up, down = y > hi, y < lo
+        if up.any():
+            ax.plot(x[up], np.full(int(up.sum()), hi), "^", color=color, ms=4, clip_on=False, zorder=4)
+            above += int(up.sum())
+            top = max(top if top is not None else -np.inf, float(y[up].max()))
+        if down.any():
+            ax.plot(x[down], np.full(int(down.sum()), lo), "v", color=color, ms=4, clip_on=False, zorder=4)
+            below += int(down.sum())
+            bottom = min(bottom if bottom is not None else np.inf, float(y[down].min()))
+    parts = ([f"{above} point(s) above, up to {top:.3g}"] if above else []) + (
+        [f"{below} point(s) below, down to {bottom:.3g}"] if below else [])
+    if parts:
+        ax.set_ylim(lo, hi)
+        ax.text(0.01, 0.02, "axis cut: " + "; ".join(parts) + " (triangles)", transform=ax.transAxes,
+                fontsize=6.5, color="#8a1c1c", va="bottom")
+
+
 def training_png(records: Sequence[dict], title: str) -> bytes | None:
+    """:func:`training_figure` as PNG bytes."""
+    fig = training_figure(records, title)
+    return None if fig is None else _png(fig)
+
+
+def training_figure(records: Sequence[dict], title: str) -> Figure | None:
     """Loss terms (left) and noise accuracy (right) against step; retries as dotted lines,
-    automatic stabilisation changes as dashed lines."""
+    automatic stabilisation changes as dashed lines; a loss axis cut short of spikes
+    (:func:`robust_limits`) marks the points beyond it."""
     loss_keys = [("loss", "total loss", "#444444"), ("data_loss", "data term", _COLORS[0]),
                  ("noise_loss", "noise term", _COLORS[1]), ("val_loss", "validation loss", _COLORS[3])]
     curves = [(k, lab, c, *_series(records, k)) for k, lab, c in loss_keys]
@@ -86,6 +143,9 @@ def training_png(records: Sequence[dict], title: str) -> bytes | None:
     for key, lab, color, x, y in curves:
         style = dict(marker="o", ms=3) if key == "val_loss" else {}
         ax1.plot(x, y, label=lab, color=color, lw=1.2 if key != "loss" else 0.8, **style)
+    limits = robust_limits(np.concatenate([c[4] for c in curves])) if curves else None
+    if limits is not None:
+        _mark_clipped(ax1, curves, limits)
     ax1.set_title("Loss terms (lower is better)", fontsize=9)
     if len(acc[0]):
         ax2.plot(acc[0], acc[1], color=_COLORS[2], lw=1.2, label="noise accuracy")
@@ -107,9 +167,9 @@ def training_png(records: Sequence[dict], title: str) -> bytes | None:
     for ax, loc in ((ax1, "upper right"), (ax2, "lower right")):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc=loc)
-    fig.suptitle(_label(title, 70), fontsize=10)
+    fig.suptitle(_label(title, 120), fontsize=10)
     fig.subplots_adjust(left=0.09, right=0.98, bottom=0.16, top=0.8, wspace=0.22)
-    return _png(fig)
+    return fig
 
 
 def roc_curve(normal: Sequence[float], anomaly: Sequence[float]) -> tuple[list, list] | None:
@@ -125,8 +185,18 @@ def roc_curve(normal: Sequence[float], anomaly: Sequence[float]) -> tuple[list, 
     return [0.0, *fpr.tolist()], [0.0, *tpr.tolist()]
 
 
-def roc_png(curves: Sequence[tuple[str, Sequence[float], Sequence[float], bool]]) -> bytes | None:
-    """All ROC curves on one plot; ``curves`` = (label, fpr, tpr, bold)."""
+_LINESTYLES = ["-", "--", "-.", ":"]
+
+
+def curve_styles(n: int) -> list[tuple[str, str]]:
+    """(colour, line style) of ``n`` curves, all distinct: the ten colours solid, then
+    dashed, dash-dotted and dotted (40 pairs), then again with the lines' own markers."""
+    return [(_COLORS[i % len(_COLORS)], _LINESTYLES[(i // len(_COLORS)) % len(_LINESTYLES)]) for i in range(n)]
+
+
+def roc_figure(curves: Sequence[tuple[str, Sequence[float], Sequence[float], bool]]) -> Figure | None:
+    """All ROC curves on one plot, ``curves`` = (label, fpr, tpr, bold); the legend below the
+    axes keeps every label whole, and no two curves share colour and line style."""
     usable = []
     for label, fpr, tpr, bold in curves:
         pts = [(finite(a), finite(b)) for a, b in zip(fpr or [], tpr or [])]
@@ -135,21 +205,35 @@ def roc_png(curves: Sequence[tuple[str, Sequence[float], Sequence[float], bool]]
             usable.append((label, np.asarray(pts), bold))
     if not usable:
         return None
-    fig = _figure(6.0, 5.0)
-    ax = fig.subplots()
-    ax.plot([0, 1], [0, 1], color="#aaaaaa", ls="--", lw=0.8, label="random guessing")
-    for i, (label, pts, bold) in enumerate(usable):
-        ax.plot(pts[:, 0], pts[:, 1], color=_COLORS[i % len(_COLORS)], lw=3.0 if bold else 1.0,
-                label=_label(label, 45), zorder=3 if bold else 2)
+    labels = ["random guessing"] + [_label(label, 200) for label, _, _ in usable]
+    ncol = 2 if max(len(t) for t in labels) <= 48 else 1
+    rows = math.ceil(len(labels) / ncol)
+    plot_h, legend_h, width = 4.4, 0.25 + 0.16 * rows, 7.0
+    fig = _figure(width, plot_h + legend_h)
+    height = plot_h + legend_h
+    ax = fig.add_axes((0.6 / width, (legend_h + 0.5) / height, 1 - 0.8 / width, (plot_h - 0.65) / height))
+    ax.plot([0, 1], [0, 1], color="#aaaaaa", ls="--", lw=0.8, label=labels[0])
+    styles = curve_styles(len(usable))
+    for i, ((_, pts, bold), (color, ls)) in enumerate(zip(usable, styles)):
+        marker = None if i < len(_COLORS) * len(_LINESTYLES) else "o"
+        ax.plot(pts[:, 0], pts[:, 1], color=color, ls=ls, lw=3.0 if bold else 1.2, label=labels[i + 1],
+                zorder=3 if bold else 2, marker=marker, ms=2, markevery=0.1)
     ax.axhline(0.95, color="#cccccc", lw=0.6, ls=":")
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.set_xlabel("false-alarm rate (share of normal items flagged)", fontsize=9)
     ax.set_ylabel("detection rate (share of anomalies caught)", fontsize=9)
     ax.tick_params(labelsize=8)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.11, top=0.97)
-    return _png(fig)
+    handles, texts = ax.get_legend_handles_labels()
+    fig.legend(handles, texts, loc="lower left", bbox_to_anchor=(0.02, 0.005), ncol=ncol, fontsize=7,
+               frameon=False, handlelength=3.0)
+    return fig
+
+
+def roc_png(curves: Sequence[tuple[str, Sequence[float], Sequence[float], bool]]) -> bytes | None:
+    """:func:`roc_figure` as PNG bytes."""
+    fig = roc_figure(curves)
+    return None if fig is None else _png(fig)
 
 
 def alarm_png(curve: dict, threshold: float | None, point: dict | None, title: str) -> bytes | None:
@@ -193,12 +277,12 @@ def alarm_png(curve: dict, threshold: float | None, point: dict | None, title: s
         fa = finite(p.get("false_alarms_per_1000" if labelled else "alarms_per_1000"))
         if fa is not None:
             ax2.plot([t], [fa], "o", color=_COLORS[1], ms=7, zorder=5)
-            ax2.annotate(f"{fa:.3g} per 1,000", (t, fa), textcoords="offset points", xytext=(6, 6), fontsize=7,
+            ax2.annotate(f"{bounded(fa / 1000, 1000.0, 1) if 0 <= fa <= 1000 else f'{fa:.3g}'} per 1,000", (t, fa), textcoords="offset points", xytext=(6, 6), fontsize=7,
                          color=_COLORS[1])
         d = finite(p.get("detection_rate"))
         if d is not None:
             ax.plot([t], [100 * d], "o", color=_COLORS[0], ms=7, zorder=5)
-            ax.annotate(f"{100 * d:.3g} % detected", (t, 100 * d), textcoords="offset points", xytext=(6, -12),
+            ax.annotate(f"{bounded(d, 100.0, 1)} % detected", (t, 100 * d), textcoords="offset points", xytext=(6, -12),
                         fontsize=7, color=_COLORS[0])
     # the threshold in the middle: scores of anomalies can reach far beyond where it matters
     lo, hi = np.percentile(arr[:, 0], [0.5, 99.5])

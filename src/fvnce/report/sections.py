@@ -7,13 +7,17 @@ from typing import Any, Callable, Sequence
 
 from ..diagnostics import weights_reliable  # re-exported: it lives with the thresholds it applies
 from . import plots
-from .html import DASH, esc, fmt_num, fmt_pct, img, kv_table
+from .html import DASH, bounded, esc, fmt_count, fmt_frac, fmt_num, fmt_pct, img, kv_table
 from .load import RunFiles, finite
 
 
-__all__ = ["Entry", "alarm_section", "event_text", "events_list", "glossary", "headline", "ll_cell",
-           "operating_sentence", "roc_section", "rule_label", "samples_section", "training_events", "training_section",
-           "weights_cell", "weights_reliable"]
+__all__ = ["Entry", "Ref", "alarm_section", "event_text", "events_list", "glossary", "headline", "ll_cell",
+           "operating_sentence", "rate_range", "roc_section", "rule_label", "samples_section", "training_events",
+           "training_section", "weights_cell", "weights_reliable", "NOISE_TERM_WORDS"]
+
+#: what a noise-term diagnostic above the limits is called: not "unreliable", which is the
+#: run status of an unreliable log-likelihood (the noise term plays no part in that figure)
+NOISE_TERM_WORDS = "heavy-tailed weights"
 
 
 @dataclass
@@ -66,15 +70,20 @@ def ll_cell(value: Any, kind: Any, ess_fraction: Any = None, khat: Any = None, r
     return text
 
 
-def weights_cell(diag: Any) -> str:
-    """``k-hat 0.42 · ESS 12%`` of a set of importance weights, red and marked when unreliable."""
+def weights_cell(diag: Any, noise_term: bool = False) -> str:
+    """``0.42 · 12.0%`` (k-hat · ESS) of a set of importance weights.  Beyond the limits:
+    log Z weights in red with "unreliable" (the log-likelihood rests on them); the training
+    objective's noise-term weights (``noise_term``) in amber with "heavy-tailed weights",
+    a diagnostic of training only, so that "unreliable" keeps one meaning."""
     if not isinstance(diag, dict):
         return DASH
     k, e = finite(diag.get("khat")), finite(diag.get("ess_fraction"))
     if k is None and e is None:
         return DASH
-    text = f"{fmt_num(k, 2)} · {fmt_pct(e, 2 if e is not None and e < 0.01 else 1)}"
+    text = f'<span class="nowrap">{fmt_num(k, 2)} ·</span> {fmt_pct(e, 2 if e is not None and e < 0.01 else 1)}'
     if weights_reliable(k, e, diag.get("reliable")) is False:
+        if noise_term:
+            return f'<span class="warn-text">{text} {NOISE_TERM_WORDS}</span>'
         return f'<span class="bad-text">{text} unreliable</span>'
     return text
 
@@ -162,7 +171,8 @@ def training_section(entries: Sequence[Entry]) -> str:
                "curves that flatten out mean training converged. Right: how often the model "
                "tells real data from noise (50% is guessing). Dotted red lines mark automatic "
                "restarts after a numerical problem, dashed purple lines automatic changes of the "
-               "objective's stabilisation.")
+               "objective's stabilisation. Where a few steps spike far above the rest, the loss axis stops at the "
+               "range of the other steps and the points beyond it are drawn as triangles on its edge.")
     return _section("training", "Training curves", explain, body)
 
 
@@ -215,7 +225,7 @@ def roc_section(entries: Sequence[Entry], has_labels: bool, no_label_reason: str
     for e in entries:
         roc = _roc_of(e)
         if roc is not None:
-            label = e.name + (f" (AUROC {finite(e.auroc):.3f})" if finite(e.auroc) is not None else "")
+            label = e.name + (f" (AUROC {fmt_frac(e.auroc, 3)})" if finite(e.auroc) is not None else "")
             curves.append((label, roc[0], roc[1], e.recommended))
     parts = []
     png = plots.roc_png(curves) if curves else None
@@ -250,8 +260,55 @@ def _rate_text(rate: Any) -> str:
 
 
 def _per_1000(v: Any) -> str:
+    """A rate per 1,000 (0 to 1,000), never rounded to 0 or 1,000 unless exact."""
     v = finite(v)
-    return DASH if v is None else (f"{v:.0f}" if abs(v) >= 10 or v == int(v) else f"{v:.1f}")
+    if v is None:
+        return DASH
+    if not 0.0 <= v <= 1000.0:
+        return f"{v:.0f}"
+    return bounded(v / 1000.0, 1000.0, 0 if v >= 10 or v == int(v) else 1)
+
+
+#: probability of the range given for a rate measured on the test items
+RATE_RANGE_LEVEL = 0.99
+
+
+def rate_range(count: int, n: int, level: float = RATE_RANGE_LEVEL) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) central ``level`` range of a rate seen as ``count`` of ``n``:
+    the rates for which ``count`` or more, resp. ``count`` or fewer, events have probability
+    ``(1 - level) / 2``, from the beta quantiles of the binomial tails."""
+    from scipy.stats import beta
+
+    tail = (1.0 - level) / 2.0
+    lo = 0.0 if count <= 0 else float(beta.ppf(tail, count, n - count + 1))
+    hi = 1.0 if count >= n else float(beta.ppf(1.0 - tail, count + 1, n - count))
+    return lo, hi
+
+
+def _count_clause(count: Any, n: Any, rate: Any, per_1000: Any, what: str, items: str) -> tuple[str, bool]:
+    """("0 false alarms among 27 normal test items (0 per 1,000) — too few items to check the
+    1 % target ...: the rate could be anywhere from 0 to 178 per 1,000 (99 % range)", True):
+    the count with the exact 99 % range of its rate, and whether the items are too few to
+    check the target; the per-1,000 figure alone without counts.  Too few: fewer items than
+    one expected event at the target (``n * rate < 1``), so that seeing none is also what a
+    threshold working at the target gives."""
+    k, m, r = finite(count), finite(n), finite(rate)
+    if k is None or m is None or m < 1 or not 0 <= k <= m:
+        return f"{_per_1000(per_1000)} {what} per 1,000 {items}", False
+    k, m = int(k), int(m)
+    lo, hi = rate_range(k, m)
+    band = f"{_per_1000(1000 * lo)} to {_per_1000(1000 * hi)} per 1,000"
+    level = f"{100 * RATE_RANGE_LEVEL:g} %"
+    head = f"{k:,} {what} among {m:,} {items} ({_per_1000(1000 * k / m)} per 1,000"
+    if r is not None and lo > r:
+        return f"{head}; {level} range of the rate: {band}, wholly above the {_rate_text(r)} target)", False
+    if r is not None and m * r < 1:
+        return (f"{head}) — too few items to check the {_rate_text(r)} target (at that rate {m:,} items "
+                f"show {m * r:.2g} {what} on average): the rate could be anywhere from {band} ({level} range)",
+                True)
+    if r is not None and hi < r:
+        return f"{head}; {level} range of the rate: {band}, wholly below the {_rate_text(r)} target)", False
+    return f"{head}; {level} range of the rate: {band})", False
 
 
 def _expected_clause(op: dict, what: str) -> str:
@@ -268,22 +325,33 @@ def _expected_clause(op: dict, what: str) -> str:
 
 
 def operating_sentence(op: Any, alarm: Any, who: str = "the model") -> str | None:
-    """The operating point in a manager's words (plain text), or None without one:
-    "At the alarm threshold set for 1 % false alarms, the model raised 9 false alarms per
-    1,000 normal test items and detected 87 % of the anomalies." """
+    """The operating point in a manager's words (plain text), or None without one: "At the
+    alarm threshold set for 1 % false alarms, the model raised 9 false alarms among 1,000
+    normal test items (9 per 1,000; 99 % range of the rate: 4 to 20 per 1,000) and detected
+    807 of 809 anomalies (99.8 %)."  When the test part has too few items to check the
+    target, the same sentence says so."""
     if not isinstance(op, dict) or not isinstance(alarm, dict):
         return None
     rate = _rate_text(alarm.get("rate"))
     if finite(op.get("false_alarms_per_1000")) is not None:
-        text = (f"At the alarm threshold set for {rate} false alarms, {who} raised "
-                f"{_per_1000(op['false_alarms_per_1000'])} false alarms per 1,000 normal test items")
-        d = finite(op.get("detection_rate"))
-        text += f" and detected {100 * d:.0f} % of the anomalies." if d is not None else "."
+        clause, few = _count_clause(op.get("false_alarms"), op.get("n_normal"), alarm.get("rate"),
+                                    op["false_alarms_per_1000"], "false alarms", "normal test items")
+        text = f"At the alarm threshold set for {rate} false alarms, {who} raised {clause}"
+        d, k, n = finite(op.get("detection_rate")), finite(op.get("detected")), finite(op.get("n_anomaly"))
+        join = " — and detected" if few else " and detected"
+        if k is not None and n and 0 <= k <= n:
+            text += f"{join} {int(k):,} of {int(n):,} anomalies ({bounded(k / n, 100.0, 1)} %)."
+        elif d is not None:
+            text += f"{join} {bounded(d, 100.0, 1)} % of the anomalies."
+        else:
+            text += "."
         return text + _expected_clause(op, "false alarms")
     if finite(op.get("alarms_per_1000")) is not None:
-        return (f"At the alarm threshold set for {rate} alarms on the validation data, {who} raised "
-                f"{_per_1000(op['alarms_per_1000'])} alarms per 1,000 test items (the data has no anomaly labels, so "
-                "false alarms and detections cannot be told apart)." + _expected_clause(op, "alarms"))
+        clause, _ = _count_clause(op.get("alarms"), op.get("n_items"), alarm.get("rate"), op["alarms_per_1000"],
+                                  "alarms", "test items")
+        return (f"At the alarm threshold set for {rate} alarms on the validation data, {who} raised {clause}; "
+                "the data has no anomaly labels, so false alarms and detections cannot be told apart."
+                + _expected_clause(op, "alarms"))
     return None
 
 
@@ -313,7 +381,7 @@ def alarm_section(name: str, ev: Any, who: str = "the model") -> str:
                      f"({esc(_per_1000(op.get('false_alarms_per_1000')))} per 1,000)"))
     if finite(op.get("n_anomaly")) is not None and op.get("n_anomaly"):
         rows.append(("Anomalies detected on the test data",
-                     f"{esc(op.get('detected'))} of {esc(op.get('n_anomaly'))} ({fmt_pct(op.get('detection_rate'), 0)})"))
+                     esc(fmt_count(op.get("detected"), op.get("n_anomaly"), op.get("detection_rate")))))
     if op.get("false_alarms_per_1000") is None and finite(op.get("alarms_per_1000")) is not None:
         rows.append(("Alarms on the test data", f"{esc(op.get('alarms'))} of {esc(op.get('n_items'))} items "
                                                 f"({esc(_per_1000(op.get('alarms_per_1000')))} per 1,000)"))
@@ -382,16 +450,25 @@ def glossary() -> str:
          "false-alarm rate (default 1 %): the conformal quantile of the normal validation items' scores, so that "
          "new normal items exceed it at most that often on average. 'fvnce score' marks each row's alarm."),
         ("False alarms per 1,000 normal items; detection rate",
-         "At the alarm threshold: how many of every 1,000 normal test items raised an alarm, and the share of "
-         "anomalous test items that did. The realised false alarms vary around the target by chance; the report "
-         "gives the range a threshold working as designed produces on that many items."),
+         "At the alarm threshold: how many of the normal test items raised an alarm (and how many that makes "
+         "per 1,000), and how many of the anomalous test items did. A count seen on a few hundred items says "
+         "little about the true rate, so it comes with its 99 % range (exact binomial, Clopper-Pearson): the "
+         "rates under which the count seen is not unusual. When the normal test items are fewer than one "
+         "expected false alarm at the target (fewer than 100 for 1 %), zero false alarms is what a threshold "
+         "working at the target gives too: the report then says the target cannot be checked. The report also "
+         "gives the range a threshold working as designed produces on that many items. Rates are never "
+         "rounded to 0 % or 100 % unless they are exact."),
         ("FPR@95TPR (false alarms at 95% detection)",
          "Set the alarm threshold so that 95% of anomalies are caught; this is the share of "
          "normal items that would then be flagged by mistake. Lower is better."),
         ("Log-likelihood (nats per example)",
-         "How probable the model finds the held-out test data; higher (closer to zero) is "
-         "better. Values marked \u201c(estimate)\u201d come from a model whose normalising "
-         "constant had to be estimated, so they are approximate; other values are lower bounds."),
+         "How probable the model finds the held-out test data; higher (closer to zero) means a better fit of "
+         "that model. Values marked \u201c(estimate)\u201d come from a model whose normalising "
+         "constant had to be estimated, so they are approximate; other values are lower bounds. With anomaly "
+         "labels it is not how the recommendation is chosen (that is the validation AUROC): between model "
+         "families (a VAE, a diagonal Gaussian mixture) a higher log-likelihood does not mean a better "
+         "detector; a model that explains more of the data, the anomalies' features included, can separate "
+         "anomalies worse."),
         ("Noise accuracy",
          "How often the model tells real data apart from artificial noise. Around 50% means it "
          "cannot; close to 100% means the task was easy (the noise may be too unlike the data "
@@ -420,12 +497,25 @@ def glossary() -> str:
          "raises an alarm when either run finds it extreme. Without labels nothing says which of the two "
          "kinds of anomaly the data holds; the union covers both. Score new data with fvnce score on its "
          "folder, runs/union."),
-        ("Unreliable log-likelihood; k-hat and ESS",
-         "An estimated log-likelihood rests on importance sampling. The Pareto k-hat describes the "
-         "tail of the importance weights (below 0.5 good, up to 0.7 usable, above 0.7 unreliable: "
-         "the estimate can be far off however many samples are drawn); the effective sample size "
-         "(ESS) is the share of samples that actually carry the estimate (below 5% is too few). "
-         "A run whose log-likelihood is unreliable is never ranked by it nor recommended."),
+        ("Unreliable (a run's status); k-hat and ESS of log Z",
+         "An estimated log-likelihood rests on importance sampling of the normaliser log Z. The Pareto "
+         "k-hat describes the tail of the importance weights (below 0.5 good, up to 0.7 usable, above 0.7 "
+         "unreliable: the estimate can be far off however many samples are drawn); the effective sample "
+         "size (ESS) is the share of samples that actually carry the estimate (below 5% is too few). "
+         "\u201cUnreliable\u201d in this report means only this: a run whose log-likelihood is unreliable "
+         "is never ranked by it nor recommended."),
+        ("Noise term: heavy-tailed weights",
+         "A diagnostic of training, not of the results: the training objective's noise term is itself "
+         "estimated by importance sampling, and its weights (k-hat above 0.7 or ESS below 5%) can be "
+         "heavy-tailed. Training then followed a noisy estimate of its objective; it may have learned less "
+         "than it could, and a noise distribution closer to the data, or more noise samples, may do better. "
+         "It does not touch the figures the choice rests on: the log-likelihood (through log Z, with its own "
+         "k-hat and ESS) and the detection figures are measured afterwards on validation and test data, so "
+         "for a chosen run they stand as shown."),
+        ("Training curves with spikes",
+         "When a few steps have losses far outside the rest (numerical spikes), the loss axis is cut at the "
+         "range of the other steps so the curves stay readable; the points beyond it are drawn as triangles on "
+         "the edge and counted in the plot, with the largest value."),
         ("Training events",
          "Automatic interventions during training: a restart after a numerical problem, a change "
          "of the objective's stabilisation (the rule's weight frozen outside a band of log ratios; "
@@ -441,22 +531,64 @@ def glossary() -> str:
                     f'<dl class="glossary">{body}</dl>')
 
 
-def headline(auroc: Any, fpr95: Any, ll: Any, ll_kind: Any) -> str:
-    """Three headline figures for a manager."""
+@dataclass
+class Ref:
+    """A figure to compare a headline card with: another run or a baseline."""
+
+    name: str
+    what: str  # e.g. "the VAE", "baseline"
+    auroc: Any = None
+    fpr95: Any = None
+    ll: Any = None
+    model: Any = None
+
+
+def _compare_line(refs: Sequence[Ref], key: str, fmt: Callable[[Any], str]) -> str:
+    have = [r for r in refs if finite(getattr(r, key)) is not None]
+    if not have:
+        return ""
+    items = "; ".join(f"{esc(r.name)} ({esc(r.what)}): {fmt(getattr(r, key))}" for r in have)
+    return f'<span class="card-compare">Compare: {items}.</span>'
+
+
+def headline(auroc: Any, fpr95: Any, ll: Any, ll_kind: Any, *, who: str = "this run", model: Any = None,
+             refs: Sequence[Ref] = (), chosen_by: str | None = None) -> str:
+    """Three headline figures of ``who`` on the held-out test data, each saying what it is
+    and what it is compared with (``refs``).  ``chosen_by``: "auroc" or "log_likelihood",
+    the criterion of the recommendation, which the log-likelihood card explains: with labels
+    the choice is by validation AUROC, and log-likelihoods of different model families are
+    not a detection criterion (so a lower one can win)."""
     cards = []
     a = finite(auroc)
-    cards.append(f"<div>Detection quality (AUROC)<b>{fmt_num(a, 3)}</b>"
-                 + (f"An anomalous item outranks a normal one {100 * a:.1f}% of the time."
-                    if a is not None else "Not available (no anomaly labels in the test data).")
-                 + "</div>")
+    cards.append(f"<div>Detection quality (test AUROC)<b>{fmt_frac(a, 3)}</b>"
+                 + (f"An anomalous test item outranks a normal one {bounded(a, 100.0, 1)}% of the time; 0.5 is "
+                    "guessing. " if a is not None else "Not available (no anomaly labels in the test data). ")
+                 + _compare_line(refs, "auroc", lambda v: fmt_frac(v, 3)) + "</div>")
     f = finite(fpr95)
-    cards.append(f"<div>False alarms at 95% detection<b>{fmt_pct(f)}</b>"
-                 + (f"To catch 95% of anomalies, {100 * f:.1f}% of normal items would be flagged."
-                    if f is not None else "Not available (no anomaly labels in the test data).")
-                 + "</div>")
+    cards.append(f"<div>False alarms at 95% detection (test)<b>{fmt_pct(f)}</b>"
+                 + (f"To catch 95% of the anomalies, {fmt_pct(f)} of normal items would be flagged; lower is "
+                    "better. " if f is not None else "Not available (no anomaly labels in the test data). ")
+                 + _compare_line(refs, "fpr95", fmt_pct) + "</div>")
     est = " (estimate)" if ll_kind == "estimate" else ""
+    why = ""
+    v = finite(ll)
+    if chosen_by == "auroc" and v is not None:
+        lower = [r for r in refs if finite(r.ll) is not None and finite(r.ll) > v]
+        families = sorted({str(x) for x in [model, *(r.model for r in refs)] if x})
+        here = f" (here {esc(', '.join(families))})" if len(families) > 1 else ""
+        why = (" Not how the choice was made: that is the validation AUROC, measured with the anomaly labels. "
+               f"Log-likelihoods of different model families{here} are not a detection criterion: "
+               + ("a lower one can be the better detector, as here." if lower
+                  else "a higher one need not be the better detector."))
+    elif chosen_by == "log_likelihood" and v is not None:
+        why = (" Without anomaly labels it is the criterion of the choice: the highest validation "
+               "log-likelihood among reliable estimates.")
     cards.append(f"<div>Test log-likelihood{esc(est)}<b>{fmt_num(ll, 2)}</b>"
-                 + ("nats per example; higher is better." if finite(ll) is not None
-                    else "Not available for this configuration.") + "</div>")
-    return f'<div class="headline">{"".join(cards)}</div>'
-
+                 + ("nats per example; higher: the model finds the held-out data more probable."
+                    if v is not None else "Not available for this configuration.")
+                 + why + " " + _compare_line(refs, "ll", lambda x: f"{fmt_num(x, 2)} nats") + "</div>")
+    versus = [w for w in ("the VAE", "the baselines")
+              if any((r.what == "the VAE") == (w == "the VAE") for r in refs)]
+    against = f", each compared with {' and '.join(versus)}" if versus else ""
+    return (f'<p class="headline-what">Figures of <b>{esc(who)}</b> on the held-out test data{against}:</p>'
+            f'<div class="headline">{"".join(cards)}</div>')
