@@ -125,3 +125,59 @@ def test_nan_scores_are_left_out():
     n = [1.0, float("nan"), 2.0]
     assert costs.error_rates(n, [3.0], 1.5) == (0.5, 0.0)
     assert list(itertools.islice(costs.candidate_thresholds(n, [3.0]), 1, None)) == [1.0, 2.0, 3.0]
+
+
+# -- train and score with costs ---------------------------------------------------------------
+def test_train_stores_the_cost_and_score_uses_its_threshold(tmp_path, capsys):
+    import json
+
+    from fvnce.cli import main
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 3))
+    bad = np.arange(400) % 8 == 0
+    x[bad] += 2.0
+    with open(tmp_path / "t.csv", "w") as fh:
+        fh.write("a,b,c,status\n")
+        for row, b in zip(x, bad):
+            fh.write(",".join(f"{v:.6f}" for v in row) + (",bad\n" if b else ",ok\n"))
+    run = tmp_path / "run"
+    common = ["--data", str(tmp_path / "t.csv"), "--label", "status", "--normal", "ok"]
+    assert main(["train", *common, "--objective", "elbo", "--steps", "20", "--out", str(run),
+                 "--cost-false-alarm", "1", "--cost-miss", "30"]) == 0
+    assert "cheapest threshold on the validation rows" in capsys.readouterr().err
+    alarm = json.loads((run / "alarm.json").read_text())
+    rec = alarm["cost"]
+    assert rec["available"] and rec["alarm_rate_point"]["threshold"] == alarm["threshold"]
+    assert rec["validation"]["cost_per_1000"] <= rec["alarm_rate_point"]["validation"]["cost_per_1000"]
+    # exact against the stored scores: the record is the minimum over every threshold of these numbers
+    normal, anomalies = alarm["validation_scores"], alarm["validation_anomaly_scores"]
+    assert len(anomalies) == rec["validation"]["n_anomaly"] > 0
+    grid = every_threshold(normal, anomalies)
+    p = rec["anomaly_share"]
+    assert rec["validation"]["cost_per_1000"] == pytest.approx(min(brute_cost(normal, anomalies, t, p, 1, 30)
+                                                                   for t in grid), rel=1e-12)
+    out = tmp_path / "scores.csv"
+    assert main(["score", str(run), "--data", str(tmp_path / "t.csv"), "--out", str(out), "--cost-false-alarm", "1",
+                 "--cost-miss", "30"]) == 0
+    assert "lowest expected cost on the validation rows" in capsys.readouterr().err
+    s = np.loadtxt(out, delimiter=",", skiprows=1)
+    assert np.array_equal(s[:, 2], (s[:, 1] > rec["threshold"]).astype(float))
+    # costs exclude the other thresholds; half a pair of costs is refused
+    assert main(["score", str(run), "--data", str(tmp_path / "t.csv"), "--out", str(out), "--cost-false-alarm", "1",
+                 "--cost-miss", "30", "--threshold", "2"]) == 2
+    assert main(["score", str(run), "--data", str(tmp_path / "t.csv"), "--out", str(out), "--cost-miss", "3"]) == 2
+    assert "give both --cost-false-alarm and --cost-miss" in capsys.readouterr().err
+
+
+def test_without_labels_train_says_the_cost_cannot_be_estimated(tmp_path, capsys):
+    from fvnce.cli import main
+
+    np.savetxt(tmp_path / "u.csv", np.random.default_rng(0).normal(size=(200, 2)), delimiter=",", header="a,b",
+               comments="")
+    assert main(["train", "--data", str(tmp_path / "u.csv"), "--objective", "elbo", "--steps", "5", "--out",
+                 str(tmp_path / "run"), "--cost-false-alarm", "1", "--cost-miss", "30"]) == 0
+    assert "the cost cannot be estimated: the data has no anomaly labels" in capsys.readouterr().err
+    assert main(["score", str(tmp_path / "run"), "--data", str(tmp_path / "u.csv"), "--out", str(tmp_path / "s.csv"),
+                 "--cost-false-alarm", "1", "--cost-miss", "30"]) == 2
+    assert "no anomaly labels" in capsys.readouterr().err
