@@ -274,3 +274,9 @@ def test_the_example_poc_has_its_learning_curve_and_cost(example):
     cost = summary["recommended"]["cost"]
     assert cost["available"] and cost["share_source"].startswith("validation labels")
     assert cost["validation"]["cost_per_1000"] <= cost["alarm_rate_point"]["validation"]["cost_per_1000"]
+    text = (out / "report.html").read_text()
+    vae = text.split('<section id="your-vae">')[1].split("</section>")[0]
+    assert summary["vae_source"]["sha256"] in vae and "elbo-vae" in vae and "not trained" in vae
+    assert '<section id="learning-curve">' in text and "No learning curve" in text or "training rows" in text
+    section = text.split('<section id="cost">')[1].split("</section>")[0]
+    assert "alarm-rate threshold" in section and "never alarm" in section and "always alarm" in section

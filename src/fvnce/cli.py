@@ -372,7 +372,9 @@ _FLAG_PATHS = {
                                     "compile", "dist_noise")},
 }
 #: ``train`` options that are not settings of the run (or, steps/epochs, may change on --resume)
-_NOT_SETTINGS = ("out", "resume", "quiet", "no_eval", "config", "steps", "epochs")
+_NOT_SETTINGS = ("out", "resume", "quiet", "no_eval", "config", "steps", "epochs",
+                 "vae", "vae_weights",  # --resume refuses them: the run keeps its own copy of the VAE
+                 "cost_false_alarm", "cost_miss", "anomaly_share")  # applied after training, not stored settings
 #: configuration paths a resumed run may change (how long it trains) or that are no setting
 _FREE_PATHS = (("train", "steps"), ("train", "epochs"), ("train", "progress"))
 
