@@ -126,6 +126,56 @@ def _precision_arg(g) -> None:
                         "auto: bf16 on CUDA devices that support it and on CPUs with AMX, else fp32 (default fp32)")
 
 
+def _vae_args(p, poc: bool = False) -> None:
+    g = p.add_argument_group("your own VAE (docs/bring_your_own_model.md)")
+    g.add_argument("--vae", metavar="FILE.py:FUNCTION",
+                   help="start from your VAE: FUNCTION() in FILE.py returns (encoder, decoder); runs your code: name "
+                        "only files you trust. --transform and --dequantize then default to none")
+    g.add_argument("--vae-weights", metavar="WEIGHTS.pt",
+                   help="torch.save({'encoder': ..., 'decoder': ...}) of their state_dicts (read as plain tensors)")
+    if poc:
+        g.add_argument("--vae-finetune", type=int, default=0, metavar="STEPS",
+                       help="also fine-tune your VAE by the ELBO for STEPS steps, as an extra run (default 0: none)")
+
+
+def _cost_args(p, what: str = "the cost-minimising alarm threshold, reported beside the alarm-rate one") -> None:
+    g = p.add_argument_group("what an alarm costs (your own units)")
+    g.add_argument("--cost-false-alarm", type=float, metavar="A", help=f"cost of a false alarm; with --cost-miss: {what}")
+    g.add_argument("--cost-miss", type=float, metavar="B", help="cost of a missed anomaly")
+    g.add_argument("--anomaly-share", type=float, metavar="P",
+                   help="share of anomalies among the items (default: as found in the validation labels)")
+
+
+def _costs(args) -> dict | None:
+    """``{cost_false_alarm, cost_miss, anomaly_share}`` from the flags, checked; None without costs."""
+    from .costs import check_costs
+    from .errors import ConfigError
+
+    a, b, p = args.cost_false_alarm, args.cost_miss, args.anomaly_share
+    if a is None and b is None:
+        if p is not None:
+            raise ConfigError("--anomaly-share needs --cost-false-alarm and --cost-miss")
+        return None
+    if a is None or b is None:
+        raise ConfigError("give both --cost-false-alarm and --cost-miss")
+    check_costs(a, b, p)
+    return {"cost_false_alarm": a, "cost_miss": b, "anomaly_share": p}
+
+
+def _vae_spec(args) -> dict | None:
+    """The user's VAE of ``--vae``/``--vae-weights`` (fvnce.user_vae.vae_spec); with it the
+    rows reach the VAE as they are unless --transform/--dequantize say otherwise."""
+    from .user_vae import vae_spec
+
+    spec = vae_spec(args.vae, args.vae_weights)
+    if spec is not None:
+        if args.transform is None:
+            args.transform = "none"
+        if args.dequantize is None:
+            args.dequantize = "none"
+    return spec
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fvnce", description="Fully variational noise-contrastive estimation: train, "
                                                "evaluate and compare latent-variable models and anomaly detectors.")
@@ -143,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
     _alarm_rate_arg(p, "the run's alarm threshold: the conformal (1 - RATE) quantile of the validation normal "
                        "rows' scores (all validation rows without labels)")
+    _vae_args(p)
+    _cost_args(p)
 
     p = sub.add_parser("evaluate", help="evaluate a run on its held-out data (or --data FILE)")
     p.add_argument("run_dir", metavar="RUN_DIR")
@@ -162,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="alarm at this target false-alarm rate instead of the run's (from its stored validation "
                         "scores)")
     a.add_argument("--threshold", type=float, metavar="T", help="alarm when the score is above T")
+    _cost_args(p, "the alarm threshold: the one of lowest expected cost on the run's validation rows (instead of "
+                  "its alarm-rate threshold)")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("sample", help="draw samples from a trained model")
@@ -190,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train the grid's runs in N worker processes on this machine (default 1)")
     _alarm_rate_arg(p, "every run's alarm threshold")
     _precision_arg(p)
+    _vae_args(p, poc=True)
+    p.add_argument("--learning-curve", default="0.25,0.5", metavar="F1,F2",
+                   help="retrain the recommended configuration on these fractions of the training rows (nested "
+                        "subsets; same validation and test rows), or 'none' (default 0.25,0.5)")
+    _cost_args(p)
     p.add_argument("--out", default="poc_out", metavar="DIR")
     _overwrite_arg(p, "poc")
     p.add_argument("--quiet", action="store_true")
@@ -309,6 +368,9 @@ def _run_config(args, base=None):
                 train["steps"] = None
     train["progress"] = not args.quiet and sys.stderr.isatty()
     cfg.train = TrainConfig.from_dict(train)
+    vae = _vae_spec(args)
+    if vae is not None:
+        cfg.vae = vae
     cfg.data = _data_spec(args, cfg.data)
     cfg.validate()
     return cfg
@@ -331,7 +393,9 @@ _FLAG_PATHS = {
                                     "precision", "compile", "dist_noise")},
 }
 #: ``train`` options that are not settings of the run (or, steps/epochs, may change on --resume)
-_NOT_SETTINGS = ("out", "resume", "overwrite", "quiet", "no_eval", "config", "steps", "epochs")
+_NOT_SETTINGS = ("out", "resume", "overwrite", "quiet", "no_eval", "config", "steps", "epochs",
+                 "vae", "vae_weights",  # --resume refuses them: the run keeps its own copy of the VAE
+                 "cost_false_alarm", "cost_miss", "anomaly_share")  # applied after training, not stored settings
 #: configuration paths a resumed run may change (how long it trains) or that are no setting
 _FREE_PATHS = (("train", "steps"), ("train", "epochs"), ("train", "progress"))
 
@@ -416,7 +480,11 @@ def _cmd_train(args) -> int:
     if args.resume and args.overwrite:
         from .errors import ConfigError
         raise ConfigError("--resume continues the run in --out and --overwrite replaces it: give one of them")
+    costs = _costs(args)
     if args.resume:
+        if args.vae or args.vae_weights:
+            from .errors import ConfigError
+            raise ConfigError("--resume continues with the run's own copy of your VAE; leave out --vae")
         result, dataset = train_run(_resume_length(args), args.out, resume=True, log=log,
                                     progress=not args.quiet and sys.stderr.isatty())
     else:
@@ -430,6 +498,10 @@ def _cmd_train(args) -> int:
     if not args.no_eval and distributed.is_main():
         ev = evaluate_run(args.out, dataset=dataset)
         log("fvnce: " + _headline(ev))
+    if costs is not None and distributed.is_main():
+        from .runs.costing import run_cost
+
+        log("fvnce: " + run_cost(args.out, costs, dataset=dataset)["sentence"])
     return 0
 
 
@@ -502,9 +574,19 @@ def _cmd_evaluate(args) -> int:
 def _cmd_score(args) -> int:
     from .runs import score_file
 
+    costs = _costs(args)
+    threshold, how = args.threshold, None
+    if costs is not None:  # the threshold of lowest expected cost on the run's validation rows
+        from .errors import ConfigError
+        from .runs.costing import cost_threshold
+
+        if args.alarm_rate is not None or args.threshold is not None:
+            raise ConfigError("give costs, --alarm-rate or --threshold, not more than one")
+        threshold, how = cost_threshold(args.run_dir, costs)
     res = score_file(args.run_dir, args.data, args.out, k=args.k, missing="impute" if args.impute else None,
-                     alarm_rate=args.alarm_rate, threshold=args.threshold)
-    how = "given" if res["rate"] is None else f"target false-alarm rate {_pct(res['rate'])} on {res['source']}"
+                     alarm_rate=args.alarm_rate, threshold=threshold)
+    how = how or ("given" if res["rate"] is None else f"target false-alarm rate {_pct(res['rate'])} on "
+                  f"{res['source']}")
     _log_fn(args.quiet)(f"fvnce: wrote {res['rows']} scores to {args.out}; {res['alarms']} alarm(s) above the "
                         f"threshold {res['threshold']:.6g} ({how})" + (f"; note: {res['note']}" if res["note"] else ""))
     return 0
@@ -534,6 +616,7 @@ def _cmd_poc(args) -> int:
     from .poc import PocConfig, run_poc
     from .train import TrainConfig
 
+    vae = _vae_spec(args)  # before the data spec: it sets the --transform/--dequantize defaults
     if args.data is None and args.normal is None and args.label is None:
         spec = _data_spec(args, DataSpec(source="digits", normal="0"))
     else:
@@ -553,7 +636,7 @@ def _cmd_poc(args) -> int:
                     model=args.model, model_options={"z_dim": args.z_dim} if args.z_dim is not None else {},
                     train=TrainConfig.from_dict({**TrainConfig().to_dict(), **train}),
                     baselines=not args.no_baselines, mixtures=_mixtures(args.mixtures),
-                    **({} if args.alarm_rate is None else {"alarm_rate": args.alarm_rate}))
+                    **({} if args.alarm_rate is None else {"alarm_rate": args.alarm_rate}), **_poc_extras(args))
     summary = run_poc(cfg, args.out, log=_log_fn(args.quiet), progress=not args.quiet and sys.stderr.isatty(),
                       workers=args.workers, overwrite=args.overwrite)
     rec = summary.get("recommended")
@@ -569,6 +652,15 @@ def _cmd_poc(args) -> int:
             log(f"fvnce: to train its members again and score the union: recommended.member_commands and "
                 f"score_command in {Path(args.out) / 'summary.json'}")
     return 0
+
+
+def _poc_extras(args) -> dict:
+    """The poc's settings for your own VAE, the learning curve and the costs."""
+    from .learning_curve import parse_fractions
+
+    vae = _vae_spec(args)
+    return {"vae": vae, "vae_finetune": args.vae_finetune, "learning_curve": parse_fractions(args.learning_curve),
+            "costs": _costs(args)}
 
 
 def _cmd_report(args) -> int:

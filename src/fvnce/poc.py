@@ -134,6 +134,14 @@ class PocConfig:
     #: component counts of the diagonal Gaussian mixtures trained beside the VAE family on
     #: continuous tabular data (``model="auto"`` only; empty: none). See :func:`mixture_plan`.
     mixtures: tuple[int, ...] = MIXTURES
+    #: your own VAE (fvnce.user_vae.vae_spec): the VAE baseline as it is, the base of every
+    #: tilted run and of the ``base`` noise; ``vae_finetune`` > 0 adds it fine-tuned by the ELBO
+    vae: dict[str, Any] | None = None
+    vae_finetune: int = 0
+    #: fractions of the training rows the recommendation is retrained on (fvnce.learning_curve)
+    learning_curve: tuple[float, ...] = (0.25, 0.5)
+    #: {cost_false_alarm, cost_miss, anomaly_share}: the recommendation's cost (fvnce.costs)
+    costs: dict[str, Any] | None = None
 
     def steps(self) -> int:
         if isinstance(self.budget, int) and not isinstance(self.budget, bool):
@@ -155,7 +163,27 @@ class PocConfig:
         check_alarm_rate(self.alarm_rate, "--alarm-rate")
         if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in self.mixtures):
             raise ConfigError(f"--mixtures must be positive component counts, got {list(self.mixtures)}")
+        self._validate_extras()
         return rules
+
+    def _validate_extras(self) -> None:
+        """Your own VAE, the learning curve, the costs."""
+        from .costs import check_costs
+
+        if self.vae is not None and self.model != "auto":
+            raise ConfigError(f"--vae sets the poc's models (your VAE and tilted models over it); --model "
+                              f"{self.model} cannot be combined with it")
+        ft = self.vae_finetune
+        if isinstance(ft, bool) or not isinstance(ft, int) or ft < 0:
+            raise ConfigError(f"--vae-finetune must be a number of steps >= 0, got {ft!r}")
+        if ft and self.vae is None:
+            raise ConfigError("--vae-finetune needs --vae")
+        if any(not 0 < f < 1 for f in self.learning_curve):
+            raise ConfigError(f"--learning-curve fractions must lie strictly between 0 and 1, got "
+                              f"{list(self.learning_curve)}")
+        if self.costs is not None:
+            check_costs(self.costs.get("cost_false_alarm"), self.costs.get("cost_miss"),
+                        self.costs.get("anomaly_share"))
 
 
 def _metrics(ev: dict) -> tuple[dict, dict]:
@@ -584,6 +612,9 @@ def _run_poc_into(config: PocConfig, rules: list, out_dir: Path, final: Path, t0
     has_labels = dataset.val_labels is not None and bool(dataset.val_labels.any())
     noises = config.noises or default_noises(dataset.binary, tilted=config.model in ("auto", "tilted_vae"))
     steps = config.steps()
+    if config.vae is not None:  # your own VAE: every mismatch with the data is an input error, before anything is written
+        from .user_vae import check_user_vae
+        check_user_vae(config.vae, dataset)
     fitted: dict[str, Any] = {}
     for n in noises:  # user plug-ins are checked before anything is written: a bad one is an input error
         if ":" in n:
@@ -599,7 +630,10 @@ def _run_poc_into(config: PocConfig, rules: list, out_dir: Path, final: Path, t0
     plan: list[tuple[str, RunConfig]] = [(VAE_RUN, RunConfig(
         data=config.data, objective="elbo", model="vae" if config.model == "auto" else config.model,
         model_options=vae_options, noise=fitted_noises[0], train=_train_cfg(config.train, steps),
-        eval_k=config.eval_k, alarm_rate=config.alarm_rate))]
+        eval_k=config.eval_k, alarm_rate=config.alarm_rate, vae=config.vae))]
+    if config.vae is not None and config.vae_finetune:  # your VAE fine-tuned by the ELBO: an extra run
+        plan.append((VAE_FINETUNED_RUN, copy.deepcopy(plan[0][1])))
+        plan[-1][1].train = _train_cfg(config.train, config.vae_finetune)
 
     def add_fvnce(noise_name: str, model: str, model_options: dict, init_from: str | None, suffix: str = "") -> None:
         """One FVNCE run per rule against ``noise_name``, appended to the plan."""
@@ -610,7 +644,7 @@ def _run_poc_into(config: PocConfig, rules: list, out_dir: Path, final: Path, t0
                 objective_options={"rule": rule_name, **params, **config.objective_options},
                 model=model, model_options=dict(model_options), noise=noise_name,
                 train=_train_cfg(config.train, steps), eval_k=config.eval_k, init_from=init_from,
-                alarm_rate=config.alarm_rate)))
+                alarm_rate=config.alarm_rate, vae=None if model == "gaussian_mixture" else config.vae)))
 
     warm = config.model == "auto"
     for noise_name in noises:
@@ -669,6 +703,7 @@ def _run_poc_into(config: PocConfig, rules: list, out_dir: Path, final: Path, t0
     baselines = []
     if config.baselines:
         baselines.append(_isolation_forest(dataset, config.train.seed))
+    extras = _extras(config, dict(plan), recommended, runs, dataset, out_dir, log)
     summary = {
         "fvnce_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -689,6 +724,7 @@ def _run_poc_into(config: PocConfig, rules: list, out_dir: Path, final: Path, t0
         "baselines": baselines,
         "recommended": recommended,
         "toy_2d": dataset.dim == 2,
+        **extras,
     }
     summary["wall_time_s"] = time.perf_counter() - t0
     atomic_write_json(out_dir / "summary.json", _finite(summary))
@@ -732,6 +768,31 @@ def production_commands(rec: dict, plan: dict[str, RunConfig], final: str | Path
     return {"train_command": cmd, **({"train_command_note": note} if note else {})}
 
 
+#: your own VAE fine-tuned by the ELBO (``--vae-finetune``)
+VAE_FINETUNED_RUN = "elbo-vae-finetuned"
+
+
+def _extras(config: PocConfig, plan: dict, recommended: dict | None, runs: list[dict], dataset, out_dir: Path,
+            log) -> dict:
+    """Where the VAE came from (``vae_source``), the learning curve (fvnce.learning_curve) and,
+    with costs, the recommendation's cost (``recommended["cost"]``, fvnce.costs)."""
+    from .learning_curve import learning_curve
+    from .user_vae import source_record
+
+    out: dict[str, Any] = {"vae_source": source_record(config.vae), "vae_finetune": config.vae_finetune or None}
+    if recommended is not None and recommended.get("run") is not None and config.costs is not None:
+        from .runs.costing import run_cost
+
+        try:
+            recommended["cost"] = run_cost(out_dir / "runs" / recommended["run"], config.costs, dataset=dataset)
+            log(f"fvnce: cost: {recommended['cost']['sentence']}")
+        except FvnceError as exc:
+            recommended["cost"] = {"available": False, "reason": str(exc)}
+    out.update(learning_curve(config.learning_curve, plan, recommended, runs, dataset, out_dir, config, _run_one, log))
+    log(f"fvnce: learning curve: {out['learning_curve_verdict']}")
+    return out
+
+
 def _val_counts(dataset) -> dict:
     """Normal and anomalous rows of the validation split (for AUROC standard errors)."""
     n1 = int((dataset.val_labels != 0).sum())
@@ -753,7 +814,11 @@ def _run_one(name: str, rc: RunConfig, dataset, fitted: dict, out_dir: Path, log
         if run_dir.exists():
             import shutil
             shutil.rmtree(run_dir)
-        train_run(rc, run_dir, dataset=dataset, noise=fitted.get(rc.noise), log=log, progress=False)
+        if rc.vae is not None and name == VAE_RUN:  # your own VAE, as it is: not trained
+            from .user_vae import adopt_run
+            adopt_run(rc, run_dir, dataset, log=log)
+        else:
+            train_run(rc, run_dir, dataset=dataset, noise=fitted.get(rc.noise), log=log, progress=False)
         entry["train_time_s"] = time.perf_counter() - t_run
         ev = evaluate_run(run_dir, dataset=dataset, k=rc.eval_k)
         entry["metrics"], entry["val_metrics"] = _metrics(ev)

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..diagnostics import ESS_FRACTION_MIN, KHAT_MAX
 from ..poc import AUROC_MARGIN_MIN, NO_NOISE_TERM, SE_FACTOR, VAE_RUN, find_vae
+from .extras import extras_sections
 from .html import DASH, esc, fmt_count, fmt_frac, fmt_num, fmt_pct, fmt_time, kv_table, page, table
 from .load import RunFiles, finite, load_run
 from .sections import (NOISE_TERM_WORDS, Entry, Ref, alarm_section, glossary, headline, ll_cell, operating_sentence,
@@ -493,6 +494,7 @@ def poc_page(folder: Path, summary: dict) -> str:
                     _d(summary.get("recommended")).get("members")),
         _problems_note([(e.name, e.run) for e in run_entries]),
         alarm_section(str(rec_name), rec_ev, "the recommended model") if rec_ev else "",
+        extras_sections(summary),  # your own VAE, the learning curve, the cost of an alarm (report/extras.py)
         training_section(run_entries + missing_dirs),
         roc_section([e for e in entries if e.run is None or (e.run.evaluation is not None)],
                     has_labels),

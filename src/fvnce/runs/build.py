@@ -16,11 +16,19 @@ if TYPE_CHECKING:
     from .config import RunConfig
 
 
-def _build(config: RunConfig, x_dim: int, image_shape, binary: bool):
+def _build(config: RunConfig, x_dim: int, image_shape, binary: bool, *, module_file=None,
+           load_weights: bool = False):
+    """``module_file``, ``load_weights``: for a run with the user's own VAE
+    (:func:`fvnce.user_vae.build_user_model`)."""
     name, opts = config.resolved_model(binary)
-    if image_shape is not None:
-        opts.setdefault("image_shape", tuple(image_shape))
-    model, encoder = make_model(name, x_dim, **opts)
+    if config.vae is not None:  # the user's own VAE, or a tilted model over it
+        from ..user_vae import build_user_model
+        model, encoder = build_user_model(config.vae, name, opts, x_dim, module_file=module_file,
+                                          load_weights=load_weights)
+    else:
+        if image_shape is not None:
+            opts.setdefault("image_shape", tuple(image_shape))
+        model, encoder = make_model(name, x_dim, **opts)
     objective = make_objective(config.objective, **config.objective_options)
     objective.check_model(model)
     if not objective.uses_encoder:

@@ -50,6 +50,8 @@ class RunConfig:
     #: target false-alarm rate of the run's alarm threshold (alarm.json): the threshold is
     #: the split-conformal (1 - alarm_rate) quantile of the validation normal rows' scores
     alarm_rate: float = DEFAULT_ALARM_RATE
+    #: the user's own VAE (``--vae``: :mod:`fvnce.user_vae`): {file, function, weights, sha256}
+    vae: dict[str, Any] | None = None
 
     def validate(self) -> None:
         """Check names and options before any data is read or file written."""
@@ -69,6 +71,9 @@ class RunConfig:
         if isinstance(self.eval_k, bool) or not isinstance(self.eval_k, int) or self.eval_k < 1:
             raise ConfigError(f"eval_k must be a positive integer, got {self.eval_k!r}")
         check_alarm_rate(self.alarm_rate, "alarm_rate")
+        if self.vae is not None:  # the user's own VAE (fvnce.user_vae)
+            from ..user_vae import check_config
+            check_config(self)
 
     def resolved_model(self, binary: bool) -> tuple[str, dict]:
         opts = dict(self.model_options)
@@ -85,11 +90,14 @@ class RunConfig:
         return _default_noise(binary) if self.noise == "auto" else self.noise
 
     def to_dict(self) -> dict:
-        return {"data": self.data.to_dict(), "objective": self.objective,
+        d = {"data": self.data.to_dict(), "objective": self.objective,
                 "objective_options": dict(self.objective_options), "model": self.model,
                 "model_options": _jsonable(self.model_options), "noise": self.noise,
                 "noise_options": _jsonable(self.noise_options), "train": self.train.to_dict(), "eval_k": self.eval_k,
                 "init_from": self.init_from, "alarm_rate": self.alarm_rate}
+        if self.vae is not None:  # only then: runs without a user VAE keep their files as before
+            d["vae"] = dict(self.vae)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":

@@ -53,7 +53,12 @@ def load_run(run_dir: str | Path, *, weights: str = "best", dataset: Dataset | N
         raise CheckpointError(f"{run_dir} is incomplete: {PREPROCESS_NAME} is missing") from None
     except ValueError as exc:
         raise CheckpointError(f"{run_dir / PREPROCESS_NAME} is corrupt: {exc}") from None
-    _, _, model, encoder, objective = _build(config, record["x_dim"], record.get("image_shape"), record["binary"])
+    module_file = None
+    if config.vae is not None:  # the user's own VAE: its copy in the run folder, checked against its hash
+        from ..user_vae import run_module_file
+        module_file = run_module_file(run_dir)
+    _, _, model, encoder, objective = _build(config, record["x_dim"], record.get("image_shape"), record["binary"],
+                                             module_file=module_file)
     path = run_dir / "best.pt"
     used = "best"
     if weights != "best" or not path.exists():

@@ -83,8 +83,18 @@ def _train(config: RunConfig, run_dir: Path, resume: bool, dataset, noise, log):
         dataset = load_dataset(config.data)
         for note in dataset.notes:
             log(f"fvnce: note: {note}")
+    module_file = None
+    if config.vae is not None:  # the user's own VAE (fvnce.user_vae): checked on the data before anything is written
+        from ..user_vae import check_user_vae, run_module_file
+        if resume:
+            module_file = run_module_file(run_dir)
+        else:
+            check_user_vae(config.vae, dataset)
     torch.manual_seed(config.train.seed)
-    name, opts, model, encoder, objective = _build(config, dataset.dim, dataset.image_shape, dataset.binary)
+    name, opts, model, encoder, objective = _build(config, dataset.dim, dataset.image_shape, dataset.binary,
+                                                   module_file=module_file,
+                                                   load_weights=config.vae is not None and not resume
+                                                   and not config.init_from)
     base_noise = config.noise == BASE_NOISE
     if base_noise:
         noise = None  # built from the model once its base holds the starting weights
@@ -112,6 +122,9 @@ def _train(config: RunConfig, run_dir: Path, resume: bool, dataset, noise, log):
     trainer = Trainer(model, encoder, objective, noise, config.train, run_dir=run_dir, log=log)
     if not resume:  # rank 0 only under torch.distributed (its errors reach every rank)
         distributed.main_first(lambda: _write_run_files(run_dir, config, dataset, name, opts, objective, noise))
+        if config.vae is not None and distributed.is_main():
+            from ..user_vae import copy_module
+            copy_module(run_dir, config.vae)
     elif distributed.is_main():  # the weights change: a threshold of the old ones must not outlive them
         (run_dir / ALARM_NAME).unlink(missing_ok=True)
     result = trainer.fit(dataset.train, normal_rows(dataset.val, dataset.val_labels), resume=resume)
