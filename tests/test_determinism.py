@@ -5,17 +5,10 @@ in a fresh process against one in this process (the golden runs of tests/golden_
 state, random-number state, best weights, metrics history without timings, evaluation,
 alarm, samples); against values stored on another machine see tests/test_golden.py.
 
-Known differences of a resumed run are marked xfail(strict=True), so that the test fails
-once they are fixed and the mark must go:
-
-- the heavy-tail warning (a validation event) is given once per process, not once per
-  run: the validator's "already warned" flag is not in the checkpoint, so a resumed run
-  logs the warning again at its next validation (metrics.jsonl only; weights identical);
-- retry/stabilise events are stamped with the step rolled back to, so after a kill that
-  follows a rollback the resumed run keeps the old events and logs them again;
-- Ctrl-C at a step between periodic checkpoints writes a checkpoint there, and the
-  resumed run rolls back to that step instead of the last periodic checkpoint: after a
-  later rollback the weights differ from the uninterrupted run.
+A resumed run also matches where it once differed (the power_rollback cases): the
+heavy-tail warning is not given again (the checkpoint keeps whether it was), rollbacks
+that happened after the checkpoint are not logged twice when the resumed run replays
+them, and a Ctrl-C checkpoint keeps the last periodic rollback target.
 """
 
 from __future__ import annotations
@@ -51,13 +44,6 @@ def test_two_runs_of_one_seed_are_identical(name):
     assert differing(first, G.bits(G.run(name))) == []
 
 
-HEAVY_TAIL_AGAIN = pytest.mark.xfail(strict=True, reason="the heavy-tail warning is logged again after a resume")
-EVENTS_AGAIN = pytest.mark.xfail(strict=True, reason="heavy-tail warning again; retry/stabilise events logged "
-                                                     "twice after a kill that follows a rollback")
-CTRL_C_MOVES_ROLLBACK = pytest.mark.xfail(strict=True, reason="a Ctrl-C checkpoint becomes the rollback target "
-                                                              "of the resumed run")
-
-
 @pytest.mark.parametrize("name, how, step", [
     ("elbo", "kill", 35),             # periodic checkpoint at 20, metrics written up to 30
     ("fvnce_kl_resumed", "kill", 35),
@@ -77,9 +63,9 @@ def test_resumed_weights_equal_the_uninterrupted_run(name, how, step):
     ("fvnce_kl_resumed", "kill", 35),
     ("fvnce_kl_resumed", "stop", 35),
     ("rbm_nce", "stop", 20),
-    pytest.param("power_rollback", "kill", 50, marks=HEAVY_TAIL_AGAIN),
-    pytest.param("power_rollback", "kill", 57, marks=EVENTS_AGAIN),
-    pytest.param("power_rollback", "stop", 45, marks=CTRL_C_MOVES_ROLLBACK),
+    ("power_rollback", "kill", 50),    # resumed at 40 after the heavy-tail warning
+    ("power_rollback", "kill", 57),    # the rollback at 56 (back to 40) replayed
+    ("power_rollback", "stop", 45),    # Ctrl-C between periodic checkpoints, before that rollback
 ])
 def test_resumed_run_equals_the_uninterrupted_run(name, how, step):
     got = G.bits(G.run(name, first=None, interrupt=(how, step)))

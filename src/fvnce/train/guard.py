@@ -142,6 +142,16 @@ class Guard:
             "rng": deepclone(rng_state(self.device)),
         }
 
+    @property
+    def snapshot_state(self) -> dict | None:
+        """The rollback target (step, parameters, optimiser and RNG state)."""
+        return self._snapshot
+
+    def restore_snapshot(self, snap: dict) -> None:
+        """Take ``snap`` (a saved :attr:`snapshot_state`, e.g. from a Ctrl-C checkpoint) as
+        the rollback target."""
+        self._snapshot = deepclone(snap)
+
     def apply_lr(self) -> None:
         for g in self.optimizer.param_groups:
             g["lr"] = self.lr

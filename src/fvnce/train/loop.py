@@ -138,13 +138,14 @@ class Trainer:
             seed_all(self.config.seed, self.device)
             self.step, self.guard.retries = 0, 0
             self.validator.best_val, self.validator.best_step = None, None
+            self.validator.tail_warned = False
             self._elapsed0 = 0.0
         self._t0 = time.perf_counter()
         self._last_saved = self.step if resume else -1
         if self._writes:
             if not resume and self._metrics.path.exists():
                 (self.run_dir / state.BEST_NAME).unlink(missing_ok=True)
-            self._metrics.open(self.step if resume else None)
+            self._metrics.open(self.step if resume else None, self.guard.retries if resume else None)
         return train, val, self.config.total_steps(n)
 
     def _prepare(self, train: Tensor, val: Tensor | None, resume: bool):
@@ -161,7 +162,11 @@ class Trainer:
         self._parallel.wrap(self.model, self.encoder, self.objective, self.optimizer, self._params, self.noise,
                             train[:4], None if train_lp is None else train_lp[:4])  # broadcasts rank 0's parameters
         self._install_precision_hooks()
-        self.guard.snapshot(self.step)
+        if self._resumed_snapshot is not None:  # resumed from a Ctrl-C checkpoint: roll back where it would have
+            self.guard.restore_snapshot(self._resumed_snapshot)
+            self._resumed_snapshot = None
+        else:
+            self.guard.snapshot(self.step)
         for m in self._modules():  # every submodule, once; _step re-enters training mode after validation
             m.train(True)
         return train_lp, val_lp
@@ -226,23 +231,32 @@ class Trainer:
         if not self._stop.asked(self._parallel.agree):
             return
         if self._last_saved != self.step:
-            self.save(n)
+            self.save(n, off_schedule=True)
         raise TrainingInterrupted.at(self.step, self.run_dir, self._writes)
 
     # -- checkpoints -----------------------------------------------------------------------
-    def save(self, n_train: int) -> None:
+    def save(self, n_train: int, off_schedule: bool = False) -> None:
         """Write ``checkpoint.pt`` (atomically) and refresh the rollback snapshot.
         Under torch.distributed every rank must call it (the RNG states of all ranks
-        are gathered into the checkpoint); rank 0 writes."""
+        are gathered into the checkpoint); rank 0 writes.  ``off_schedule`` (a checkpoint
+        at a Ctrl-C, between periodic ones): the snapshot stays the last periodic one and
+        goes into the checkpoint, so that a resumed run rolls back to the same step as
+        an uninterrupted one."""
         rng_ranks = self._parallel.gather_rng(rng_state(self.device))
+        # one process only: under torch.distributed each rank's snapshot holds its own RNG state
+        snapshot = self.guard.snapshot_state if off_schedule and self.world == 1 else None
+        if snapshot is not None and snapshot["step"] == self.step:
+            snapshot = None
         if self._writes:
             self._metrics.flush()
             content = state.payload(step=self.step, model=self.model, encoder=self.encoder,
                                     optimizer=self.optimizer, rng=rng_state(self.device), guard=self.guard.state(),
                                     config=self.config.to_dict(), best_val=self.best_val, best_step=self.best_step,
-                                    n_train=n_train, elapsed=self._elapsed())
+                                    n_train=n_train, elapsed=self._elapsed(),
+                                    tail_warned=self.validator.tail_warned, snapshot=snapshot)
             state.write(self.checkpoint_path, content, rng_ranks, self.world)
-        self.guard.snapshot(self.step)
+        if not off_schedule:
+            self.guard.snapshot(self.step)
         self._last_saved = self.step
 
     def _restore(self, n_train: int) -> None:
@@ -251,6 +265,8 @@ class Trainer:
         self.step = int(ckpt["step"])
         self.guard.load_state(ckpt)
         self.validator.best_val, self.validator.best_step = ckpt.get("best_val"), ckpt.get("best_step")
+        self.validator.tail_warned = bool(ckpt.get("tail_warned", False))
+        self._resumed_snapshot = ckpt.get("snapshot")
         self._elapsed0 = float(ckpt.get("elapsed", 0.0))
         p = self._parallel
         state.restore_rng(ckpt, self.config, self.device, p.rank if p.active else 0, p.world if p.active else 1)
@@ -310,6 +326,7 @@ class Trainer:
     best_val = property(lambda self: self.validator.best_val)
     best_step = property(lambda self: self.validator.best_step)
     last_val_noise_log_ratio: Tensor | None = None
+    _resumed_snapshot: dict | None = None  # the rollback target kept in a Ctrl-C checkpoint
 
 
 def train(model, encoder, objective, noise, train_data: Tensor, val_data: Tensor | None = None,

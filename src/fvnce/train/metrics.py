@@ -36,13 +36,14 @@ class MetricsLog:
         self.history: list[dict] = []
         self._file = None
 
-    def open(self, resume_step: int | None) -> None:
-        """Start writing: keep the records up to ``resume_step``, or start a new file."""
+    def open(self, resume_step: int | None, retries: int | None = None) -> None:
+        """Start writing: keep the records up to ``resume_step`` (and the rollbacks up to
+        the ``retries``-th, see :func:`truncate_metrics`), or start a new file."""
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None:
-            self.history = truncate_metrics(self.path, resume_step)
+            self.history = truncate_metrics(self.path, resume_step, retries)
         elif self.path.exists():
             self.path.unlink()
         self._file = open(self.path, "a", encoding="utf-8")
@@ -76,12 +77,26 @@ class MetricsLog:
             self._file = None
 
 
-def truncate_metrics(path: Path, step: int) -> list[dict]:
+def truncate_metrics(path: Path, step: int, retries: int | None = None) -> list[dict]:
     """Keep the records of ``path`` up to ``step`` (dropping unparsable lines, e.g. a
-    line cut by a crash) and rewrite the file atomically.  Returns the kept records."""
+    line cut by a crash) and rewrite the file atomically.  Returns the kept records.
+
+    With ``retries`` (the rollback count of the checkpoint resumed from), the ``retry``
+    events of later rollbacks and the ``stabilise`` event that follows each are dropped
+    too: a rollback is stamped with the step it went back to, which may be at or before
+    ``step`` although it happened after the checkpoint was written, and the resumed run
+    replays it."""
     if not path.exists():
         return []
-    kept = [rec for rec in read_jsonl(path)[0] if int(rec.get("step", 0)) <= step]
+    kept, dropping = [], False
+    for rec in read_jsonl(path)[0]:
+        event = rec.get("event")
+        if event == "retry":
+            dropping = retries is not None and int(rec.get("retry", 0)) > retries
+        elif event != "stabilise":
+            dropping = False
+        if not dropping and int(rec.get("step", 0)) <= step:
+            kept.append(rec)
     lines = [json.dumps(rec) for rec in kept]
     atomic_write_text(path, "".join(line + "\n" for line in lines))
     return kept

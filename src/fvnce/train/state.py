@@ -3,7 +3,9 @@
 ``checkpoint.pt`` holds everything needed to continue bit for bit: parameters,
 optimiser state, step, the global RNG state (every rank's under torch.distributed), the
 guard's learning rate, clipping norm, retry count and current stabilisation, the best
-validation loss and the elapsed time.  ``best.pt`` holds the parameters with the lowest
+validation loss and the elapsed time.  ``tail_warned`` says whether the heavy-tail warning was given; a checkpoint written
+off schedule (Ctrl-C) also holds the rollback snapshot of the last periodic one.
+``best.pt`` holds the parameters with the lowest
 validation loss.  Files are written atomically (:mod:`fvnce.checkpoint`).
 """
 
@@ -31,8 +33,11 @@ def _weights(model, encoder) -> dict:
 
 
 def payload(*, step: int, model, encoder, optimizer, rng: dict, guard: dict, config: dict,
-            best_val, best_step, n_train: int, elapsed: float) -> dict:
-    """The checkpoint's content (plain data and CPU tensors)."""
+            best_val, best_step, n_train: int, elapsed: float, tail_warned: bool = False,
+            snapshot: dict | None = None) -> dict:
+    """The checkpoint's content (plain data and CPU tensors).  ``snapshot``: the guard's
+    rollback target, when it is not this step (a checkpoint written off schedule, at a
+    Ctrl-C), so that the resumed run rolls back where the uninterrupted one would."""
     weights = _weights(model, encoder)
     return {
         "step": step,
@@ -49,6 +54,8 @@ def payload(*, step: int, model, encoder, optimizer, rng: dict, guard: dict, con
         "best_step": best_step,
         "n_train": n_train,
         "elapsed": elapsed,
+        "tail_warned": tail_warned,
+        **({} if snapshot is None else {"snapshot": to_cpu(snapshot)}),
     }
 
 

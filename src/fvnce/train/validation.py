@@ -54,7 +54,8 @@ def mean_loss(objective, model, encoder, noise, x: Tensor, x_log_pn: Tensor | No
 
 class Validator:
     """Keeps the best validation loss (``on_best(step, loss)`` is called at each new
-    best, e.g. to write ``best.pt``) and whether the heavy-tail warning was given."""
+    best, e.g. to write ``best.pt``) and whether the heavy-tail warning was given
+    (``tail_warned``, kept in the checkpoint so that a resumed run does not warn again)."""
 
     def __init__(self, on_best: Callable[[int, float], None] | None, say: Callable[[str], None]) -> None:
         self.on_best, self.say = on_best, say
