@@ -8,7 +8,7 @@ import numpy as np
 
 from fvnce.data.builtin import BUILTIN
 from fvnce.data.files import SUPPORTED_EXTENSIONS, _check_path, _from_frame, _list_names, _read_frame, read_raw
-from fvnce.data.images import folder_split, is_image_input, read_folder, read_images_for_scoring
+from fvnce.data.images import IMAGE_EXTENSIONS, folder_split, is_image_input, read_folder, read_images_for_scoring
 from fvnce.data.preprocess import MISSING_ADVICE, Preprocessor, _nonfinite_message
 from fvnce.data.spec import DataSpec, Dataset, RawTable
 from fvnce.errors import DataError
@@ -389,6 +389,12 @@ def prepare_scoring_data(
         X, _ = read_images_for_scoring(path, _image_record(pre, path))
         out = pre.transform(X, where=str(path))
         return (out, None) if return_labels else out
+    if pre.image is not None and Path(str(path)).suffix.lower() not in SUPPORTED_EXTENSIONS:
+        raise DataError(
+            f"unsupported file type {Path(str(path)).suffix or '(no extension)'!r} for {path}; the model was trained "
+            f"on images: give a folder of images or an image file ({', '.join(IMAGE_EXTENSIONS)}), or a "
+            f"{', '.join(SUPPORTED_EXTENSIONS)} file"
+        )
     names = pre.feature_names
     d = len(names)
     p, ext = _check_path(path)
