@@ -393,3 +393,10 @@ def test_elpv_from_the_installed_package():
     n_anom = int(ds.val_labels.sum() + ds.test_labels.sum())
     assert (n_normal, n_anom, len(ds.held_out)) == (1508, 715, 401)
     assert 0.0 <= float(ds.train.min()) and float(ds.train.max()) <= 1.0
+
+
+def test_sample_grid_of_a_grayscale_image_run(image_run, tmp_path):
+    _, _, run = image_run
+    out = tmp_path / "grid.png"
+    assert main(["sample", str(run), "--n", "9", "--out", str(out), "--quiet"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

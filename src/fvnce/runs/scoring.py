@@ -97,6 +97,11 @@ def sample_run(run_dir: str | Path, n: int, out: str | Path) -> str:
     run = load_run(run_dir)
     if out.suffix == ".png" and run.image_shape is None:
         raise ConfigError("a .png grid needs image data; this run's data are not images: use .npy")
+    shape = run.image_shape
+    if out.suffix == ".png" and len(shape) == 3:  # (C, H, W) of image files: the grid draws one channel
+        if shape[0] != 1:
+            raise ConfigError(f"a .png grid draws grayscale images; this run's are {shape[0]}-channel: use .npy")
+        shape = shape[1:]
     torch.manual_seed(run.config.train.seed + 3)
     try:
         samples, method = ev.sample(run.model, run.encoder, n, noise=run.noise)
@@ -107,5 +112,8 @@ def sample_run(run_dir: str | Path, n: int, out: str | Path) -> str:
         _atomic_npy(out, arr)
     else:
         from ..report.plots import image_grid_png
-        atomic_write_bytes(out, image_grid_png(arr, run.image_shape, f"{n} samples ({method})"))
+        png = image_grid_png(arr, shape, f"{n} samples ({method})")
+        if png is None:
+            raise ConfigError(f"cannot draw {n} samples of shape {tuple(arr.shape[1:])} as {shape} images: use .npy")
+        atomic_write_bytes(out, png)
     return method
