@@ -178,7 +178,7 @@ def _class_files(folder: Path, root: Path) -> tuple[list[Path], int]:
 
 def _layout_error(root: Path, missing: str) -> DataError:
     return DataError(
-        f"{root} does not have the image-folder layout: {missing}; expected {root}/train/good/ (normal training "
+        f"{root} is a directory but not an image folder: {missing}; expected {root}/train/good/ (normal training "
         "images), test/good/ (normal test images) and test/<kind>/ (anomalous images, one folder per kind)"
     )
 
