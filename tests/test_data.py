@@ -113,7 +113,7 @@ def test_fashion_mnist_missing_files(monkeypatch, tmp_path):
 
 
 def test_builtin_registry_and_unknown_name():
-    assert set(BUILTIN) == {"digits", "fashion-mnist", "breast-cancer", "rings", "spirals", "gaussians"}
+    assert set(BUILTIN) == {"digits", "fashion-mnist", "breast-cancer", "elpv", "rings", "spirals", "gaussians"}
     with pytest.raises(DataError, match="unknown data set 'digitz'"):
         load_dataset(DataSpec("digitz"))
 

@@ -36,8 +36,14 @@ def _log_fn(quiet: bool):
 def _data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", metavar="D",
-                   help="built-in name (digits, fashion-mnist, breast-cancer, rings, spirals, gaussians) or a "
-                        ".csv/.npy/.parquet file (default digits)")
+                   help="built-in name (digits, fashion-mnist, breast-cancer, elpv, rings, spirals, gaussians), a "
+                        ".csv/.npy/.parquet file, or an image folder DIR with DIR/train/good (normal, training), "
+                        "DIR/test/good (normal) and DIR/test/<kind> (anomalies) (default digits)")
+    g.add_argument("--image-size", type=int, metavar="N",
+                   help="image folders and elpv: resize every image to NxN (default: elpv 64; a folder keeps its "
+                        "images' size, which must then be the same for all)")
+    g.add_argument("--cell-type", choices=["mono", "poly", "all"], default=None,
+                   help="elpv: the solar cells to use (default all)")
     g.add_argument("--features", metavar="COLS", help="comma-separated feature columns (default: all numeric)")
     g.add_argument("--label", metavar="COL", help="label column; rows whose label differs from --normal are anomalies")
     g.add_argument("--normal", metavar="VALUE", help="label value of normal rows (others: kept out of training, "
@@ -203,9 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--quiet", action="store_true")
 
-    p = sub.add_parser("score", help="write one anomaly score per input row (higher = more anomalous)")
+    p = sub.add_parser("score", help="write one anomaly score per input row or image (higher = more anomalous)")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--data", required=True, metavar="FILE")
+    p.add_argument("--data", required=True, metavar="FILE",
+                   help="a data file (writes row,score,alarm) or, for a run trained on images, a folder (every "
+                        "image under it, sorted) or one image file (writes path,score,alarm)")
     p.add_argument("--out", required=True, metavar="SCORES.csv")
     p.add_argument("--k", type=int, help="importance samples per row")
     p.add_argument("--impute", action="store_true", help="replace missing values by training medians")
@@ -269,7 +277,8 @@ def _data_spec(args, base=None):
         d["source"] = args.data
     if args.features:
         d["features"] = [c.strip() for c in args.features.split(",") if c.strip()]
-    for key in ("label", "normal", "transform", "binarize", "max_rows", "contaminated", "dequantize"):
+    for key in ("label", "normal", "transform", "binarize", "max_rows", "contaminated", "dequantize", "image_size",
+                "cell_type"):
         v = getattr(args, key, None)
         if v is not None:
             d[key] = v
@@ -382,7 +391,7 @@ def _run_config(args, base=None):
 #: with --resume every given one must equal the saved setting
 _FLAG_PATHS = {
     **{k: (("data", k),) for k in ("features", "label", "normal", "contaminated", "transform", "binarize",
-                                  "max_rows", "dequantize")},
+                                  "max_rows", "dequantize", "image_size", "cell_type")},
     "data": (("data", "source"),), "drop_missing": (("data", "missing"),), "impute": (("data", "missing"),),
     "split_seed": (("data", "seed"),), "seed": (("train", "seed"), ("data", "seed")),
     "objective": (("objective",),), "noise": (("noise",),), "model": (("model",),), "init_from": (("init_from",),),

@@ -2,7 +2,8 @@
 
 * :class:`GaussianEncoder` -- diagonal Gaussian from an MLP (continuous latents,
   reparameterised samples);
-* :class:`ConvGaussianEncoder` -- the same from a small convolutional network for images;
+* :class:`ConvGaussianEncoder` -- the same from a convolutional network for images (its
+  depth grows with the image size);
 * :class:`CategoricalEncoder` -- one categorical latent with few states (enumerated);
 * :class:`BernoulliEncoder` -- independent binary latents (enumerated when
   ``2**z_dim`` is small);
@@ -25,6 +26,9 @@ __all__ = [
     "ConvGaussianEncoder",
     "ExactPosterior",
     "GaussianEncoder",
+    "conv_stages",
+    "conv_widths",
+    "image_chw",
     "mlp",
 ]
 
@@ -59,20 +63,58 @@ class GaussianEncoder(nn.Module):
         return _diag_gaussian(self.net(x))
 
 
-class ConvGaussianEncoder(nn.Module):
-    """Diagonal Gaussian ``q(z|x)`` from two stride-2 convolutions on ``(C, H, W)`` images
-    (``x`` arrives flattened and is reshaped)."""
+def conv_stages(image_shape: Sequence[int], stages: int | None = None, side: int = 8) -> int:
+    """Number of stride-2 stages of the image networks: ``stages`` when given, else the
+    fewest (at least two) that bring the longer image side down to ``side`` pixels or
+    fewer (28 -> 7 in two, 64 -> 8 in three, 128 -> 8 in four)."""
+    if stages is not None:
+        if isinstance(stages, bool) or not isinstance(stages, int) or stages < 1:
+            raise ValueError(f"stages must be a positive integer, got {stages!r}")
+        return stages
+    longest = max(image_shape[-2:])
+    n = 2
+    while math.ceil(longest / 2 ** n) > side:
+        n += 1
+    return n
 
-    def __init__(self, image_shape: Sequence[int], z_dim: int, channels: int = 32, hidden: int = 256) -> None:
+
+def conv_widths(channels: int, stages: int) -> list[int]:
+    """Channels of each stage, finest first: the last two have ``channels`` and
+    ``2 channels``, each earlier one half the next (at least 1), so that the costly
+    full-resolution stages of large images stay narrow."""
+    return [max(1, (channels * 2 ** (i + 2)) // 2 ** stages) for i in range(stages)]
+
+
+def image_chw(image_shape: Sequence[int]) -> tuple[int, int, int]:
+    """``(C, H, W)`` of an image shape given as ``(H, W)`` (one channel) or ``(C, H, W)``."""
+    shape = tuple(int(v) for v in image_shape)
+    if len(shape) == 2:
+        shape = (1, *shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"image_shape must be (H, W) or (C, H, W) with positive sizes, got {tuple(image_shape)}")
+    return shape  # type: ignore[return-value]
+
+
+class ConvGaussianEncoder(nn.Module):
+    """Diagonal Gaussian ``q(z|x)`` from stride-2 convolutions on ``(C, H, W)`` images
+    (``x`` arrives flattened and is reshaped), then an MLP head.
+
+    ``stages`` stride-2 3x3 convolutions (default :func:`conv_stages`: two for images up
+    to 32 pixels a side, one more per doubling) with widths :func:`conv_widths`.
+    """
+
+    def __init__(self, image_shape: Sequence[int], z_dim: int, channels: int = 32, hidden: int = 256,
+                 stages: int | None = None) -> None:
         super().__init__()
-        self.image_shape = tuple(image_shape) if len(image_shape) == 3 else (1, *image_shape)
+        self.image_shape = image_chw(image_shape)
         c, h, w = self.image_shape
-        self.conv = nn.Sequential(
-            nn.Conv2d(c, channels, 3, stride=2, padding=1), nn.SiLU(),
-            nn.Conv2d(channels, 2 * channels, 3, stride=2, padding=1), nn.SiLU(),
-        )
-        hh, ww = math.ceil(math.ceil(h / 2) / 2), math.ceil(math.ceil(w / 2) / 2)
-        self.head = mlp([2 * channels * hh * ww, hidden, 2 * z_dim])
+        n = conv_stages(self.image_shape, stages)
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip([c, *conv_widths(channels, n)], conv_widths(channels, n)):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.SiLU()]
+            h, w = math.ceil(h / 2), math.ceil(w / 2)
+        self.conv = nn.Sequential(*layers)
+        self.head = mlp([conv_widths(channels, n)[-1] * h * w, hidden, 2 * z_dim])
 
     def forward(self, x: Tensor) -> Distribution:
         lead = x.shape[:-1]

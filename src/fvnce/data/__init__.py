@@ -1,4 +1,4 @@
-"""Data: built-in sets, file loaders (.csv, .npy, .parquet), preprocessing and splits.
+"""Data: built-in sets, file loaders (.csv, .npy, .parquet, image folders), preprocessing and splits.
 
 ``load_dataset(DataSpec(...))`` gives a :class:`Dataset` of float32 tensors: ``train``
 (normal rows only), ``val``/``test`` (normal and, where labels exist, anomalous rows with
@@ -11,12 +11,15 @@ array as a file would be. User-input problems raise
 
 from fvnce.data.builtin import BUILTIN, FASHION_MNIST_DIR
 from fvnce.data.files import SUPPORTED_EXTENSIONS, read_table
+from fvnce.data.images import ELPV_DEFAULT_SIZE, IMAGE_EXTENSIONS, image_files, is_image_input
 from fvnce.data.load import MIN_TRAIN_ROWS, dataset_from_array, load_dataset, prepare_scoring_data, split_indices
 from fvnce.data.preprocess import Preprocessor, yeo_johnson
 from fvnce.data.spec import MISSING_MODES, TRANSFORMS, DataSpec, Dataset
 
 __all__ = [
     "BUILTIN",
+    "ELPV_DEFAULT_SIZE",
+    "IMAGE_EXTENSIONS",
     "FASHION_MNIST_DIR",
     "MIN_TRAIN_ROWS",
     "MISSING_MODES",
@@ -26,6 +29,8 @@ __all__ = [
     "Dataset",
     "Preprocessor",
     "dataset_from_array",
+    "image_files",
+    "is_image_input",
     "load_dataset",
     "prepare_scoring_data",
     "read_table",

@@ -1,4 +1,5 @@
-"""Built-in data sets: bundled scikit-learn sets, Fashion-MNIST from the Debian package, 2-D toys.
+"""Built-in data sets: bundled scikit-learn sets, Fashion-MNIST from the Debian package,
+ELPV solar cells from the PyPI package elpv-dataset (:mod:`fvnce.data.images`), 2-D toys.
 
 Each loader takes the :class:`DataSpec` and returns a :class:`RawTable` (raw values,
 before preparation). Nothing here downloads anything.
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fvnce.data.images import elpv
 from fvnce.data.spec import DataSpec, RawTable
 from fvnce.errors import DataError
 
@@ -188,6 +190,7 @@ BUILTIN = {
     "digits": _digits,
     "fashion-mnist": _fashion_mnist,
     "breast-cancer": _breast_cancer,
+    "elpv": elpv,
     "rings": _toy("rings"),
     "spirals": _toy("spirals"),
     "gaussians": _toy("gaussians"),

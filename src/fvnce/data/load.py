@@ -8,6 +8,7 @@ import numpy as np
 
 from fvnce.data.builtin import BUILTIN
 from fvnce.data.files import SUPPORTED_EXTENSIONS, _check_path, _from_frame, _list_names, _read_frame, read_raw
+from fvnce.data.images import IMAGE_EXTENSIONS, folder_split, is_image_input, read_folder, read_images_for_scoring
 from fvnce.data.preprocess import MISSING_ADVICE, Preprocessor, _nonfinite_message
 from fvnce.data.spec import DataSpec, Dataset, RawTable
 from fvnce.errors import DataError
@@ -15,6 +16,8 @@ from fvnce.errors import DataError
 __all__ = ["MIN_TRAIN_ROWS", "dataset_from_array", "load_dataset", "prepare_scoring_data", "split_indices"]
 
 MIN_TRAIN_ROWS = 10
+#: built-in sets read from image files, which take --image-size
+IMAGE_SETS = ("elpv",)
 
 
 def split_indices(
@@ -70,6 +73,21 @@ def _split_by_fractions(idx: np.ndarray, val_fraction: float, test_fraction: flo
 
 def _load_raw(spec: DataSpec) -> RawTable:
     src = spec.source
+    folder = src not in BUILTIN and Path(src).expanduser().is_dir()
+    if spec.image_size is not None and not (folder or src in IMAGE_SETS):
+        raise DataError(f"--image-size applies to image folders and to {', '.join(IMAGE_SETS)}; {src!r} is not one")
+    if spec.cell_type != "all" and src != "elpv":
+        raise DataError(f"--cell-type applies to --data elpv only, not {src!r}")
+    if src in IMAGE_SETS and spec.features is not None:
+        raise DataError(f"built-in image set {src!r}: leave out --features (every pixel is used)")
+    if folder:
+        for key in ("label", "normal", "features"):
+            if getattr(spec, key) is not None:
+                raise DataError(f"an image folder has no columns: leave out --{key} (its classes are its folders: "
+                                "train/good and test/good normal, every other test/ folder anomalous)")
+        if spec.contaminated:
+            raise DataError("contaminated: an image folder trains on train/good only; leave out --contaminated")
+        return read_folder(spec)
     if src in BUILTIN:
         raw = BUILTIN[src](spec)
         if spec.label is not None and spec.label != raw.label_name:
@@ -96,7 +114,7 @@ def _load_raw(spec: DataSpec) -> RawTable:
     if not p.exists() and p.suffix.lower() not in SUPPORTED_EXTENSIONS and "/" not in src and "\\" not in src:
         raise DataError(
             f"unknown data set {src!r}: built-in sets are {', '.join(BUILTIN)}; "
-            f"or give a path to a {', '.join(SUPPORTED_EXTENSIONS)} file"
+            f"or give a path to a {', '.join(SUPPORTED_EXTENSIONS)} file or to an image folder"
         )
     return read_raw(src, features=spec.features, label=spec.label)
 
@@ -147,6 +165,8 @@ def _dataset_from_raw(raw: RawTable, spec: DataSpec) -> Dataset:
     where = raw.source or spec.source
     notes = list(raw.notes)
     X, labels = raw.X, raw.labels
+    # per-row companions of X (image files): path, kind, fixed test part, held out
+    rows = {k: getattr(raw, k) for k in ("paths", "kinds", "fixed_test", "held_out") if getattr(raw, k) is not None}
 
     # -------- subsample (max_rows)
     if spec.max_rows is not None and len(X) > spec.max_rows:
@@ -155,6 +175,16 @@ def _dataset_from_raw(raw: RawTable, spec: DataSpec) -> Dataset:
         notes.append(f"subsampled {spec.max_rows} of {len(X)} rows (max_rows)")
         X = X[keep]
         labels = None if labels is None else labels[keep]
+        rows = {k: v[keep] for k, v in rows.items()}
+
+    # -------- rows kept out of every split (prepared for scoring)
+    held_X = held_rows = None
+    if "held_out" in rows:
+        held = rows.pop("held_out")
+        held_X, held_rows = X[held], {k: v[held] for k, v in rows.items()}
+        X = X[~held]
+        labels = None if labels is None else labels[~held]
+        rows = {k: v[~held] for k, v in rows.items()}
 
     # -------- which rows are normal
     is_anom = None
@@ -207,9 +237,19 @@ def _dataset_from_raw(raw: RawTable, spec: DataSpec) -> Dataset:
             f"contaminated: {where} has no anomaly labels here (give --label and --normal), so every row "
             "is trained on already; leave out --contaminated"
         )
-    train_idx, val_idx, test_idx = split_indices(
-        len(X), is_anom, spec.val_fraction, spec.test_fraction, spec.seed, contaminated=spec.contaminated
-    )
+    if "fixed_test" in rows:  # an image folder: test/ is the test set
+        train_idx, val_idx, test_idx = folder_split(rows["fixed_test"], rows["kinds"], spec.val_fraction, spec.seed)
+        notes.append(
+            f"split: train {len(train_idx)} and validation {int((~rows['fixed_test'][val_idx]).sum())} of the "
+            f"{int((~rows['fixed_test']).sum())} train/good images; validation also "
+            f"{int(rows['fixed_test'][val_idx].sum())} of the {int(rows['fixed_test'].sum())} test/ images "
+            f"({spec.val_fraction:.0%} of each test/ folder, so that choosing between runs has anomalies to go by); "
+            f"test: the other {len(test_idx)} test/ images"
+        )
+    else:
+        train_idx, val_idx, test_idx = split_indices(
+            len(X), is_anom, spec.val_fraction, spec.test_fraction, spec.seed, contaminated=spec.contaminated
+        )
     if spec.contaminated:
         notes.append(
             f"contaminated: {int(is_anom[train_idx].sum())} anomalous row(s) kept in the {len(train_idx)} training "
@@ -236,7 +276,7 @@ def _dataset_from_raw(raw: RawTable, spec: DataSpec) -> Dataset:
         if finite.size and np.isin(finite, (0.0, 1.0)).all():
             binarize = True
             notes.append("every feature is 0/1: treated as binary data (no standardisation)")
-    if binarize and spec.source not in BUILTIN:
+    if binarize and spec.source not in BUILTIN and raw.image is None:
         with np.errstate(all="ignore"):
             top = float(np.nanmax(np.where(np.isfinite(Xtr), Xtr, np.nan))) if Xtr.size else 1.0
         scale = top if np.isfinite(top) and top > 1.0 else 1.0
@@ -256,10 +296,13 @@ def _dataset_from_raw(raw: RawTable, spec: DataSpec) -> Dataset:
                 "anomaly scores on the rows' own values (--dequantize none to turn off)"
             )
 
+    transform = spec.transform
+    if transform == "auto" and raw.default_transform is not None and not binarize:
+        transform = raw.default_transform
     pre = Preprocessor.fit(
         Xtr,
         raw.names,
-        transform=spec.transform,
+        transform=transform,
         missing=spec.missing,
         scale=scale,
         binarize=bool(binarize),
@@ -267,6 +310,7 @@ def _dataset_from_raw(raw: RawTable, spec: DataSpec) -> Dataset:
         image_shape=raw.image_shape,
         label=label_name,
         where=f"the training rows of {where}",
+        image=raw.image,
     )
     notes.extend(pre.notes)
 
@@ -284,6 +328,17 @@ def _dataset_from_raw(raw: RawTable, spec: DataSpec) -> Dataset:
             return None
         return torch.from_numpy(is_anom[idx].astype(np.float32))
 
+    def listed(key, idx, table=None):
+        table = rows if table is None else table
+        return None if key not in table else [str(v) for v in table[key][idx]]
+
+    held = {}
+    if held_X is not None:
+        everything = np.arange(len(held_X))
+        held = dict(held_out=torch.from_numpy(pre.transform(held_X, where=where)),
+                    held_out_paths=listed("paths", everything, held_rows),
+                    held_out_kinds=listed("kinds", everything, held_rows), held_out_note=raw.held_out_note)
+
     return Dataset(
         train_labels=lab(train_idx) if spec.contaminated else None,
         train=train,
@@ -299,6 +354,13 @@ def _dataset_from_raw(raw: RawTable, spec: DataSpec) -> Dataset:
         preprocessor=pre,
         spec=spec,
         notes=notes,
+        train_paths=listed("paths", train_idx),
+        val_paths=listed("paths", val_idx),
+        test_paths=listed("paths", test_idx),
+        train_kinds=listed("kinds", train_idx),
+        val_kinds=listed("kinds", val_idx),
+        test_kinds=listed("kinds", test_idx),
+        **held,
     )
 
 
@@ -317,9 +379,22 @@ def prepare_scoring_data(
     ``label`` may also be present); ``.npy`` files have no names and must have the same
     number of columns (or images of the training shape). Row order is kept; rows with
     missing values raise DataError unless ``missing="impute"`` (training medians).
+    A folder or an image file (for a run trained on image files) gives the images as
+    :func:`fvnce.data.images.read_images_for_scoring` reads them (a folder's in the order
+    of their sorted relative paths; no labels).
     Returns float32 (N, D), or ``(X, labels)`` with ``return_labels`` (labels as str or None).
     """
     pre = preprocessor if isinstance(preprocessor, Preprocessor) else Preprocessor.from_state(preprocessor)
+    if is_image_input(path):
+        X, _ = read_images_for_scoring(path, _image_record(pre, path))
+        out = pre.transform(X, where=str(path))
+        return (out, None) if return_labels else out
+    if pre.image is not None and Path(str(path)).suffix.lower() not in SUPPORTED_EXTENSIONS:
+        raise DataError(
+            f"unsupported file type {Path(str(path)).suffix or '(no extension)'!r} for {path}; the model was trained "
+            f"on images: give a folder of images or an image file ({', '.join(IMAGE_EXTENSIONS)}), or a "
+            f"{', '.join(SUPPORTED_EXTENSIONS)} file"
+        )
     names = pre.feature_names
     d = len(names)
     p, ext = _check_path(path)
@@ -357,6 +432,14 @@ def prepare_scoring_data(
         X, labels = raw.X, raw.labels
     out = pre.transform(X, where=where, missing=missing)
     return (out, labels) if return_labels else out
+
+
+def _image_record(pre: Preprocessor, path) -> dict:
+    if pre.image is None:
+        what = "images of an .npy file" if pre.image_shape is not None else "a table"
+        raise DataError(f"{path} names image files, but the model was trained on {what}; give a "
+                        f"{', '.join(SUPPORTED_EXTENSIONS)} file")
+    return pre.image
 
 
 def integer_columns(X: np.ndarray) -> list[int]:

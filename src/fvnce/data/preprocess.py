@@ -136,6 +136,8 @@ class Preprocessor:
         self._std = None if s["std"] is None else np.asarray(s["std"], dtype=np.float64)
         self.reasons: list[str] = list(s["reasons"])
         self.notes: list[str] = list(s["notes"])
+        #: how image files were read (fvnce.data.images): mode, channels, size, resize, intensity
+        self.image: dict | None = s.get("image")
 
     # ------------------------------------------------------------------ fitting
     @classmethod
@@ -152,8 +154,10 @@ class Preprocessor:
         image_shape: tuple[int, ...] | None = None,
         label: str | None = None,
         where: str = "the training rows",
+        image: dict | None = None,
     ) -> Preprocessor:
-        """Fit on the training rows ``X`` (raw values, (N, D))."""
+        """Fit on the training rows ``X`` (raw values, (N, D)); ``image`` records how image
+        files were read (kept in the state, for scoring new image files alike)."""
         X = np.asarray(X)
         names = [str(n) for n in feature_names]
         if X.ndim != 2 or X.shape[1] != len(names):
@@ -172,10 +176,13 @@ class Preprocessor:
             if empty:
                 raise DataError(f"column(s) {empty[:10]} have no finite values in {where}; cannot impute a median")
         if missing == "impute" or not binarize:  # medians kept so scoring can impute
-            impute = np.empty(d)
-            for j in range(d):
-                col = Xf[finite[:, j], j]
-                impute[j] = float(np.median(col))
+            if finite.all():
+                impute = np.median(Xf, axis=0).astype(np.float64)
+            else:
+                impute = np.empty(d)
+                for j in range(d):
+                    col = Xf[finite[:, j], j]
+                    impute[j] = float(np.median(col))
             n_imp = int((~finite).sum())
         if missing == "impute":
             if n_imp:
@@ -273,6 +280,8 @@ class Preprocessor:
             "std": std,
             "notes": notes,
         }
+        if image is not None:
+            state["image"] = dict(image)
         return cls(state)
 
     # ------------------------------------------------------------------ applying

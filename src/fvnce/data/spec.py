@@ -15,19 +15,24 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from fvnce.data.preprocess import Preprocessor
 
-__all__ = ["DataSpec", "Dataset", "RawTable", "TRANSFORMS", "MISSING_MODES"]
+__all__ = ["CELL_TYPES", "DataSpec", "Dataset", "RawTable", "TRANSFORMS", "MISSING_MODES"]
 
 TRANSFORMS = ("auto", "standardize", "yeo-johnson", "none")
 MISSING_MODES = ("error", "drop", "impute")
 DEQUANTIZE_MODES = ("auto", "none")
+CELL_TYPES = ("all", "mono", "poly")
+MAX_IMAGE_SIZE = 4096
 
 
 @dataclass
 class DataSpec:
     """What to load and how to prepare it; saved as plain data in run directories.
 
-    ``source`` is a built-in name (see :data:`fvnce.data.BUILTIN`) or a path to a
-    ``.csv``, ``.npy`` or ``.parquet`` file. ``normal`` is compared as a string with the
+    ``source`` is a built-in name (see :data:`fvnce.data.BUILTIN`), a path to a
+    ``.csv``, ``.npy`` or ``.parquet`` file, or a folder of images in the MVTec AD layout
+    (:mod:`fvnce.data.images`: train/good, test/good, test/<kind>; there the test set is
+    test/, ``val_fraction`` of train/good and of each test/ folder validates, and
+    ``test_fraction`` is not used). ``normal`` is compared as a string with the
     label column: rows with another label are anomalies (kept out of training, split
     between validation and test; with ``contaminated=True`` split like the normal rows,
     so that training sees them too, as it would unlabelled production data, while
@@ -36,6 +41,9 @@ class DataSpec:
     the rows, or "impute" the training median). ``dequantize="auto"``: integer-valued
     columns of continuous tables get uniform noise on [-0.5, 0.5] in the training rows
     (:func:`fvnce.data.load.dequantize`); "none" keeps them as they are.
+    ``image_size``: resize every image to N x N (image folders and ``elpv`` only; elpv
+    defaults to 64, a folder to its images' own size, which must then be the same for
+    all).  ``cell_type``: the ELPV cells to use, "mono", "poly" or "all".
     """
 
     source: str = "digits"
@@ -51,6 +59,8 @@ class DataSpec:
     max_rows: int | None = None
     contaminated: bool = False
     dequantize: str = "auto"
+    image_size: int | None = None
+    cell_type: str = "all"
 
     def __post_init__(self) -> None:
         self.source = str(self.source)
@@ -96,6 +106,13 @@ class DataSpec:
         if not isinstance(self.contaminated, (bool, np.bool_)):
             raise ConfigError(f"contaminated: must be true or false, got {self.contaminated!r}")
         self.contaminated = bool(self.contaminated)
+        if self.image_size is not None:
+            v = self.image_size
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= MAX_IMAGE_SIZE:
+                raise ConfigError(f"image_size: must be an integer from 1 to {MAX_IMAGE_SIZE}, got {v!r}")
+            self.image_size = int(v)
+        if self.cell_type not in CELL_TYPES:
+            raise ConfigError(f"cell_type: unknown value {self.cell_type!r}; choose one of {', '.join(CELL_TYPES)}")
         if self.binarize is not None and not isinstance(self.binarize, (bool, np.bool_)):
             raise ConfigError(f"binarize: must be true, false or unset, got {self.binarize!r}")
 
@@ -147,6 +164,16 @@ class Dataset:
     train_labels: torch.Tensor | None = None
     val_dequantized: torch.Tensor | None = None
     test_dequantized: torch.Tensor | None = None
+    train_paths: list[str] | None = None
+    val_paths: list[str] | None = None
+    test_paths: list[str] | None = None
+    train_kinds: list[str] | None = None
+    val_kinds: list[str] | None = None
+    test_kinds: list[str] | None = None
+    held_out: torch.Tensor | None = None
+    held_out_paths: list[str] | None = None
+    held_out_kinds: list[str] | None = None
+    held_out_note: str | None = None
 
     @property
     def dim(self) -> int:
@@ -162,6 +189,7 @@ class Dataset:
             f"val {len(self.val)} ({n_anom(self.val_labels)} anomalies), "
             f"test {len(self.test)} ({n_anom(self.test_labels)} anomalies)"
             + (", binary" if self.binary else "")
+            + (f", {len(self.held_out)} held out ({self.held_out_note})" if self.held_out is not None else "")
         )
 
 
@@ -181,3 +209,13 @@ class RawTable:
     default_normal: str | None = None
     normal_aliases: dict[str, str] = field(default_factory=dict)  # e.g. class name -> "0"
     notes: list[str] = field(default_factory=list)
+    # image files (fvnce.data.images): per-row path and kind, the reading record
+    # (preprocess.json's "image"), the transform "auto" stands for, a fixed test part
+    # (an image folder's test/) and rows held out of every split (ELPV's uncertain cells)
+    paths: np.ndarray | None = None
+    kinds: np.ndarray | None = None
+    image: dict | None = None
+    default_transform: str | None = None
+    fixed_test: np.ndarray | None = None
+    held_out: np.ndarray | None = None
+    held_out_note: str | None = None

@@ -14,7 +14,8 @@ from torch import nn
 from ..encoders import BernoulliEncoder, CategoricalEncoder, ConvGaussianEncoder, GaussianEncoder
 from ..errors import ConfigError
 from .base import LatentVariableModel
-from .energy import EnergyTiltedVAE, GaussianReference, MLPEnergy
+from .discretized import DiscretizedLogistic
+from .energy import ConvTilt, EnergyTiltedVAE, GaussianReference, MLPEnergy
 from .gaussian_mixture import DiagonalGaussianMixture
 from .linear_gaussian import LinearGaussian
 from .mixture import TwoGaussianMixture
@@ -23,7 +24,9 @@ from .vae import VAE
 from .wrap import FromLogJoint, FromVAE
 
 __all__ = [
+    "ConvTilt",
     "DiagonalGaussianMixture",
+    "DiscretizedLogistic",
     "EnergyTiltedVAE",
     "FromLogJoint",
     "FromVAE",
@@ -39,24 +42,42 @@ __all__ = [
 ]
 
 
-def _encoder(x_dim: int, z_dim: int, hidden: Sequence[int], image_shape, arch: str) -> nn.Module:
+def _encoder(x_dim: int, z_dim: int, hidden: Sequence[int], image_shape, arch: str, channels: int = 32,
+             stages: int | None = None) -> nn.Module:
     if arch == "conv":
-        return ConvGaussianEncoder(image_shape, z_dim)
+        return ConvGaussianEncoder(image_shape, z_dim, channels, stages=stages)
     return GaussianEncoder(x_dim, z_dim, tuple(reversed(tuple(hidden))))
 
 
+def _arch(name: str, arch: str, image_shape, **sizes) -> None:
+    """ConfigError unless ``arch`` is known and fits the data, and ``sizes`` are positive integers."""
+    for key, v in sizes.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"model {name!r}: {key} must be a positive integer, got {v!r}")
+    if arch not in ("mlp", "conv"):
+        raise ConfigError(f"model {name!r}: arch must be 'mlp' or 'conv', got {arch!r}")
+    if arch == "conv" and image_shape is None:
+        raise ConfigError(f"model {name!r} with arch 'conv' needs image data (an image_shape)")
+
+
 def _vae(x_dim: int, z_dim: int = 8, hidden: Sequence[int] = (128, 256), likelihood: str = "bernoulli",
-         image_shape: Sequence[int] | None = None):
-    """Normalised VAE, MLP decoder and encoder."""
-    return VAE(x_dim, z_dim, hidden, likelihood), _encoder(x_dim, z_dim, hidden, None, "mlp")
+         image_shape: Sequence[int] | None = None, arch: str = "mlp", channels: int = 32,
+         stages: int | None = None):
+    """Normalised VAE: MLP decoder and encoder, or convolutional ones (``arch="conv"``)."""
+    _arch("vae", arch, image_shape, channels=channels)
+    return (VAE(x_dim, z_dim, hidden, likelihood, arch=arch, image_shape=image_shape, channels=channels, stages=stages),
+            _encoder(x_dim, z_dim, hidden, image_shape, arch, channels, stages))
 
 
-def _conv_vae(x_dim: int, z_dim: int = 8, likelihood: str = "bernoulli", image_shape: Sequence[int] | None = None):
-    """Normalised VAE with convolutional decoder and encoder (needs image_shape)."""
+def _conv_vae(x_dim: int, z_dim: int = 8, likelihood: str = "bernoulli", image_shape: Sequence[int] | None = None,
+              channels: int = 32, stages: int | None = None):
+    """Normalised VAE with convolutional decoder and encoder (needs image_shape); the
+    ``logistic`` likelihood is the discretised logistic for 8-bit intensities in [0, 1]."""
     if image_shape is None:
         raise ConfigError("model 'conv_vae' needs image data (an image_shape)")
-    return VAE(x_dim, z_dim, likelihood=likelihood, arch="conv", image_shape=image_shape), \
-        _encoder(x_dim, z_dim, (), image_shape, "conv")
+    _arch("conv_vae", "conv", image_shape, channels=channels)
+    return VAE(x_dim, z_dim, likelihood=likelihood, arch="conv", image_shape=image_shape, channels=channels,
+               stages=stages), _encoder(x_dim, z_dim, (), image_shape, "conv", channels, stages)
 
 
 #: default bound B of the tilt of ``tilted_vae`` (docs/benchmarks.md: unbounded tilts made
@@ -66,12 +87,21 @@ TILT_BOUND = 5.0
 
 def _tilted_vae(x_dim: int, z_dim: int = 8, hidden: Sequence[int] = (128, 256), likelihood: str = "bernoulli",
                 tilt_hidden: Sequence[int] = (128,), tilt_bound: float | None = TILT_BOUND,
-                freeze_base: bool = False, image_shape: Sequence[int] | None = None):
+                freeze_base: bool = False, image_shape: Sequence[int] | None = None, arch: str = "mlp",
+                channels: int = 32, stages: int | None = None, tilt_channels: int = 16):
     """Unnormalised: a VAE joint times exp(g(x)) with a learnable log-normaliser;
     ``tilt_bound`` bounds |g| (default 5, ``None``: unbounded), ``freeze_base`` trains the
-    tilt only."""
-    base = VAE(x_dim, z_dim, hidden, likelihood)
-    return EnergyTiltedVAE(base, x_dim, tilt_hidden, tilt_bound, freeze_base), _encoder(x_dim, z_dim, hidden, None, "mlp")
+    tilt only.  ``arch="conv"``: convolutional base VAE and encoder, and a CNN tilt
+    (``tilt_channels``, first of ``tilt_hidden`` as its head) that sees the 8-bit bins
+    when the likelihood is ``logistic``."""
+    _arch("tilted_vae", arch, image_shape, channels=channels, tilt_channels=tilt_channels)
+    base = VAE(x_dim, z_dim, hidden, likelihood, arch=arch, image_shape=image_shape, channels=channels, stages=stages)
+    tilt = None
+    if arch == "conv":
+        tilt = ConvTilt(image_shape, tilt_channels, (tuple(tilt_hidden) or (64,))[0], stages,
+                        grid=likelihood == "logistic")
+    return (EnergyTiltedVAE(base, x_dim, tilt_hidden, tilt_bound, freeze_base, tilt),
+            _encoder(x_dim, z_dim, hidden, image_shape, arch, channels, stages))
 
 
 def _mlp_energy(x_dim: int, z_dim: int = 4, hidden: Sequence[int] = (128, 128), lam: float = 0.05,

@@ -13,6 +13,7 @@
   exceed zero (bounded weights).  ``freeze_base=True`` trains the tilt and ``c`` only;
   with the base frozen the base is a fixed distribution and can serve as the noise
   (:class:`fvnce.noise.BaseModelNoise`), for which ``r(x) = exp(g(x) - c)`` exactly.
+  On images the tilt is a small CNN (:class:`ConvTilt`).
 * :class:`MLPEnergy` -- ``log p~(x, z) = -E(x, z) - |z|^2/2 - lam |x|^2/2 - c`` with
   ``E`` an MLP of ``(x, z)``; the quadratic terms keep it integrable.  ``energy_bound``
   bounds ``|E|`` so that the Gaussian confinement is a reliable proposal for ``log Z``.
@@ -28,10 +29,11 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Normal
 
-from ..encoders import mlp
+from ..encoders import conv_stages, conv_widths, image_chw, mlp
 from .base import LatentVariableModel
+from .discretized import BINS, to_bins
 
-__all__ = ["EnergyTiltedVAE", "GaussianReference", "MLPEnergy"]
+__all__ = ["ConvTilt", "EnergyTiltedVAE", "GaussianReference", "MLPEnergy"]
 
 
 def _check_bound(name: str, value, allow_bool: bool = False) -> float | None:
@@ -50,22 +52,59 @@ def _soft_bound(h: Tensor, bound: float | None) -> Tensor:
     return h if bound is None else bound * torch.tanh(h / bound)
 
 
+class ConvTilt(nn.Module):
+    """The tilt network ``h(x)`` of an energy-tilted model on ``(C, H, W)`` images:
+    stride-2 3x3 convolutions (depth from :func:`~fvnce.encoders.conv_stages`, widths
+    :func:`~fvnce.encoders.conv_widths` of ``channels``), then an MLP to one number;
+    ``x`` arrives flattened, the output has shape ``(..., 1)``.
+
+    ``grid=True`` maps each input to its 8-bit bin first (``round(255 x) / 255``,
+    clamped to [0, 1]), as the discretised-logistic base does: the tilted model is then
+    constant within every bin, a pmf on the 8-bit grid like its base, and a noise sample
+    between grid values cannot be told from the data point at its bin centre.
+    """
+
+    def __init__(self, image_shape: Sequence[int], channels: int = 16, hidden: int = 64,
+                 stages: int | None = None, grid: bool = False) -> None:
+        super().__init__()
+        self.image_shape = image_chw(image_shape)
+        c, h, w = self.image_shape
+        n = conv_stages(self.image_shape, stages)
+        widths = conv_widths(channels, n)
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip([c, *widths], widths):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.SiLU()]
+            h, w = math.ceil(h / 2), math.ceil(w / 2)
+        self.conv = nn.Sequential(*layers)
+        self.head = mlp([widths[-1] * h * w, hidden, 1])
+        self.grid = grid
+
+    def forward(self, x: Tensor) -> Tensor:
+        lead = x.shape[:-1]
+        if self.grid:
+            x = to_bins(x) / (BINS - 1)
+        h = self.conv(x.reshape(-1, *self.image_shape))
+        return self.head(h.flatten(1)).reshape(*lead, 1)
+
+
 class EnergyTiltedVAE(LatentVariableModel):
     """``log p~(x, z) = log p_base(x, z) + g(x) - c`` (see the module docstring).
 
     ``tilt_bound``: ``None`` (unbounded ``g = h``) or ``B > 0`` (``g = B tanh(h/B)``);
-    ``freeze_base``: the base's parameters get no gradient.
+    ``freeze_base``: the base's parameters get no gradient; ``tilt``: the network ``h``
+    (``x -> (..., 1)``, e.g. :class:`ConvTilt`), default an MLP with ``hidden`` layers.
+    The last linear layer of the tilt starts at zero, so the model starts as its base.
     """
 
     normalised = False
 
     def __init__(self, base: LatentVariableModel, x_dim: int, hidden: Sequence[int] = (128,),
-                 tilt_bound: float | None = None, freeze_base: bool = False) -> None:
+                 tilt_bound: float | None = None, freeze_base: bool = False, tilt: nn.Module | None = None) -> None:
         super().__init__()
         bound = _check_bound("tilt_bound", tilt_bound)
         self.base = base
-        self.tilt = mlp([x_dim, *hidden, 1])
-        last = self.tilt[-1]
+        self.tilt = mlp([x_dim, *hidden, 1]) if tilt is None else tilt
+        last = [m for m in self.tilt.modules() if isinstance(m, nn.Linear)][-1]
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
         self.tilt_bound = bound
@@ -75,9 +114,9 @@ class EnergyTiltedVAE(LatentVariableModel):
 
     @classmethod
     def from_vae(cls, vae: LatentVariableModel, x_dim: int, hidden: Sequence[int] = (128,), copy_base: bool = True,
-                 tilt_bound: float | None = None, freeze_base: bool = False):
+                 tilt_bound: float | None = None, freeze_base: bool = False, tilt: nn.Module | None = None):
         """Start from a (pre-trained) normalised model; ``copy_base=False`` shares its weights."""
-        return cls(copy.deepcopy(vae) if copy_base else vae, x_dim, hidden, tilt_bound, freeze_base)
+        return cls(copy.deepcopy(vae) if copy_base else vae, x_dim, hidden, tilt_bound, freeze_base, tilt)
 
     def g(self, x: Tensor) -> Tensor:
         return _soft_bound(self.tilt(x).squeeze(-1), self.tilt_bound)
@@ -91,6 +130,11 @@ class EnergyTiltedVAE(LatentVariableModel):
 
     def proposal(self) -> LatentVariableModel:
         return self.base
+
+    def pixel_log_probs(self, x: Tensor, z: Tensor) -> Tensor:
+        """The base decoder's per-feature ``log p_base(x_d | z)`` (the tilt ``g(x) - c`` is
+        one number per image, not a sum over pixels)."""
+        return self.base.pixel_log_probs(x, z)
 
     def sample(self, n: int) -> Tensor:  # pragma: no cover - documented limitation
         raise NotImplementedError("EnergyTiltedVAE has no exact sampler; use fvnce.evaluate.sample "

@@ -16,6 +16,27 @@ if TYPE_CHECKING:
     from .config import RunConfig
 
 
+#: the VAE family, which on continuous (C, H, W) images is convolutional by default
+IMAGE_MODELS = ("vae", "tilted_vae", "conv_vae")
+
+
+def image_model_options(config: RunConfig, name: str, opts: dict, image_shape, binary: bool) -> dict:
+    """Defaults of the VAE family on continuous images given as ``(C, H, W)`` (8-bit
+    intensities scaled to [0, 1]): convolutional encoder, decoder and tilt
+    (``arch="conv"``) and the discretised-logistic decoder (``likelihood="logistic"``),
+    unless the run's model options name them.  This covers ``model="auto"`` (which
+    resolves to ``vae`` or ``tilted_vae``) and the poc's VAE run, whose weights start the
+    tilted runs.  Binary images and images given as ``(H, W)`` keep the MLP defaults."""
+    if binary or image_shape is None or len(image_shape) != 3 or name not in IMAGE_MODELS:
+        return opts
+    opts = dict(opts)
+    if name != "conv_vae" and "arch" not in config.model_options:
+        opts["arch"] = "conv"
+    if "likelihood" not in config.model_options:
+        opts["likelihood"] = "logistic"
+    return opts
+
+
 def _build(config: RunConfig, x_dim: int, image_shape, binary: bool, *, module_file=None,
            load_weights: bool = False):
     """``module_file``, ``load_weights``: for a run with the user's own VAE
@@ -26,6 +47,7 @@ def _build(config: RunConfig, x_dim: int, image_shape, binary: bool, *, module_f
         model, encoder = build_user_model(config.vae, name, opts, x_dim, module_file=module_file,
                                           load_weights=load_weights)
     else:
+        opts = image_model_options(config, name, opts, image_shape, binary)
         if image_shape is not None:
             opts.setdefault("image_shape", tuple(image_shape))
         model, encoder = make_model(name, x_dim, **opts)

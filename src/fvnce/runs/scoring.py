@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import atomic_write_bytes
-from ..data import prepare_scoring_data
+from ..data import image_files, is_image_input, prepare_scoring_data
 from ..errors import ConfigError
 from .alarm import resolve_threshold
 from .files import _atomic_npy, _check_output_file, _check_run_dir
@@ -19,7 +19,11 @@ from .union import is_union, score_union
 def score_file(run_dir: str | Path, data_file: str, out: str | Path, *, k: int | None = None,
                missing: str | None = None, alarm_rate: float | None = None, threshold: float | None = None) -> dict:
     """Write one anomaly score and alarm per row of ``data_file`` (same order) to the CSV
-    ``out``, with the columns ``row,score,alarm``.
+    ``out``, with the columns ``row,score,alarm``; for a run trained on image files,
+    ``data_file`` may also be a folder (every image under it, in the order of their sorted
+    relative paths) or one image file, and the columns are ``path,score,alarm`` (the path
+    relative to the folder, or the file as given), the images read and scaled as the
+    training images were.
 
     The score is the negative estimated log-density (higher = more anomalous; for an
     unnormalised model ``log Z`` is left out, which shifts every score alike); for a union
@@ -41,6 +45,7 @@ def score_file(run_dir: str | Path, data_file: str, out: str | Path, *, k: int |
         ev.check_alarm_rate(alarm_rate, "--alarm-rate")
     _check_output_file(Path(out))
     chosen = resolve_threshold(run_dir, alarm_rate, threshold)
+    names = image_files(data_file)[1] if is_image_input(data_file) else None
     if is_union(run_dir):  # a union of runs (fvnce.runs.union): every member scores, the union combines
         scores = score_union(run_dir, data_file, k=k, missing=missing)
     else:
@@ -52,10 +57,20 @@ def score_file(run_dir: str | Path, data_file: str, out: str | Path, *, k: int |
     if k and chosen["k"] and k != chosen["k"]:  # fewer samples lower the estimate: scores rise
         more = f"the threshold was set with --k {chosen['k']}; scores with --k {k} are not on the same footing"
         chosen["note"] = f"{chosen['note']}; {more}" if chosen["note"] else more
-    lines = ["row,score,alarm"] + [f"{i},{s:.9g},{int(a)}" for i, (s, a) in enumerate(zip(scores, alarms))]
+    if names is None:
+        lines = ["row,score,alarm"] + [f"{i},{s:.9g},{int(a)}" for i, (s, a) in enumerate(zip(scores, alarms))]
+    else:
+        lines = ["path,score,alarm"] + [f"{_csv_field(p)},{s:.9g},{int(a)}" for p, s, a in zip(names, scores, alarms)]
     from ..checkpoint import atomic_write_text
     atomic_write_text(Path(out), "\n".join(lines) + "\n")
     return {"rows": len(scores), "alarms": int(alarms.sum()), **chosen}
+
+
+def _csv_field(text: str) -> str:
+    """``text`` as one CSV field: quoted (quotes doubled) when it holds a comma, quote or line break."""
+    if any(c in text for c in ',"\r\n'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
 
 
 def score_rows(run, x, *, k: int | None = None) -> np.ndarray:
@@ -83,6 +98,11 @@ def sample_run(run_dir: str | Path, n: int, out: str | Path) -> str:
     run = load_run(run_dir)
     if out.suffix == ".png" and run.image_shape is None:
         raise ConfigError("a .png grid needs image data; this run's data are not images: use .npy")
+    shape = run.image_shape
+    if out.suffix == ".png" and len(shape) == 3:  # (C, H, W) of image files: the grid draws one channel
+        if shape[0] != 1:
+            raise ConfigError(f"a .png grid draws grayscale images; this run's are {shape[0]}-channel: use .npy")
+        shape = shape[1:]
     torch.manual_seed(run.config.train.seed + 3)
     try:
         samples, method = ev.sample(run.model, run.encoder, n, noise=run.noise)
@@ -93,5 +113,8 @@ def sample_run(run_dir: str | Path, n: int, out: str | Path) -> str:
         _atomic_npy(out, arr)
     else:
         from ..report.plots import image_grid_png
-        atomic_write_bytes(out, image_grid_png(arr, run.image_shape, f"{n} samples ({method})"))
+        png = image_grid_png(arr, shape, f"{n} samples ({method})")
+        if png is None:
+            raise ConfigError(f"cannot draw {n} samples of shape {tuple(arr.shape[1:])} as {shape} images: use .npy")
+        atomic_write_bytes(out, png)
     return method
