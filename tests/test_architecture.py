@@ -49,14 +49,7 @@ def imports(name: str) -> list[tuple[str, str | None, int]]:
     path, package = MODULES[name]
     found = []
 
-    def target(module: str, alias: str) -> None:
-        if f"{module}.{alias}" in MODULES:
-            found.append((f"{module}.{alias}", None, node.lineno))
-        elif module in MODULES:
-            found.append((module, alias, node.lineno))
-
     def walk(parent: ast.AST) -> None:
-        nonlocal node
         for node in ast.iter_child_nodes(parent):
             if isinstance(node, ast.If) and _type_checking(node):
                 for child in node.orelse:
@@ -69,14 +62,14 @@ def imports(name: str) -> list[tuple[str, str | None, int]]:
                 else:
                     module = node.module or ""
                 for a in node.names:
-                    target(module, a.name)
+                    if f"{module}.{a.name}" in MODULES:
+                        found.append((f"{module}.{a.name}", None, node.lineno))
+                    elif module in MODULES:
+                        found.append((module, a.name, node.lineno))
             elif isinstance(node, ast.Import):
-                for a in node.names:
-                    if a.name in MODULES:
-                        found.append((a.name, None, node.lineno))
+                found.extend((a.name, None, node.lineno) for a in node.names if a.name in MODULES)
             walk(node)
 
-    node = None
     walk(ast.parse(path.read_text(encoding="utf-8")))
     return found
 

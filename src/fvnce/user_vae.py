@@ -34,6 +34,7 @@ from torch.distributions import Distribution
 
 from .errors import CheckpointError, ConfigError
 from .filenames import USER_VAE_FILE  # the copy of the user's module file in a run folder
+from .models import TILT_BOUND, EnergyTiltedVAE
 from .models.wrap import FromVAE
 
 __all__ = ["USER_VAE_FILE", "UserVAE", "build_user_model", "check_user_vae", "copy_module",
@@ -239,8 +240,6 @@ def build_user_model(spec: dict, name: str, opts: dict, x_dim: int, *, module_fi
     ``tilted_vae``: an :class:`~fvnce.models.EnergyTiltedVAE` over it with the tilt options
     of ``opts``).  ``module_file``: the run folder's copy (default: the recorded file);
     ``load_weights``: start from ``WEIGHTS.pt`` (a new run)."""
-    from .models import TILT_BOUND, EnergyTiltedVAE
-
     from_copy = module_file is not None
     encoder, decoder = _modules(spec, Path(module_file or spec["file"]), CheckpointError if from_copy else ConfigError)
     if load_weights:

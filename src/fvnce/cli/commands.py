@@ -52,7 +52,6 @@ def train(args) -> int:
     return 0
 
 
-
 def evaluate(args) -> int:
     """``fvnce evaluate``: a run's metrics (``--json``: as one JSON object)."""
     if args.k is not None and args.k < 1:
@@ -88,7 +87,6 @@ def sample(args) -> int:
     method = sample_run(args.run_dir, args.n, args.out)
     stderr_log(args.quiet)(f"fvnce: wrote {args.n} samples ({method}) to {args.out}")
     return 0
-
 
 
 def poc(args) -> int:

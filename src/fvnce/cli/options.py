@@ -42,7 +42,6 @@ def vae_spec_of(args) -> dict | None:
     return spec
 
 
-
 def data_spec(args, base=None):
     """The DataSpec of the data flags: ``base`` (default: the defaults) with every given flag applied."""
     d = dict(base.to_dict()) if base is not None else {}
@@ -131,7 +130,6 @@ def run_config(args, base=None):
     cfg.data = data_spec(args, cfg.data)
     cfg.validate()
     return cfg
-
 
 
 def mixtures(text: str) -> tuple[int, ...]:

@@ -144,7 +144,6 @@ def _cost_args(p, what: str = "the cost-minimising alarm threshold, reported bes
                    help="share of anomalies among the items (default: as found in the validation labels)")
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="fvnce", description="Fully variational noise-contrastive estimation: train, "
                                                "evaluate and compare latent-variable models and anomaly detectors.")
