@@ -43,8 +43,8 @@ class WideNoise(DiagGaussianNoise):
 
     @classmethod
     def _fit(cls, data, seed: int = 0):
-        fitted = DiagGaussianNoise._fit.__func__(cls, data, seed)
-        return cls(fitted.dim, loc=fitted.loc, scale=2.0 * fitted.scale)
+        fitted = DiagGaussianNoise._fit.__func__(cls, data, seed).state()
+        return cls(fitted["dim"], loc=fitted["loc"], scale=2.0 * fitted["scale"])
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ def test_a_registered_rule_is_a_choice_with_its_own_flag(registered, table, tmp_
     assert "generic" not in named_rules()  # needs a Python function: no choice of the command line
     assert _choices(parser, "train", "beta").help == "beta_power rule exponent"
     cfg = run_config(parser.parse_args(_train_args(table, tmp_path / "r", "--rule", "beta_power", "--beta", "1.2")))
-    assert cfg.objective_options == {"exp_mode": "linear", "tau": 10.0, "rule": "beta_power", "beta": 1.2}
+    assert cfg.objective_options == {"exp_mode": "linear", "tau": 10.0, "rule": "beta_power", "beta": 1.2, "k": 2}
     assert flag_paths()["beta"] == (("objective_options", "beta"),)  # --resume compares it
     with pytest.raises(ConfigError, match="--beta is the beta_power rule's parameter: add --rule beta_power"):
         run_config(parser.parse_args(_train_args(table, tmp_path / "r", "--beta", "1.2")))
@@ -90,7 +90,8 @@ def test_a_registered_rule_names_runs_and_writes_its_train_command(registered, t
 def test_a_registered_noise_is_accepted_everywhere_a_name_is(registered, table, tmp_path):
     check_noise_name("wide_diag", allow_auto=False)
     x = torch.randn(50, 3, dtype=torch.float64)
-    assert torch.allclose(make_noise("wide_diag", x).scale, 2 * make_noise("diag_gaussian", x).scale)
+    wide, plain = make_noise("wide_diag", x).state(), make_noise("diag_gaussian", x).state()
+    assert wide["name"] == "wide_diag" and torch.equal(wide["scale"], 2 * plain["scale"])
     cfg = run_config(build_parser().parse_args(_train_args(table, tmp_path / "r", "--noise", "wide_diag")))
     assert cfg.noise == "wide_diag"
     with pytest.raises(ConfigError, match="unknown noise 'narrow_diag'"):
