@@ -32,6 +32,8 @@ from fvnce.noise import make_noise
 from fvnce.objectives import calibrate_log_normaliser, make_objective
 from fvnce.train import TrainConfig, Trainer
 
+from conftest import quiet
+
 ROOT = Path(__file__).resolve().parents[1]
 X_DIM, Z_DIM = 10, 3
 
@@ -86,8 +88,7 @@ def continuous_data(n: int = 200, seed: int = 0) -> torch.Tensor:
     return z @ torch.randn(2, X_DIM, generator=g) + 0.3 * torch.randn(n, X_DIM, generator=g)
 
 
-def quiet(msg: str) -> None:
-    pass
+
 
 
 def assert_all_grads(module: nn.Module, what: str) -> None:

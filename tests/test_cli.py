@@ -226,15 +226,15 @@ def test_resume_may_only_change_the_length(table, tmp_path, capsys):
 
 
 def test_headline_never_shows_an_estimated_log_likelihood_without_its_diagnostics():
-    from fvnce.cli import _headline
+    from fvnce.cli.text import headline
 
-    bad = _headline({"log_likelihood": -3.0, "log_likelihood_kind": "estimate",
+    bad = headline({"log_likelihood": -3.0, "log_likelihood_kind": "estimate",
                      "log_z": {"khat": 1.2, "ess_fraction": 0.001, "reliable": False}})
     assert "UNRELIABLE estimate: log Z k-hat 1.20, ESS 0.1 %" in bad
-    good = _headline({"log_likelihood": -3.0, "log_likelihood_kind": "estimate",
+    good = headline({"log_likelihood": -3.0, "log_likelihood_kind": "estimate",
                       "log_z": {"khat": 0.2, "ess_fraction": 0.5, "reliable": True}})
     assert "(estimate: log Z k-hat 0.20, ESS 50 %)" in good and "UNRELIABLE" not in good
-    assert _headline({"log_likelihood": -3.0, "log_likelihood_kind": "iwae_bound", "log_z": None}) \
+    assert headline({"log_likelihood": -3.0, "log_likelihood_kind": "iwae_bound", "log_z": None}) \
         == "test log-likelihood -3.000 nats"
 
 
@@ -277,16 +277,17 @@ def test_components_sets_the_mixture_size(table, tmp_path, capsys):
 def _parsed_config(command: str) -> dict:
     import shlex
 
-    from fvnce.cli import _run_config, build_parser
+    from fvnce.cli import build_parser
+    from fvnce.cli.options import run_config
 
     argv = shlex.split(command)
     assert argv[:2] == ["fvnce", "train"]
-    return _run_config(build_parser().parse_args(argv[1:])).to_dict()
+    return run_config(build_parser().parse_args(argv[1:])).to_dict()
 
 
 def test_the_recommended_train_command_trains_the_recommended_run_again(table, tmp_path, monkeypatch):
     from fvnce.runs import RunConfig
-    from fvnce.runs.command import config_differences, train_command
+    from fvnce.cli.train_line import config_differences, train_command
 
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "poc"
@@ -322,3 +323,25 @@ def test_the_recommended_train_command_trains_the_recommended_run_again(table, t
     ev = json.loads((tmp_path / "tilted" / "evaluation.json").read_text())
     poc_auroc = next(r for r in summary["runs"] if r["name"] == "fvnce-power1.5-base")["metrics"]["auroc"]
     assert ev["auroc"] == pytest.approx(poc_auroc, abs=1e-9)
+
+
+def test_the_operating_point_gives_counts_beside_its_rates_and_never_a_rounded_0_or_100_percent():
+    from fvnce.cli.text import operating_text, pct, share
+
+    op = {"false_alarms_per_1000": 0.0, "false_alarms": 0, "n_normal": 809, "detection_rate": 26999 / 27000,
+          "detected": 26999, "n_anomaly": 27000}
+    assert operating_text(op, {"rate": 0.01}) == (
+        "at the alarm threshold (target 1 %): 0 false alarms per 1,000 normal test items (0 of 809), "
+        "99.996 % of anomalies detected (26,999 of 27,000)")
+    op = {"false_alarms_per_1000": 1000 * 2 / 809, "false_alarms": 2, "n_normal": 809, "detection_rate": 1.0,
+          "detected": 27, "n_anomaly": 27}
+    assert operating_text(op, {"rate": 0.05}) == (
+        "at the alarm threshold (target 5 %): 2.47 false alarms per 1,000 normal test items (2 of 809), "
+        "100 % of anomalies detected (27 of 27)")
+    op = {"false_alarms_per_1000": None, "detection_rate": None, "alarms_per_1000": 12.0, "alarms": 3, "n_items": 250}
+    assert operating_text(op, {"rate": 0.05}) == ("at the alarm threshold (target 5 %): 12 alarms per 1,000 test "
+                                                  "items (3 of 250)")
+    assert share(0.99999, 100.0) == "99.999" and share(2e-7, 100.0) == "0.00002" and share(1e-6, 1000.0) == "0.001"
+    assert share(0.0, 1000.0) == "0" and share(1.0, 100.0) == "100" and pct(0.9999999) == "99.99999 %"
+    assert operating_text(None, {"rate": 0.01}) is None and operating_text({"alarms_per_1000": None}, {"rate": 0.1}) \
+        is None

@@ -43,6 +43,8 @@ from fvnce.noise import make_noise
 from fvnce.objectives import make_objective
 from fvnce.train import TrainConfig, Trainer
 
+from conftest import quiet
+
 RULES = {"kl": {}, "power": {"alpha": 1.5}}
 NU = 1
 
@@ -67,8 +69,7 @@ class FixedNoiseSample(Distribution):
         return self.noise.log_prob(x)
 
 
-def quiet(msg: str) -> None:
-    pass
+
 
 
 def true_thetas(k: int) -> list[float]:

@@ -23,7 +23,7 @@ from fvnce.models import ConvTilt, DiscretizedLogistic, EnergyTiltedVAE, VAE, ma
 from fvnce.models.discretized import log1mexp
 from fvnce.noise import BaseModelNoise, make_noise
 from fvnce.objectives import make_objective
-from fvnce.runs.build import _build
+from fvnce.runs.build import build_parts
 from fvnce.runs.config import RunConfig
 from fvnce.train import TrainConfig
 
@@ -191,7 +191,7 @@ def test_model_option_checks():
                                                   ("fvnce", "auto", "tilted_vae"), ("fvnce", "base", "tilted_vae")])
 def test_auto_model_on_continuous_images_is_conv_logistic(objective, noise, name):
     cfg = RunConfig(objective=objective, noise=noise)
-    got, opts, model, encoder, _ = _build(cfg, 3 * 16 * 16, [3, 16, 16], binary=False)
+    got, opts, model, encoder, _ = build_parts(cfg, 3 * 16 * 16, [3, 16, 16], binary=False)
     assert got == name and opts["arch"] == "conv" and opts["likelihood"] == "logistic"
     vae = model.base if name == "tilted_vae" else model
     assert isinstance(vae, VAE) and vae.likelihood == "logistic"
@@ -204,13 +204,13 @@ def test_auto_model_elsewhere_is_unchanged():
     """Binary images, images given as (H, W) (built-in sets, .npy arrays) and tables keep
     the MLP defaults; model options the user gives are kept."""
     for shape, binary, like in [([1, 8, 8], True, "bernoulli"), ([8, 8], False, "gaussian"), (None, False, "gaussian")]:
-        _, opts, model, _, _ = _build(RunConfig(objective="elbo"), 64, shape, binary)
+        _, opts, model, _, _ = build_parts(RunConfig(objective="elbo"), 64, shape, binary)
         assert opts.get("arch", "mlp") == "mlp" and opts["likelihood"] == like
     cfg = RunConfig(objective="elbo", model_options={"likelihood": "gaussian"})
-    _, opts, model, _, _ = _build(cfg, 64, [1, 8, 8], False)
+    _, opts, model, _, _ = build_parts(cfg, 64, [1, 8, 8], False)
     assert opts["likelihood"] == "gaussian" and opts["arch"] == "conv"
     cfg = RunConfig(objective="elbo", model_options={"arch": "mlp"})
-    _, opts, model, _, _ = _build(cfg, 64, [1, 8, 8], False)
+    _, opts, model, _, _ = build_parts(cfg, 64, [1, 8, 8], False)
     assert opts["arch"] == "mlp" and model.likelihood == "logistic"
 
 

@@ -491,9 +491,9 @@ def test_only_training_rows_are_dequantized(tmp_path):
 
 
 def test_runs_saved_before_dequantization_reload_without_it(tmp_path):
-    from fvnce.runs.files import CONFIG_NAME, _read_config
+    from fvnce.runs.files import CONFIG_NAME, read_config
 
     run = tmp_path / "old"
     run.mkdir()
     (run / CONFIG_NAME).write_text(json.dumps({"fvnce_version": "0.2.0", "run": {"data": {"source": "x.csv"}}}))
-    assert _read_config(run)["run"]["data"]["dequantize"] == "none"
+    assert read_config(run)["run"]["data"]["dequantize"] == "none"

@@ -18,7 +18,7 @@ from torch.distributions import Bernoulli, Independent, MultivariateNormal, Norm
 
 from fvnce.encoders import BernoulliEncoder, CategoricalEncoder, ExactPosterior, GaussianEncoder
 from fvnce.errors import ConfigError, DataError
-from fvnce.evaluate import (LogZEstimate, _choose, anomaly_metrics, anomaly_scores, estimate_log_partition,
+from fvnce.evaluate import (LogZEstimate, choose_proposal, anomaly_metrics, anomaly_scores, estimate_log_partition,
                             isolation_forest_scores, log_likelihood, noise_accuracy, noise_weight_report, sample)
 from fvnce.models import RBM, VAE, EnergyTiltedVAE, FromVAE, LinearGaussian, TwoGaussianMixture
 
@@ -394,13 +394,13 @@ def test_log_z_choice_rule():
         return {"ess_fraction": frac, "khat": khat, "reliable": khat <= 0.7 and frac >= 0.05}
 
     # exact wins; among reliable candidates the largest ESS fraction
-    assert _choose({"noise": cand(0.9, 0.1), "exact": cand(1.0, -math.inf)}) == "exact"
-    assert _choose({"noise": cand(0.3, 0.1), "model_proposal": cand(0.6, 0.6)}) == "model_proposal"
+    assert choose_proposal({"noise": cand(0.9, 0.1), "exact": cand(1.0, -math.inf)}) == "exact"
+    assert choose_proposal({"noise": cand(0.3, 0.1), "model_proposal": cand(0.6, 0.6)}) == "model_proposal"
     # a larger ESS fraction with a heavy tail loses to a reliable candidate
-    assert _choose({"noise": cand(0.5, 0.9), "model_proposal": cand(0.1, 0.3)}) == "model_proposal"
+    assert choose_proposal({"noise": cand(0.5, 0.9), "model_proposal": cand(0.1, 0.3)}) == "model_proposal"
     # none reliable: the smallest k-hat, whatever the ESS says; NaN weights (k = inf) last
-    assert _choose({"noise": cand(0.04, 0.8), "model_proposal": cand(0.5, 1.4)}) == "noise"
-    assert _choose({"noise": cand(0.0, math.inf), "model_proposal": cand(0.001, 2.0)}) == "model_proposal"
+    assert choose_proposal({"noise": cand(0.04, 0.8), "model_proposal": cand(0.5, 1.4)}) == "noise"
+    assert choose_proposal({"noise": cand(0.0, math.inf), "model_proposal": cand(0.001, 2.0)}) == "model_proposal"
 
 
 def test_log_z_errors_and_normalised():

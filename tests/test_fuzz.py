@@ -18,10 +18,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fvnce.cli import main
 from fvnce.data import DataSpec, load_dataset, prepare_scoring_data
 from fvnce.data.files import read_raw
 from fvnce.errors import FvnceError
+
+from conftest import run_cli
 
 FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                       HealthCheck.too_slow])
@@ -31,15 +32,6 @@ def assert_one_line_error(exc: BaseException) -> None:
     assert isinstance(exc, FvnceError), f"{type(exc).__name__}: {exc}"
     text = str(exc)
     assert text.strip() and "\n" not in text.strip(), repr(text)
-
-
-def run_cli(argv, capsys) -> tuple[int, str]:
-    capsys.readouterr()
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as exc:
-        rc = exc.code
-    return rc, capsys.readouterr().err
 
 
 def assert_cli_failed_cleanly(rc, err) -> str:
@@ -123,7 +115,7 @@ def test_csv_through_the_cli_trains_or_fails_with_one_line(tmp_path_factory, cap
     path = root / "fuzz.csv"
     path.write_bytes(data)
     out = root / "OUT"
-    rc, err = run_cli(["train", "--data", path, "--steps", "2", "--batch-size", "16", "--z-dim", "2",
+    rc, _, err = run_cli(["train", "--data", path, "--steps", "2", "--batch-size", "16", "--z-dim", "2",
                        "--no-eval", "--quiet", "--out", out], capsys)
     if rc == 0:
         assert (out / "checkpoint.pt").exists() and not err.strip()
@@ -137,12 +129,12 @@ def test_csv_through_the_cli_examples(tmp_path, capsys):
     good = tmp_path / "good.csv"
     rng = np.random.default_rng(0)
     good.write_text("u,v\n" + "".join(f"{a:.3f},{b:.3f}\n" for a, b in rng.normal(size=(40, 2))))
-    rc, err = run_cli(["train", "--data", good, "--steps", "2", "--z-dim", "2", "--no-eval", "--quiet",
+    rc, _, err = run_cli(["train", "--data", good, "--steps", "2", "--z-dim", "2", "--no-eval", "--quiet",
                        "--out", tmp_path / "ok"], capsys)
     assert rc == 0, err
     bad = tmp_path / "bad.csv"
     bad.write_bytes(b'a,b\n1,"2\n3,4\n')
-    rc, err = run_cli(["train", "--data", bad, "--steps", "2", "--out", tmp_path / "no", "--quiet"], capsys)
+    rc, _, err = run_cli(["train", "--data", bad, "--steps", "2", "--out", tmp_path / "no", "--quiet"], capsys)
     assert_cli_failed_cleanly(rc, err)
     assert not (tmp_path / "no").exists()
 
@@ -262,13 +254,14 @@ def test_train_options_valid_or_one_line_error(tmp_path_factory, capsys, argv):
     trained), invalid ones at their own message, both as one line with exit code 2."""
     root = tmp_path_factory.mktemp("opts")
     missing = root / "missing.csv"
-    rc, err = run_cli(["train", *argv, "--data", missing, "--out", root / "OUT", "--quiet"], capsys)
+    rc, _, err = run_cli(["train", *argv, "--data", missing, "--out", root / "OUT", "--quiet"], capsys)
     line = assert_cli_failed_cleanly(rc, err)
     assert not (root / "OUT").exists()
     if "file not found" in line:  # the options passed every check: they build a configuration
         from fvnce import cli
+        from fvnce.cli.options import run_config
         args = cli.build_parser().parse_args(["train", *argv, "--data", str(missing), "--out", "X"])
-        cfg = cli._run_config(args)
+        cfg = run_config(args)
         assert cfg.train.lr > 0 and (cfg.train.steps is None or cfg.train.steps > 0)
 
 
@@ -276,7 +269,7 @@ def test_train_options_valid_or_one_line_error(tmp_path_factory, capsys, argv):
 @given(argv=options(POC_OPTIONS))
 def test_poc_options_valid_or_one_line_error(tmp_path_factory, capsys, argv):
     root = tmp_path_factory.mktemp("pocopts")
-    rc, err = run_cli(["poc", *argv, "--data", root / "missing.csv", "--out", root / "POC", "--quiet"], capsys)
+    rc, _, err = run_cli(["poc", *argv, "--data", root / "missing.csv", "--out", root / "POC", "--quiet"], capsys)
     assert_cli_failed_cleanly(rc, err)
     assert not (root / "POC").exists()
 
@@ -290,6 +283,6 @@ def test_evaluate_sample_options_one_line_error(tmp_path_factory, capsys, k, n, 
         mp.chdir(root)
         for argv in (["evaluate", "norun", "--k", k], ["sample", "norun", "--n", n, "--out", out],
                      ["score", "norun", "--data", "x.csv", "--out", out, "--k", k]):
-            rc, err = run_cli(argv, capsys)
+            rc, _, err = run_cli(argv, capsys)
             assert_cli_failed_cleanly(rc, err)
     assert sorted(p.name for p in root.iterdir()) == []

@@ -17,16 +17,7 @@ from fvnce.errors import ConfigError
 from fvnce.runs import RunConfig, train_run
 
 
-@pytest.fixture(scope="module")
-def table(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(200, 3))
-    path = tmp_path_factory.mktemp("data") / "sensors.csv"
-    with open(path, "w") as fh:
-        fh.write("a,b,c,status\n")
-        for i, row in enumerate(x):
-            fh.write(",".join(f"{v:.6f}" for v in row) + (",bad\n" if i % 10 == 0 else ",ok\n"))
-    return path
+
 
 
 def _train(table, run, *extra, lr="0.002"):

@@ -26,6 +26,7 @@ import torch
 from fvnce.cli import main
 
 from _subprocs import signal_after_first_checkpoint
+from conftest import run_cli
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "fvnce"
 FAST = ["--steps", "3", "--batch-size", "32", "--z-dim", "2", "--quiet", "--no-eval"]
@@ -34,16 +35,6 @@ FAST = ["--steps", "3", "--batch-size", "32", "--z-dim", "2", "--quiet", "--no-e
 # -- helpers ------------------------------------------------------------------------------
 def cli(argv) -> int:
     return main([str(a) for a in argv])
-
-
-def run_cli(argv, capsys) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse errors
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def snapshot(*roots: Path) -> dict:

@@ -11,19 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from fvnce.cli import _FLAG_PATHS, _NOT_SETTINGS, build_parser, main
+from fvnce.cli import build_parser, main
+from fvnce.cli.resume import NOT_SETTINGS, flag_paths
 
 
-@pytest.fixture(scope="module")
-def table(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(200, 3))
-    path = tmp_path_factory.mktemp("data") / "sensors.csv"
-    with open(path, "w") as fh:
-        fh.write("a,b,c,status\n")
-        for i, row in enumerate(x):
-            fh.write(",".join(f"{v:.6f}" for v in row) + (",bad\n" if i % 10 == 0 else ",ok\n"))
-    return path
+
 
 
 def _command(table, run, steps=20, lr="0.002"):
@@ -110,7 +102,7 @@ def test_every_train_option_is_a_compared_setting_or_named_as_none():
     parser = build_parser()
     train = next(a for a in parser._subparsers._group_actions[0].choices.items() if a[0] == "train")[1]
     dests = {a.dest for a in train._actions if a.dest != "help"}
-    assert dests == set(_FLAG_PATHS) | set(_NOT_SETTINGS)
+    assert dests == set(flag_paths()) | set(NOT_SETTINGS)
 
 
 def test_resume_of_a_run_stopped_before_its_first_checkpoint_trains_it_from_step_0(table, tmp_path, capsys,

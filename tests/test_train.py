@@ -23,6 +23,7 @@ from fvnce.objectives import ObjectiveOutput, make_objective
 from fvnce.train import DivergenceError, TrainConfig, Trainer, TrainingInterrupted
 
 from _subprocs import signal_after_first_checkpoint
+from conftest import quiet
 
 TESTS_DIR = Path(__file__).resolve().parent
 REQUIRED_TRAIN_KEYS = {"step", "loss", "data_loss", "noise_loss", "lr", "elapsed"}
@@ -89,8 +90,7 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def quiet(msg):
-    pass
+
 
 
 def run_reference(tmp_path, name="ref", steps=40, **kw):

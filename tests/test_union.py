@@ -20,7 +20,7 @@ from fvnce.cli import main
 from fvnce.data import DataSpec, load_dataset
 from fvnce.evaluate import alarm_threshold
 from fvnce.runs import load_run
-from fvnce.runs.union import COMBINATION, UNION_NAME, _member_scores, combine, robust_scale
+from fvnce.runs.union import COMBINATION, UNION_NAME, combine, member_scores, robust_scale
 
 
 def test_combine_is_the_largest_scaled_member_score():
@@ -117,7 +117,7 @@ def test_union_scales_and_threshold_come_from_validation_rows(poc):
     val = []
     for m in union["members"]:
         run = load_run(out / "runs" / m["name"], dataset=ds)
-        val.append(_member_scores(run, ds.val, 4))  # as the alarm calibration scores them
+        val.append(member_scores(run, ds.val, 4))  # as the alarm calibration scores them
         assert (m["center"], m["spread"]) == robust_scale(val[-1])
     expect = alarm_threshold(combine(val, [(m["center"], m["spread"]) for m in union["members"]]), 0.01)
     alarm = json.loads((out / "runs" / "union" / "alarm.json").read_text())
@@ -249,8 +249,9 @@ def test_members_carry_their_identity_and_a_changed_member_is_refused(poc, tmp_p
 def test_a_union_recommendation_gives_its_members_commands_and_the_score_command(poc):
     import shlex
 
-    from fvnce.cli import _run_config, build_parser
-    from fvnce.runs.command import config_differences
+    from fvnce.cli import build_parser
+    from fvnce.cli.options import run_config
+    from fvnce.cli.train_line import config_differences
 
     folder, out, summary = poc
     rec = summary["recommended"]
@@ -260,7 +261,7 @@ def test_a_union_recommendation_gives_its_members_commands_and_the_score_command
         argv = shlex.split(m["command"])
         assert argv[:2] == ["fvnce", "train"] and argv[-2:] == ["--out", m["run"]]
         saved = json.loads((out / "runs" / m["run"] / "config.json").read_text())["run"]
-        assert config_differences(_run_config(build_parser().parse_args(argv[1:])).to_dict(), saved) == []
+        assert config_differences(run_config(build_parser().parse_args(argv[1:])).to_dict(), saved) == []
     assert shlex.split(rec["score_command"]) == ["fvnce", "score", str(out / "runs" / "union"), "--data",
                                                  str(folder / "unlabelled.csv"), "--out", "union-scores.csv"]
 

@@ -13,8 +13,7 @@ scoring rule (Zach 2023, arXiv:2304.02473).  The VAE is the KL member of the fam
 ...                        fvnce.TrainConfig(steps=20, progress=False)).fit(x)
 """
 
-__version__ = "0.3.0"
-
+from .version import __version__
 from .errors import CheckpointError, ConfigError, DataError, FvnceError, NonFiniteLossError
 from .models import MODELS, make_model
 from .noise import NOISES, make_noise

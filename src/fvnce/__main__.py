@@ -1,5 +1,5 @@
 """``python -m fvnce`` runs the command line."""
 
-from .cli import _entry
+from .cli.main import entry
 
-_entry()
+entry()

@@ -30,7 +30,9 @@ from sklearn.utils.validation import check_is_fitted
 
 from .data import MIN_TRAIN_ROWS, DataSpec, dataset_from_array, split_indices
 from .errors import ConfigError
+from .objectives import uses_noise
 from .runs import RunConfig, load_run, read_alarm, score_rows, train_run
+from .runs.config import DEFAULT_OBJECTIVE_OPTIONS, objective_options
 from .train import TrainConfig
 
 __all__ = ["Detector"]
@@ -99,22 +101,12 @@ class Detector(OutlierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ configuration
     def _run_config(self, spec: DataSpec) -> RunConfig:
-        opts: dict = {}
-        if self.objective in ("elbo", "iwae"):
-            if self.alpha is not None or self.shift is not None:
-                raise ConfigError(f"objective {self.objective!r} has no scoring rule: leave alpha and shift unset")
-        else:
-            opts.update(exp_mode="linear", tau=10.0, rule=self.rule)
-            if self.alpha is not None:
-                if self.rule != "power":
-                    raise ConfigError(f"alpha is the power rule's parameter; rule is {self.rule!r}")
-                opts["alpha"] = self.alpha
-            if self.shift is not None:
-                if self.rule != "shifted_log":
-                    raise ConfigError(f"shift is the shifted_log rule's parameter; rule is {self.rule!r}")
-                opts["c"] = self.shift
-        if self.k is not None:
-            opts["k"] = self.k
+        noisy = uses_noise(self.objective)  # an objective without noise has no rule: ``rule`` is ignored
+        if not noisy and (self.alpha is not None or self.shift is not None):
+            raise ConfigError(f"objective {self.objective!r} has no scoring rule: leave alpha and shift unset")
+        opts = objective_options(self.objective, DEFAULT_OBJECTIVE_OPTIONS if noisy else {},
+                                 rule=self.rule if noisy else None, params={"alpha": self.alpha, "shift": self.shift},
+                                 k=self.k, spell=str, hint=lambda want, rule: f"; rule is {rule!r}")
         config = RunConfig(data=spec, objective=self.objective, objective_options=opts, model=self.model,
                            model_options=self._model_options(), noise=self.noise,
                            train=TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr,

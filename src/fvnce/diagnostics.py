@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .numfmt import finite
 from .objectives.weights import effective_sample_size
 
 __all__ = [
@@ -118,14 +119,6 @@ def reliable(khat: float, ess_fraction: float) -> bool:
     khat, ess_fraction = float(khat), float(ess_fraction)
     return (not math.isnan(khat) and khat <= KHAT_MAX
             and math.isfinite(ess_fraction) and ess_fraction >= ESS_FRACTION_MIN)
-
-
-def finite(x: Any) -> float | None:
-    """``x`` as a float if it is a finite number (not a bool), else None."""
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
 
 
 def weights_reliable(khat: Any, ess_fraction: Any, reliable: Any = None) -> bool | None:

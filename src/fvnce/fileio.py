@@ -10,13 +10,18 @@ not the private ones of a temporary file.
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "read_jsonl"]
+import numpy as np
+
+__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_npy", "atomic_write_text", "finite_json",
+           "jsonable", "read_jsonl"]
 
 
 def _umask() -> int:
@@ -74,6 +79,30 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
     """Write ``obj`` as JSON to ``path`` atomically (serialised before anything is written)."""
     atomic_write_text(path, json.dumps(obj, indent=indent, allow_nan=False) + "\n")
+
+
+def atomic_write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write ``array`` as a ``.npy`` file (no pickled objects) to ``path`` atomically."""
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def finite_json(obj):
+    """``obj`` with every NaN/inf float replaced by None (nested dicts, lists and tuples;
+    tuples become lists), so that its JSON is standard."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
+def jsonable(d: dict) -> dict:
+    """A copy of the mapping ``d`` with its tuple values as lists (as JSON reads them back)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
 
 def read_jsonl(path: str | os.PathLike) -> tuple[list[dict], int]:

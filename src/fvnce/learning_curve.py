@@ -96,11 +96,11 @@ def _union_point(fraction: float, rows: int, union_dir: Path, members: list[Path
     from . import evaluate as ev
     from .runs import create_union
     from .runs.alarm import read_alarm
-    from .runs.costing import _scores
+    from .runs.costing import run_scores
 
     if create:
         create_union(union_dir, members, dataset, rate)
-    scores = _scores(union_dir, dataset.test, 2, dataset)
+    scores = run_scores(union_dir, dataset.test, 2, dataset)
     labels = None if dataset.test_labels is None else dataset.test_labels.numpy()
     metrics: dict[str, Any] = {}
     if labels is not None and 0 < labels.sum() < len(labels):

@@ -40,7 +40,7 @@ from .errors import ConfigError, FvnceError
 from .evaluate import check_alarm_rate
 from .noise import make_noise
 from .rules import scoring_rule
-from .runs import BASE_NOISE, RunConfig, _default_noise, check_model_sizes, evaluate_run, train_run
+from .runs import BASE_NOISE, RunConfig, check_model_sizes, default_noise, evaluate_run, train_run
 from .runs.config import check_noise_name
 from .runs.output import check_output, replacing
 from .train import DivergenceError, TrainConfig, TrainingInterrupted
@@ -626,7 +626,7 @@ def _run_poc_into(config: PocConfig, rules: list, out_dir: Path, final: Path, t0
     # so the noise-contrastive rules spend their budget on what the VAE got wrong.
     base_dir = out_dir / "runs" / VAE_RUN
     vae_options = {k: v for k, v in config.model_options.items() if k not in TILT_OPTIONS}
-    fitted_noises = [n for n in noises if n != BASE_NOISE] or [_default_noise(dataset.binary)]
+    fitted_noises = [n for n in noises if n != BASE_NOISE] or [default_noise(dataset.binary)]
     plan: list[tuple[str, RunConfig]] = [(VAE_RUN, RunConfig(
         data=config.data, objective="elbo", model="vae" if config.model == "auto" else config.model,
         model_options=vae_options, noise=fitted_noises[0], train=_train_cfg(config.train, steps),
@@ -737,7 +737,7 @@ def _run_poc_into(config: PocConfig, rules: list, out_dir: Path, final: Path, t0
 
 def production_commands(rec: dict, plan: dict[str, RunConfig], final: str | Path, source: str) -> dict:
     """The command lines that train the recommendation for production, on the same data and
-    split (:func:`fvnce.runs.command.train_command`): ``train_command`` for one run (into
+    split (:func:`fvnce.cli.train_line.train_command`): ``train_command`` for one run (into
     ``recommended-run``); for a union, ``member_commands`` (one ``{"run", "command"}`` per
     member, into a folder of the member's name) and ``score_command`` (``fvnce score`` of
     the poc's union).  A run that started from the poc's VAE gets ``--init-from`` with the
@@ -746,7 +746,7 @@ def production_commands(rec: dict, plan: dict[str, RunConfig], final: str | Path
     import os
     import shlex
 
-    from .runs.command import _source, train_command
+    from .cli.train_line import source_arg, train_command
 
     vae = str(Path(os.path.abspath(final)) / "runs" / VAE_RUN)
 
@@ -762,7 +762,7 @@ def production_commands(rec: dict, plan: dict[str, RunConfig], final: str | Path
             cmd, note = command(name, name)
             members.append({"run": name, "command": cmd, **({"note": note} if note else {})})
         union = str(Path(os.path.abspath(final)) / "runs" / UNION_RUN)
-        score = "fvnce " + shlex.join(["score", union, "--data", _source(source), "--out", "union-scores.csv"])
+        score = "fvnce " + shlex.join(["score", union, "--data", source_arg(source), "--out", "union-scores.csv"])
         return {"train_command": None, "member_commands": members, "score_command": score}
     cmd, note = command(rec["run"], "recommended-run")
     return {"train_command": cmd, **({"train_command_note": note} if note else {})}
@@ -815,7 +815,7 @@ def _run_one(name: str, rc: RunConfig, dataset, fitted: dict, out_dir: Path, log
             import shutil
             shutil.rmtree(run_dir)
         if rc.vae is not None and name == VAE_RUN:  # your own VAE, as it is: not trained
-            from .user_vae import adopt_run
+            from .runs.training import adopt_run
             adopt_run(rc, run_dir, dataset, log=log)
         else:
             train_run(rc, run_dir, dataset=dataset, noise=fitted.get(rc.noise), log=log, progress=False)
@@ -901,5 +901,5 @@ def _bar(total: int, progress: bool):
 
 
 def _finite(obj):
-    from .runs import _finite_json
-    return _finite_json(obj)
+    from .fileio import finite_json
+    return finite_json(obj)

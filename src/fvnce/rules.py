@@ -44,17 +44,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-__all__ = [
-    "EXP_MODES",
-    "GenericRule",
-    "KLRule",
-    "LogisticRule",
-    "PowerRule",
-    "RULES",
-    "ScoringRule",
-    "ShiftedLogRule",
-    "scoring_rule",
-]
+__all__ = ["EXP_MODES", "GenericRule", "KLRule", "LogisticRule", "PowerRule", "RULES", "ScoringRule",
+           "ShiftedLogRule", "named_rules", "rule_flags", "rule_parameters", "scoring_rule"]
 
 EXP_MODES = ("exact", "linear", "clip")
 
@@ -83,6 +74,22 @@ class ScoringRule:
     #: noise loss is then linear in ``r`` as evaluated, in every mode, and ``E_q l0(r_k) = r``
     #: for every encoder
     constant_weight: bool = False
+    #: the rule's one numeric parameter (a keyword of ``__init__``: ``alpha``, ``c``,
+    #: ``nu``), None when it has none; it is written after the name in run names
+    param: str | None = None
+    #: the ``fvnce train`` flag (without ``--``; also the :class:`fvnce.Detector` keyword)
+    #: that sets :attr:`param`, its metavar and help; None: no flag of its own
+    flag: str | None = None
+    flag_metavar: str | None = None
+    flag_help: str | None = None
+    #: False for rules that need more than a name and numbers (a Python function): they are
+    #: no choice of the command line
+    by_name: bool = True
+
+    @classmethod
+    def run_label(cls, params: dict) -> str:
+        """The rule in run names: its name, then its parameter values (``power1.5``, ``kl``)."""
+        return cls.name + "".join(f"{v:g}" for v in params.values())
 
     def __init__(self, exp_mode: str = "exact", tau: float = 20.0) -> None:
         if exp_mode not in EXP_MODES:
@@ -228,6 +235,8 @@ class PowerRule(ScoringRule):
     """
 
     name = "power"
+    param = flag = "alpha"
+    flag_help = "power rule exponent, 1 <= alpha <= 2 for fvnce"
 
     def __init__(self, alpha: float = 1.5, exp_mode: str = "exact", tau: float = 20.0) -> None:
         super().__init__(exp_mode, tau)
@@ -263,6 +272,8 @@ class ShiftedLogRule(ScoringRule):
     """
 
     name = "shifted_log"
+    param, flag, flag_metavar = "c", "shift", "C"
+    flag_help = "shifted_log rule constant c >= 0"
 
     def __init__(self, c: float = 1.0, exp_mode: str = "exact", tau: float = 20.0) -> None:
         super().__init__(exp_mode, tau)
@@ -307,6 +318,7 @@ class LogisticRule(ScoringRule):
 
     name = "logistic"
     overflows = False
+    param = "nu"  # mirrors the objective's nu (--nu): no flag of its own
 
     def __init__(self, nu: float = 1.0, exp_mode: str = "exact", tau: float = 20.0) -> None:
         super().__init__(exp_mode, tau)
@@ -337,6 +349,7 @@ class GenericRule(ScoringRule):
     """
 
     name = "generic"
+    by_name = False
 
     def __init__(self, f: Callable[[Tensor], Tensor], exp_mode: str = "exact", tau: float = 20.0,
                  label: str | None = None) -> None:
@@ -397,6 +410,21 @@ RULES: dict[str, type[ScoringRule]] = {
     "logistic": LogisticRule,
     "generic": GenericRule,
 }
+
+
+def named_rules() -> list[str]:
+    """The registered rules that a name and numbers build (the command line's choices)."""
+    return [name for name, cls in RULES.items() if cls.by_name]
+
+
+def rule_flags() -> dict[str, tuple[str, str]]:
+    """``{flag: (rule name, parameter)}`` of the registered rules' parameter flags."""
+    return {cls.flag: (name, cls.param) for name, cls in RULES.items() if cls.flag and cls.param}
+
+
+def rule_parameters() -> tuple[str, ...]:
+    """The parameters of the registered rules (``alpha``, ``c``, ``nu``, ...)."""
+    return tuple(dict.fromkeys(cls.param for cls in RULES.values() if cls.param))
 
 
 def scoring_rule(name: str | ScoringRule, **params) -> ScoringRule:

@@ -33,13 +33,13 @@ from torch import nn
 from torch.distributions import Distribution
 
 from .errors import CheckpointError, ConfigError
+from .filenames import USER_VAE_FILE  # the copy of the user's module file in a run folder
+from .models import TILT_BOUND, EnergyTiltedVAE
 from .models.wrap import FromVAE
 
-__all__ = ["USER_VAE_FILE", "UserVAE", "adopt_run", "build_user_model", "check_user_vae", "copy_module",
+__all__ = ["USER_VAE_FILE", "UserVAE", "build_user_model", "check_user_vae", "copy_module",
            "file_sha256", "vae_spec"]
 
-#: the copy of the user's module file in a run folder
-USER_VAE_FILE = "user_vae.py"
 #: the model names a user VAE takes the place of
 MODEL_NAMES = ("vae", "tilted_vae")
 #: model options that a user VAE fixes itself (its architecture)
@@ -240,8 +240,6 @@ def build_user_model(spec: dict, name: str, opts: dict, x_dim: int, *, module_fi
     ``tilted_vae``: an :class:`~fvnce.models.EnergyTiltedVAE` over it with the tilt options
     of ``opts``).  ``module_file``: the run folder's copy (default: the recorded file);
     ``load_weights``: start from ``WEIGHTS.pt`` (a new run)."""
-    from .models import TILT_BOUND, EnergyTiltedVAE
-
     from_copy = module_file is not None
     encoder, decoder = _modules(spec, Path(module_file or spec["file"]), CheckpointError if from_copy else ConfigError)
     if load_weights:
@@ -278,36 +276,6 @@ def run_module_file(run_dir: str | Path) -> Path:
     if not path.is_file():
         raise CheckpointError(f"{run_dir} was trained from your own VAE but its copy {USER_VAE_FILE} is missing")
     return path
-
-
-def adopt_run(config, run_dir: str | Path, dataset, *, log=lambda m: None) -> dict[str, Any]:
-    """A run folder for the user's VAE *as it is* (no training): the run files, the module
-    copy, ``best.pt`` holding the given weights, and the alarm threshold set on the
-    validation rows.  ``config`` is an ``elbo`` RunConfig with ``vae`` set."""
-    from .runs.alarm import calibrate_alarm
-    from .runs.build import _build
-    from .runs.files import _check_new_run_dir, _write_run_files
-    from .train.state import BEST_NAME, save_best
-
-    run_dir = Path(run_dir)
-    config.validate()
-    if config.vae is None or config.objective != "elbo":
-        raise ConfigError("adopt_run takes an elbo run with a user VAE")
-    check_user_vae(config.vae, dataset)
-    _check_new_run_dir(run_dir)
-    name, opts, model, encoder, objective = _build(config, dataset.dim, dataset.image_shape, dataset.binary,
-                                                   load_weights=True)
-    from .noise import make_noise
-
-    noise = make_noise(config.resolved_noise(dataset.binary), dataset.train, seed=config.train.seed,
-                       **config.noise_options)
-    _write_run_files(run_dir, config, dataset, name, opts, objective, noise)
-    copy_module(run_dir, config.vae)
-    save_best(run_dir / BEST_NAME, 0, None, model, encoder)
-    calibrate_alarm(run_dir, dataset)
-    log(f"fvnce: your VAE {config.vae['file']}:{config.vae['function']} with weights {config.vae['weights']}, "
-        "as it is (not trained)")
-    return {"run_dir": str(run_dir)}
 
 
 def source_record(spec: dict | None) -> dict | None:

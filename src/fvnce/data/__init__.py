@@ -12,9 +12,10 @@ array as a file would be. User-input problems raise
 from fvnce.data.builtin import BUILTIN, FASHION_MNIST_DIR
 from fvnce.data.files import SUPPORTED_EXTENSIONS, read_table
 from fvnce.data.images import ELPV_DEFAULT_SIZE, IMAGE_EXTENSIONS, image_files, is_image_input
-from fvnce.data.load import MIN_TRAIN_ROWS, dataset_from_array, load_dataset, prepare_scoring_data, split_indices
+from fvnce.data.load import MIN_TRAIN_ROWS, dataset_from_array, load_dataset, split_indices
+from fvnce.data.scoring import prepare_scoring_data
 from fvnce.data.preprocess import Preprocessor, yeo_johnson
-from fvnce.data.spec import MISSING_MODES, TRANSFORMS, DataSpec, Dataset
+from fvnce.data.spec import MISSING_MODES, TRANSFORMS, DataSpec, Dataset, normal_rows
 
 __all__ = [
     "BUILTIN",
@@ -32,6 +33,7 @@ __all__ = [
     "image_files",
     "is_image_input",
     "load_dataset",
+    "normal_rows",
     "prepare_scoring_data",
     "read_table",
     "split_indices",

@@ -25,7 +25,7 @@ def _one_line(text: object, limit: int = 160) -> str:
     return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
-def _list_names(names: list[str], limit: int = _MAX_LIST) -> str:
+def list_names(names: list[str], limit: int = _MAX_LIST) -> str:
     shown = ", ".join(repr(n) for n in names[:limit])
     if len(names) > limit:
         shown += f", ... ({len(names)} in all)"
@@ -56,7 +56,7 @@ def read_table(path, features=None, label=None):
     return np.asarray(raw.X, dtype=np.float64), list(raw.names), raw.labels
 
 
-def _check_path(path) -> tuple[Path, str]:
+def check_path(path) -> tuple[Path, str]:
     p = Path(str(path)).expanduser()
     if not p.exists():
         raise DataError(f"file not found: {path}")
@@ -79,16 +79,16 @@ def _check_path(path) -> tuple[Path, str]:
 
 def read_raw(path, features=None, label=None) -> RawTable:
     """Like :func:`read_table` but returns a :class:`RawTable` (with notes, image shape)."""
-    p, ext = _check_path(path)
+    p, ext = check_path(path)
     features = None if features is None else [str(f) for f in features]
     label = None if label is None else str(label)
     if ext == ".npy":
         return _read_npy(p, str(path), features, label)
-    df = _read_frame(p, ext, str(path))
-    return _from_frame(df, str(path), features, label)
+    df = read_frame(p, ext, str(path))
+    return from_frame(df, str(path), features, label)
 
 
-def _read_frame(p: Path, ext: str, where: str):
+def read_frame(p: Path, ext: str, where: str):
     """Read a .csv or .parquet file into a DataFrame, wrapping every parser error."""
     pd = _pandas(ext)
     try:
@@ -119,12 +119,12 @@ def _label_strings(values: np.ndarray) -> np.ndarray:
     return np.asarray(out, dtype=object).astype(str)
 
 
-def _from_frame(df, where: str, features, label) -> RawTable:
+def from_frame(df, where: str, features, label) -> RawTable:
     pd = _pandas(".csv")
     columns = [str(c) for c in df.columns]
     if len(set(columns)) != len(columns):
         dup = sorted({c for c in columns if columns.count(c) > 1})
-        raise DataError(f"duplicate column name(s) in {where}: {_list_names(dup)}")
+        raise DataError(f"duplicate column name(s) in {where}: {list_names(dup)}")
     df = df.copy()
     df.columns = columns
     if len(columns) == 0:
@@ -134,7 +134,7 @@ def _from_frame(df, where: str, features, label) -> RawTable:
     labels = None
     if label is not None:
         if label not in columns:
-            raise DataError(f"label column {label!r} not found in {where}; columns are: {_list_names(columns)}")
+            raise DataError(f"label column {label!r} not found in {where}; columns are: {list_names(columns)}")
         col = df[label]
         miss = col.isna().to_numpy()
         if miss.any():
@@ -148,12 +148,12 @@ def _from_frame(df, where: str, features, label) -> RawTable:
         missing = [f for f in features if f not in columns]
         if missing:
             raise DataError(
-                f"feature column(s) {_list_names(missing)} not found in {where}; columns are: {_list_names(columns)}"
+                f"feature column(s) {list_names(missing)} not found in {where}; columns are: {list_names(columns)}"
             )
         if label is not None and label in features:
             raise DataError(f"column {label!r} is given both as the label and as a feature")
         if len(set(features)) != len(features):
-            raise DataError(f"feature columns listed twice: {_list_names(sorted({f for f in features if features.count(f) > 1}))}")
+            raise DataError(f"feature columns listed twice: {list_names(sorted({f for f in features if features.count(f) > 1}))}")
         candidates, explicit = list(features), True
     else:
         candidates, explicit = [c for c in columns if c != label], False
@@ -202,12 +202,12 @@ def _from_frame(df, where: str, features, label) -> RawTable:
             f" ({int(bad.sum())} non-numeric value(s)); choose numeric columns with --features"
         )
     if skipped:
-        notes.append(f"skipped non-numeric column(s) {_list_names(skipped)}")
+        notes.append(f"skipped non-numeric column(s) {list_names(skipped)}")
     if not names:
         raise DataError(
             f"no numeric feature columns in {where}"
-            + (f" (non-numeric: {_list_names(skipped)})" if skipped else "")
-            + f"; columns are: {_list_names(columns)}"
+            + (f" (non-numeric: {list_names(skipped)})" if skipped else "")
+            + f"; columns are: {list_names(columns)}"
         )
     X = np.column_stack(arrays).astype(np.float64, copy=False)
     return RawTable(X=X, names=names, labels=labels, label_name=label, source=where, notes=notes)

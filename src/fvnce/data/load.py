@@ -1,4 +1,5 @@
-"""From a :class:`DataSpec` to a :class:`Dataset`; re-reading user files at scoring time."""
+"""From a :class:`DataSpec` to a :class:`Dataset` (re-reading user files at scoring time:
+:mod:`fvnce.data.scoring`)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from fvnce.data.builtin import BUILTIN
-from fvnce.data.files import SUPPORTED_EXTENSIONS, _check_path, _from_frame, _list_names, _read_frame, read_raw
-from fvnce.data.images import IMAGE_EXTENSIONS, folder_split, is_image_input, read_folder, read_images_for_scoring
-from fvnce.data.preprocess import MISSING_ADVICE, Preprocessor, _nonfinite_message
+from fvnce.data.files import SUPPORTED_EXTENSIONS, list_names, read_raw
+from fvnce.data.images import folder_split, read_folder
+from fvnce.data.preprocess import MISSING_ADVICE, Preprocessor, nonfinite_message
 from fvnce.data.spec import DataSpec, Dataset, RawTable
 from fvnce.errors import DataError
 
-__all__ = ["MIN_TRAIN_ROWS", "dataset_from_array", "load_dataset", "prepare_scoring_data", "split_indices"]
+__all__ = ["MIN_TRAIN_ROWS", "dataset_from_array", "load_dataset", "split_indices"]
 
 MIN_TRAIN_ROWS = 10
 #: built-in sets read from image files, which take --image-size
@@ -100,8 +101,8 @@ def _load_raw(spec: DataSpec) -> RawTable:
             missing = [f for f in spec.features if f not in raw.names]
             if missing:
                 raise DataError(
-                    f"feature column(s) {_list_names(missing)} not in built-in set {src!r}; "
-                    f"columns are: {_list_names(raw.names)}"
+                    f"feature column(s) {list_names(missing)} not in built-in set {src!r}; "
+                    f"columns are: {list_names(raw.names)}"
                 )
             pos = {n: i for i, n in enumerate(raw.names)}
             idx = [pos[f] for f in spec.features]
@@ -223,7 +224,7 @@ def _dataset_from_raw(raw: RawTable, spec: DataSpec) -> Dataset:
         bad_rows = ~np.isfinite(X).all(axis=1)
         if bad_rows.any():
             if spec.missing == "error":
-                raise DataError(_nonfinite_message(X, raw.names, where, MISSING_ADVICE))
+                raise DataError(nonfinite_message(X, raw.names, where, MISSING_ADVICE))
             if spec.missing == "drop":
                 X = X[~bad_rows]
                 is_anom = None if is_anom is None else is_anom[~bad_rows]
@@ -362,84 +363,6 @@ def _dataset_from_raw(raw: RawTable, spec: DataSpec) -> Dataset:
         test_kinds=listed("kinds", test_idx),
         **held,
     )
-
-
-def prepare_scoring_data(
-    path,
-    preprocessor,
-    *,
-    label: str | None = None,
-    missing: str | None = None,
-    return_labels: bool = False,
-):
-    """Re-read a user file at scoring time and apply the recorded preprocessing.
-
-    ``preprocessor`` is a :class:`Preprocessor` or its ``state()`` dict. The file's
-    columns must equal the training columns (any order; the training label column and
-    ``label`` may also be present); ``.npy`` files have no names and must have the same
-    number of columns (or images of the training shape). Row order is kept; rows with
-    missing values raise DataError unless ``missing="impute"`` (training medians).
-    A folder or an image file (for a run trained on image files) gives the images as
-    :func:`fvnce.data.images.read_images_for_scoring` reads them (a folder's in the order
-    of their sorted relative paths; no labels).
-    Returns float32 (N, D), or ``(X, labels)`` with ``return_labels`` (labels as str or None).
-    """
-    pre = preprocessor if isinstance(preprocessor, Preprocessor) else Preprocessor.from_state(preprocessor)
-    if is_image_input(path):
-        X, _ = read_images_for_scoring(path, _image_record(pre, path))
-        out = pre.transform(X, where=str(path))
-        return (out, None) if return_labels else out
-    if pre.image is not None and Path(str(path)).suffix.lower() not in SUPPORTED_EXTENSIONS:
-        raise DataError(
-            f"unsupported file type {Path(str(path)).suffix or '(no extension)'!r} for {path}; the model was trained "
-            f"on images: give a folder of images or an image file ({', '.join(IMAGE_EXTENSIONS)}), or a "
-            f"{', '.join(SUPPORTED_EXTENSIONS)} file"
-        )
-    names = pre.feature_names
-    d = len(names)
-    p, ext = _check_path(path)
-    where = str(path)
-    labels = None
-    if ext == ".npy":
-        raw = read_raw(path, label=label)
-        if raw.image_shape is not None and pre.image_shape is not None and raw.image_shape != pre.image_shape:
-            shp = "x".join(map(str, pre.image_shape))
-            raise DataError(
-                f"{where} holds images of shape {raw.image_shape[0]}x{raw.image_shape[1]}; "
-                f"the model was trained on {shp} images (expected (N, {shp.replace('x', ', ')}) or (N, {d}))"
-            )
-        if raw.X.shape[1] != d:
-            what = f"images of shape {'x'.join(map(str, pre.image_shape))}" if pre.image_shape else "rows"
-            raise DataError(
-                f"{where} has {raw.X.shape[1]} column(s) per row; the model was trained on {d} ({what})"
-            )
-        X, labels = raw.X, raw.labels
-    else:
-        df = _read_frame(p, ext, where)
-        cols = [str(c) for c in df.columns]
-        allowed = {c for c in (pre.label, label) if c is not None}
-        missing_cols = [n for n in names if n not in cols]
-        extra = [c for c in cols if c not in names and c not in allowed]
-        if missing_cols or extra:
-            parts = []
-            if missing_cols:
-                parts.append(f"missing {len(missing_cols)} column(s) {_list_names(missing_cols, 10)}")
-            if extra:
-                parts.append(f"{len(extra)} extra column(s) {_list_names(extra, 10)}")
-            raise DataError(f"columns of {where} do not match the training columns: " + "; ".join(parts))
-        use_label = label if label is not None else None
-        raw = _from_frame(df, where, names, use_label)
-        X, labels = raw.X, raw.labels
-    out = pre.transform(X, where=where, missing=missing)
-    return (out, labels) if return_labels else out
-
-
-def _image_record(pre: Preprocessor, path) -> dict:
-    if pre.image is None:
-        what = "images of an .npy file" if pre.image_shape is not None else "a table"
-        raise DataError(f"{path} names image files, but the model was trained on {what}; give a "
-                        f"{', '.join(SUPPORTED_EXTENSIONS)} file")
-    return pre.image
 
 
 def integer_columns(X: np.ndarray) -> list[int]:

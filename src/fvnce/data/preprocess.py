@@ -98,7 +98,7 @@ def _moments(x: np.ndarray) -> tuple[float, float]:
     return skew, kurt
 
 
-def _nonfinite_message(X: np.ndarray, names: list[str], where: str, advice: str) -> str:
+def nonfinite_message(X: np.ndarray, names: list[str], where: str, advice: str) -> str:
     parts = []
     for j in np.flatnonzero(~np.isfinite(X).all(axis=0)):
         col = X[:, j]
@@ -171,7 +171,7 @@ class Preprocessor:
         impute = None
         if not finite.all():
             if missing != "impute":
-                raise DataError(_nonfinite_message(Xf, names, where, MISSING_ADVICE))
+                raise DataError(nonfinite_message(Xf, names, where, MISSING_ADVICE))
             empty = [names[j] for j in range(d) if not finite[:, j].any()]
             if empty:
                 raise DataError(f"column(s) {empty[:10]} have no finite values in {where}; cannot impute a median")
@@ -306,7 +306,7 @@ class Preprocessor:
                     if self._impute is not None
                     else MISSING_ADVICE
                 )
-                raise DataError(_nonfinite_message(X.astype(np.float64), self.feature_names, where, advice))
+                raise DataError(nonfinite_message(X.astype(np.float64), self.feature_names, where, advice))
             X = np.where(np.isfinite(X), X, self._impute[None, :])
         if self.binary:
             return (X > self.threshold * self.scale).astype(np.float32)

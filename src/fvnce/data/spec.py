@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from fvnce.data.preprocess import Preprocessor
 
-__all__ = ["CELL_TYPES", "DataSpec", "Dataset", "RawTable", "TRANSFORMS", "MISSING_MODES"]
+__all__ = ["CELL_TYPES", "DataSpec", "Dataset", "RawTable", "TRANSFORMS", "MISSING_MODES", "normal_rows"]
 
 TRANSFORMS = ("auto", "standardize", "yeo-johnson", "none")
 MISSING_MODES = ("error", "drop", "impute")
@@ -219,3 +219,10 @@ class RawTable:
     fixed_test: np.ndarray | None = None
     held_out: np.ndarray | None = None
     held_out_note: str | None = None
+
+
+def normal_rows(x, labels):
+    """The rows of ``x`` labelled normal (label 0; all rows when ``labels`` is None): what a
+    validation loss or an alarm threshold is measured on, the anomalies being no part of the
+    data distribution."""
+    return x if labels is None else x[labels == 0]

@@ -32,10 +32,10 @@ Randomness comes from torch's global generator (``torch.manual_seed``): noises a
 
 from ..thresholds import (ALARM_RANGE_LEVEL, alarm_curve, alarm_threshold, check_alarm_rate, check_threshold,
                           false_alarm_range, operating_point)
-from ._common import PROPOSALS, SAMPLE_METHODS, SCORE_KINDS
+from .util import PROPOSALS, SAMPLE_METHODS, SCORE_KINDS
 from .anomalies import anomaly_metrics, anomaly_scores, isolation_forest_scores
 from .likelihood import log_likelihood, noise_accuracy
-from .log_z import LogZEstimate, _choose, estimate_log_partition, noise_weight_report
+from .log_z import LogZEstimate, choose_proposal, estimate_log_partition, noise_weight_report
 from .sampling import sample
 
 
@@ -47,6 +47,7 @@ __all__ = [
     "anomaly_scores",
     "check_alarm_rate",
     "check_threshold",
+    "choose_proposal",
     "estimate_log_partition",
     "false_alarm_range",
     "isolation_forest_scores",

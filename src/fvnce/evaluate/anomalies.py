@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, DataError
-from ._common import SCORE_KINDS, _as_input, _check_batch_size, _check_k, _log_mean_weight, _noise_log_ratio
+from .util import SCORE_KINDS, as_input, check_batch_size, check_k, log_mean_weight, noise_log_ratio
 
 
 # --------------------------------------------------------------------------- anomalies
@@ -26,15 +26,15 @@ def anomaly_scores(model, encoder, x: Tensor, k: int = 64, kind: str = "nll", no
         raise ConfigError(f"unknown anomaly score kind {kind!r}; valid kinds: {', '.join(SCORE_KINDS)}")
     if kind == "log_ratio" and noise is None:
         raise ConfigError("anomaly score kind 'log_ratio' needs a noise distribution (noise=...)")
-    _check_k(k)
-    _check_batch_size(batch_size)
-    x = _as_input(model, x)
+    check_k(k)
+    check_batch_size(batch_size)
+    x = as_input(model, x)
     out = []
     for chunk in x.split(batch_size):
         if kind == "nll":
-            out.append(-_log_mean_weight(model, encoder, chunk, 0.0, k))
+            out.append(-log_mean_weight(model, encoder, chunk, 0.0, k))
         else:
-            out.append(-_noise_log_ratio(model, encoder, noise, chunk, k))
+            out.append(-noise_log_ratio(model, encoder, noise, chunk, k))
     return torch.cat(out) if out else x.new_zeros(0)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import _as_input, _check_batch_size, _check_k, _log_px_tilde, _noise_log_ratio, _reference
+from .util import as_input, check_batch_size, check_k, log_px_tilde, noise_log_ratio, reference_tensor
 from .log_z import LogZEstimate, estimate_log_partition
 
 
@@ -30,10 +30,10 @@ def log_likelihood(model, encoder, x: Tensor, k: int = 256, batch_size: int = 25
     (the linear-Gaussian oracle, small RBMs), the estimate matches the truth within
     Monte Carlo error; ``tests/test_evaluate.py`` checks this.
     """
-    _check_k(k)
-    _check_batch_size(batch_size)
-    x = _as_input(model, x)
-    lp = _log_px_tilde(model, encoder, x, k, batch_size)
+    check_k(k)
+    check_batch_size(batch_size)
+    x = as_input(model, x)
+    lp = log_px_tilde(model, encoder, x, k, batch_size)
     if model.normalised:
         return lp
     if log_z is None:
@@ -50,15 +50,15 @@ def noise_accuracy(model, encoder, x: Tensor, noise, k: int = 1, batch_size: int
     fresh samples of ``noise``; the accuracy is the mean of the hit rates on both sides.
     0.5 means the model cannot tell data from noise.
     """
-    _check_k(k)
-    _check_batch_size(batch_size)
-    x = _as_input(model, x)
-    ref = _reference(model)
-    data_lr = torch.cat([_noise_log_ratio(model, encoder, noise, c, k) for c in x.split(batch_size)])
+    check_k(k)
+    check_batch_size(batch_size)
+    x = as_input(model, x)
+    ref = reference_tensor(model)
+    data_lr = torch.cat([noise_log_ratio(model, encoder, noise, c, k) for c in x.split(batch_size)])
     noise_lr = []
     for start in range(0, x.shape[0], batch_size):
         y = noise.sample((min(batch_size, x.shape[0] - start),)).to(dtype=ref.dtype, device=ref.device)
-        noise_lr.append(_noise_log_ratio(model, encoder, noise, y, k))
+        noise_lr.append(noise_log_ratio(model, encoder, noise, y, k))
     noise_lr = torch.cat(noise_lr)
     hit_data = (data_lr > 0).double().mean()
     hit_noise = (noise_lr <= 0).double().mean()

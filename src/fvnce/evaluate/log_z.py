@@ -10,8 +10,8 @@ import torch
 
 from ..diagnostics import reliable as _is_reliable
 from ..errors import ConfigError
-from ._common import (PROPOSALS, _check_batch_size, _check_k, _joint_proposal, _log_c, _noise_log_weights,
-                      _proposal_log_weights, _summary)
+from .util import (PROPOSALS, check_batch_size, check_k, joint_proposal, log_c, noise_log_weights,
+                      proposal_log_weights, weight_summary)
 
 
 # --------------------------------------------------------------------------- log Z
@@ -66,11 +66,11 @@ def _exact_log_z(model) -> float | None:
     if model.has("log_partition"):
         if not getattr(model, "log_partition_tractable", True):
             return None
-        return float(model.log_partition()) - _log_c(model)
+        return float(model.log_partition()) - log_c(model)
     return 0.0 if model.normalised else None
 
 
-def _choose(candidates: dict[str, dict]) -> str:
+def choose_proposal(candidates: dict[str, dict]) -> str:
     """The answer among the candidates: ``"exact"`` when present; else the reliable
     candidate with the largest ESS fraction; if none is reliable, the smallest k-hat
     (ties: the larger ESS fraction)."""
@@ -115,8 +115,8 @@ def estimate_log_partition(model, encoder=None, noise=None, n: int = 20000, k: i
     is not).  A candidate with NaN weights reports NaN, ESS 0 and ``khat = inf``.
     Raises :class:`~fvnce.errors.ConfigError` when no candidate applies.
     """
-    _check_k(k)
-    _check_batch_size(batch_size)
+    check_k(k)
+    check_batch_size(batch_size)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"n must be a positive integer, got {n!r}")
     wanted = PROPOSALS if proposals is None else tuple(proposals)
@@ -134,20 +134,20 @@ def estimate_log_partition(model, encoder=None, noise=None, n: int = 20000, k: i
         if encoder is None and not model.has("log_unnormalised_marginal"):
             raise ConfigError(f"the noise proposal for log Z needs an encoder: {type(model).__name__} "
                               "has no closed-form marginal over its latents")
-        _, lw = _noise_log_weights(model, encoder, noise, n, k, batch_size)
-        candidates["noise"] = _summary(lw)
+        _, lw = noise_log_weights(model, encoder, noise, n, k, batch_size)
+        candidates["noise"] = weight_summary(lw)
     if "model_proposal" in wanted:
-        prop = _joint_proposal(model)
+        prop = joint_proposal(model)
         if prop is not None:
-            _, lw = _proposal_log_weights(model, prop, n, batch_size)
-            candidates["model_proposal"] = _summary(lw)
+            _, lw = proposal_log_weights(model, prop, n, batch_size)
+            candidates["model_proposal"] = weight_summary(lw)
     if not candidates:
         intractable = model.has("log_partition") and not getattr(model, "log_partition_tractable", True)
         why = " (its exact log_partition() is intractable here)" if intractable else ""
         raise ConfigError(f"cannot estimate log Z of {type(model).__name__}{why}: give a noise distribution, or "
                           "use a model with a closed-form log_partition() or a proposal() with sample_joint "
                           f"(proposals tried: {', '.join(wanted)})")
-    best = _choose(candidates)
+    best = choose_proposal(candidates)
     chosen = candidates[best]
     return LogZEstimate(log_z=chosen["log_z"], ess=chosen["ess"], ess_fraction=chosen["ess_fraction"],
                         n=chosen["n"], proposal=best, khat=chosen["khat"], candidates=candidates)

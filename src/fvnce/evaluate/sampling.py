@@ -8,8 +8,8 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from ._common import (SAMPLE_METHODS, _check_batch_size, _check_k, _joint_proposal, _noise_log_weights,
-                      _proposal_log_weights)
+from .util import (SAMPLE_METHODS, check_batch_size, check_k, joint_proposal, noise_log_weights,
+                      proposal_log_weights)
 
 
 # --------------------------------------------------------------------------- sampling
@@ -49,13 +49,13 @@ def sample(model, encoder=None, n: int = 64, noise=None, method: str = "auto", n
     valid = ("auto", *SAMPLE_METHODS)
     if method not in valid:
         raise ConfigError(f"unknown sampling method {method!r}; valid methods: {', '.join(valid)}")
-    _check_k(k)
-    _check_batch_size(batch_size)
+    check_k(k)
+    check_batch_size(batch_size)
     m = max(1000, 20 * n) if n_proposal is None else n_proposal
     if isinstance(m, bool) or not isinstance(m, int) or m < 1:
         raise ConfigError(f"n_proposal must be a positive integer, got {n_proposal!r}")
     own = model.has("sample")
-    prop = _joint_proposal(model)
+    prop = joint_proposal(model)
     if method == "auto":
         from ..models.rbm import RBM
 
@@ -77,9 +77,9 @@ def sample(model, encoder=None, n: int = 64, noise=None, method: str = "auto", n
     if method == "sir-proposal":
         if prop is None:
             raise ConfigError(f"{type(model).__name__}.proposal() gives no normalised model with sample_joint")
-        xs, lw = _proposal_log_weights(model, prop, m, batch_size)
+        xs, lw = proposal_log_weights(model, prop, m, batch_size)
         return _resample(xs, lw, n), method
     if noise is None:
         raise ConfigError("sampling method 'sir-noise' needs a noise distribution (noise=...)")
-    xs, lw = _noise_log_weights(model, encoder, noise, m, k, batch_size, keep_x=True)
+    xs, lw = noise_log_weights(model, encoder, noise, m, k, batch_size, keep_x=True)
     return _resample(xs, lw, n), method

@@ -11,7 +11,7 @@ the training data (reproducibly, given ``seed``). Pick one by name::
 Adding a noise = one small file in this folder (a :class:`NoiseDistribution` subclass
 with ``name``, ``_fit``, ``sample``, ``log_prob``) + one line in :data:`NOISES`.
 A name ``"module:callable"`` loads a user plug-in (see :mod:`fvnce.noise.plugin`); that
-is the only place user code is executed.  The ``base`` noise (:mod:`fvnce.noise.base_model`)
+is the only place user code is executed.  The ``base`` noise (:mod:`fvnce.noise.frozen_base`)
 is built from an energy-tilted model's frozen base instead of being fitted, so it is not
 in the registry.
 """
@@ -26,7 +26,7 @@ import torch
 from fvnce.errors import ConfigError
 
 from .base import NoiseDistribution
-from .base_model import BaseModelNoise
+from .frozen_base import BaseModelNoise
 from .flow import FlowNoise
 from .gaussian import DiagGaussianNoise, FullGaussianNoise, StandardNormalNoise
 from .kde import KDENoise

@@ -21,6 +21,7 @@ from .vnce import VNCE
 __all__ = [
     "ELBO", "FVNCE", "IWAE", "LogWeights", "NCE", "OBJECTIVES", "Objective", "ObjectiveOutput", "VNCE",
     "calibrate_log_normaliser", "effective_sample_size", "estimate_log_ratio", "log_weights", "make_objective",
+    "uses_noise",
 ]
 
 OBJECTIVES: dict[str, type[Objective]] = {
@@ -30,6 +31,12 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "nce": NCE,
     "vnce": VNCE,
 }
+
+
+def uses_noise(name: str) -> bool:
+    """Whether the registered objective ``name`` contrasts data with noise samples (an
+    unknown name counts as one: it is refused where it is checked)."""
+    return getattr(OBJECTIVES.get(name), "uses_noise", True)
 
 
 def make_objective(name: str, **params) -> Objective:

@@ -13,7 +13,7 @@ import hashlib
 import html
 from typing import Any, Iterable, Sequence
 
-from .load import finite
+from ..numfmt import DASH, bounded, finite, fmt_count, fmt_frac, fmt_pct
 
 __all__ = ["DASH", "bounded", "esc", "fmt_count", "fmt_frac", "fmt_num", "fmt_pct", "fmt_time", "img", "kv_table",
            "page", "table"]
@@ -24,47 +24,9 @@ def esc(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
-DASH = "—"
-
-
 def fmt_num(x: Any, digits: int = 3) -> str:
     v = finite(x)
     return DASH if v is None else f"{v:.{digits}f}"
-
-
-def bounded(frac: float, scale: float = 1.0, digits: int = 1) -> str:
-    """``frac * scale`` for a share ``frac`` in [0, 1], with ``digits`` decimals or as many
-    more as it takes never to show 0 or ``scale`` (100 %, 1,000 per 1,000, an AUROC of 1)
-    unless ``frac`` is exactly 0 or 1: 0.9996 is "99.96", not "100.0"."""
-    if not 0.0 <= frac <= 1.0 or frac in (0.0, 1.0):
-        return f"{frac * scale:.{digits}f}"
-    for d in range(digits, digits + 7):
-        text = f"{frac * scale:.{d}f}"
-        if 0.0 < float(text) < scale:
-            return text
-    d = digits + 7
-    return f"<{10.0 ** -d:.{d}f}" if frac < 0.5 else f">{scale - 10.0 ** -d:.{d}f}"
-
-
-def fmt_frac(x: Any, digits: int = 3) -> str:
-    """A share in [0, 1] such as an AUROC: never rounded to 0 or 1 unless exact."""
-    v = finite(x)
-    return DASH if v is None else bounded(v, 1.0, digits)
-
-
-def fmt_pct(x: Any, digits: int = 1) -> str:
-    """A share in [0, 1] as a percentage, never rounded to 0% or 100% unless exact."""
-    v = finite(x)
-    return DASH if v is None else bounded(v, 100.0, digits) + "%"
-
-
-def fmt_count(count: Any, total: Any, share: Any = None, digits: int = 1) -> str:
-    """"807 of 809 (99.8%)": a count with its total and the share it makes; ``share``
-    alone (as :func:`fmt_pct`) when the counts are missing."""
-    k, n = finite(count), finite(total)
-    if k is None or n is None or n <= 0 or not 0 <= k <= n:
-        return fmt_pct(share, digits)
-    return f"{int(k):,} of {int(n):,} ({bounded(k / n, 100.0, digits)}%)"
 
 
 def fmt_time(seconds: Any) -> str:

@@ -26,11 +26,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import __version__
-from ..checkpoint import atomic_write_json
+from ..data import load_dataset, normal_rows
 from ..errors import CheckpointError, ConfigError
-from ..thresholds import DEFAULT_ALARM_RATE  # noqa: F401 (re-exported for runs)
+from ..fileio import atomic_write_json
+from ..thresholds import DEFAULT_ALARM_RATE, alarm_threshold, check_alarm_rate
+from ..version import __version__
 from .files import ALARM_NAME
+from .loading import load_run, score_rows
+
+__all__ = ["ALL_ROWS", "DEFAULT_ALARM_RATE", "NORMAL_ROWS", "alarm_record", "calibrate_alarm", "read_alarm",
+           "resolve_threshold"]
 
 NORMAL_ROWS = "validation normal rows"
 ALL_ROWS = "validation rows, all of them (the data has no anomaly labels)"
@@ -39,21 +44,15 @@ ALL_ROWS = "validation rows, all of them (the data has no anomaly labels)"
 def calibrate_alarm(run_dir: str | Path, dataset=None, rate: float | None = None, *, write: bool = True,
                     run=None) -> dict:
     """Score the run's validation normal rows (every validation row when there are no
-    labels: :func:`fvnce.runs.training.normal_rows`) as ``fvnce score`` does
-    (:func:`fvnce.runs.scoring.score_rows`: same weights, ``eval_k`` importance samples;
+    labels: :func:`fvnce.data.normal_rows`) as ``fvnce score`` does
+    (:func:`fvnce.runs.loading.score_rows`: same weights, ``eval_k`` importance samples;
     torch's global random state is left as it was) and set the alarm threshold for
     ``rate`` (default: the run's ``alarm_rate``).  ``run``: the run already loaded
     (:func:`fvnce.runs.loading.load_run` with its default weights), else it is loaded from
     ``run_dir``.  Writes ``alarm.json`` atomically when ``write``; returns its record."""
-    from .. import evaluate as ev
-    from ..data import load_dataset
-    from .loading import load_run
-    from .scoring import score_rows  # scoring imports this module
-    from .training import normal_rows  # training imports this module
-
     if run is None:
         run = load_run(run_dir, dataset=dataset)
-    rate = ev.check_alarm_rate(run.config.alarm_rate if rate is None else rate)
+    rate = check_alarm_rate(run.config.alarm_rate if rate is None else rate)
     if dataset is None:
         dataset = load_dataset(run.config.data)
     x, labelled = normal_rows(dataset.val, dataset.val_labels), dataset.val_labels is not None
@@ -69,11 +68,9 @@ def calibrate_alarm(run_dir: str | Path, dataset=None, rate: float | None = None
 
 def alarm_record(scores, rate: float, labelled: bool, *, k: int | None = None, weights: str | None = None) -> dict:
     """The content of ``alarm.json`` for calibration ``scores``."""
-    from .. import evaluate as ev
-
     big = np.finfo(np.float64).max  # infinite scores are kept as +-1.8e308: plain JSON, same order
     s = np.sort(np.clip(np.asarray(scores, dtype=np.float64).reshape(-1), -big, big))
-    rec: dict[str, Any] = {"fvnce_version": __version__, **ev.alarm_threshold(s, rate),
+    rec: dict[str, Any] = {"fvnce_version": __version__, **alarm_threshold(s, rate),
                            "calibrated_on": NORMAL_ROWS if labelled else ALL_ROWS, "labelled": bool(labelled),
                            "k": k, "weights": weights}
     rec["validation_scores"] = [None if np.isnan(v) else float(v) for v in s]
@@ -102,8 +99,6 @@ def resolve_threshold(run_dir: str | Path, rate: float | None = None, threshold:
     per row the threshold was set with); ConfigError when there is none.  ``rate`` and
     ``threshold`` are checked by the caller (:func:`fvnce.runs.scoring.score_file`, before
     any work)."""
-    from .. import evaluate as ev
-
     if threshold is not None:
         return {"threshold": float(threshold), "rate": None, "source": "--threshold", "note": None, "k": None}
     rec = read_alarm(run_dir)
@@ -112,7 +107,7 @@ def resolve_threshold(run_dir: str | Path, rate: float | None = None, threshold:
                           f"thresholds existed); run 'fvnce evaluate {run_dir}' to set one, or give --threshold")
     if rate is not None:
         scores = [v for v in rec["validation_scores"] if v is not None]
-        rec = {**rec, **ev.alarm_threshold(np.asarray(scores, dtype=np.float64), float(rate))}
+        rec = {**rec, **alarm_threshold(np.asarray(scores, dtype=np.float64), float(rate))}
     if rec.get("threshold") is None:
         raise ConfigError(f"run {run_dir} has no alarm threshold: {rec.get('note') or 'no validation rows'}; "
                           "give --threshold")

@@ -4,16 +4,21 @@ checked against each other, optionally started from another run's weights."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, NamedTuple
+
+import torch
 
 from ..checkpoint import load_checkpoint
 from ..errors import ConfigError
 from ..models import make_model
+from ..noise import BaseModelNoise
 from ..objectives import make_objective
-from .files import CONFIG_NAME
+from ..user_vae import build_user_model
+from .config import RunConfig
+from .files import CONFIG_NAME, weights_file
 
-if TYPE_CHECKING:
-    from .config import RunConfig
+__all__ = ["IMAGE_MODELS", "RunParts", "base_noise", "build_parts", "check_noise_support", "image_model_options",
+           "warm_start"]
 
 
 #: the VAE family, which on continuous (C, H, W) images is convolutional by default
@@ -37,13 +42,24 @@ def image_model_options(config: RunConfig, name: str, opts: dict, image_shape, b
     return opts
 
 
-def _build(config: RunConfig, x_dim: int, image_shape, binary: bool, *, module_file=None,
-           load_weights: bool = False):
-    """``module_file``, ``load_weights``: for a run with the user's own VAE
+class RunParts(NamedTuple):
+    """What :func:`build_parts` builds from a run's configuration."""
+
+    model_name: str
+    model_options: dict
+    model: torch.nn.Module
+    encoder: torch.nn.Module | None  # None when the objective uses none
+    objective: Any
+
+
+def build_parts(config: RunConfig, x_dim: int, image_shape, binary: bool, *, module_file=None,
+                load_weights: bool = False) -> RunParts:
+    """The model (resolved name and options), encoder and objective of ``config`` for data of
+    ``x_dim`` features (``image_shape``, ``binary``), the objective checked against the model.
+    ``module_file``, ``load_weights``: for a run with the user's own VAE
     (:func:`fvnce.user_vae.build_user_model`)."""
     name, opts = config.resolved_model(binary)
     if config.vae is not None:  # the user's own VAE, or a tilted model over it
-        from ..user_vae import build_user_model
         model, encoder = build_user_model(config.vae, name, opts, x_dim, module_file=module_file,
                                           load_weights=load_weights)
     else:
@@ -55,10 +71,11 @@ def _build(config: RunConfig, x_dim: int, image_shape, binary: bool, *, module_f
     objective.check_model(model)
     if not objective.uses_encoder:
         encoder = None
-    return name, opts, model, encoder, objective
+    return RunParts(name, opts, model, encoder, objective)
 
 
-def _check_noise_support(noise, binary: bool, model_name: str, opts: dict) -> None:
+def check_noise_support(noise, binary: bool, model_name: str, opts: dict) -> None:
+    """ConfigError when a continuous noise meets a probability mass function, or the reverse."""
     discrete_model = opts.get("likelihood") == "bernoulli" or model_name == "rbm"
     if discrete_model and not getattr(noise, "discrete", False):
         raise ConfigError(f"noise {noise.name!r} is a continuous density but the model ({model_name}, binary "
@@ -68,22 +85,20 @@ def _check_noise_support(noise, binary: bool, model_name: str, opts: dict) -> No
         raise ConfigError(f"noise {noise.name!r} is discrete but the model is a density; use a continuous noise")
 
 
-def _base_noise(model, state: dict | None = None):
+def base_noise(model, state: dict | None = None):
     """The ``base`` noise of a tilted model; on resume ``state``, the model state of the
     checkpoint, is loaded first, so that its frozen base is the one the run started with
     (the noise must not change)."""
-    from ..noise import BaseModelNoise
-
     if state is not None:
         model.load_state_dict(state)
     return BaseModelNoise.from_model(model)
 
 
-def _warm_start(model, encoder, source: str) -> None:
+def warm_start(model, encoder, source: str) -> None:
     """Copy a finished run's parameters into ``model`` (or into its ``base`` when the
     model is an energy-tilted version of the source) and into ``encoder``."""
     src = Path(source)
-    path = src / "best.pt" if (src / "best.pt").exists() else src / "checkpoint.pt"
+    path, _ = weights_file(src)
     if not (src / CONFIG_NAME).exists():
         raise ConfigError(f"--init-from {source}: not an fvnce run directory (no {CONFIG_NAME})")
     ckpt = load_checkpoint(path)

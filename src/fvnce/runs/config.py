@@ -9,19 +9,25 @@ from typing import Any
 
 from ..data import DataSpec
 from ..errors import ConfigError
-from ..evaluate import check_alarm_rate
+from ..fileio import jsonable
 from ..models import MODELS
 from ..noise import NOISES
-from ..objectives import OBJECTIVES, make_objective
+from ..objectives import OBJECTIVES, make_objective, uses_noise
+from ..rules import rule_flags, rule_parameters
+from ..thresholds import DEFAULT_ALARM_RATE, check_alarm_rate
 from ..train import TrainConfig
-from .alarm import DEFAULT_ALARM_RATE
-from .files import _jsonable
+from ..user_vae import check_config
 
 
 BASE_NOISE = "base"
+#: the objective options of a new run from the command line or :class:`fvnce.Detector`
+#: (a :class:`RunConfig` itself defaults to the objective's own): the linear stabilisation
+DEFAULT_OBJECTIVE_OPTIONS = {"exp_mode": "linear", "tau": 10.0}
 
 
-def _default_noise(binary: bool) -> str:
+def default_noise(binary: bool) -> str:
+    """The noise of ``noise="auto"``: the product of marginals for binary data, else a
+    full-covariance Gaussian."""
     return "marginals" if binary else "full_gaussian"
 
 
@@ -72,14 +78,13 @@ class RunConfig:
             raise ConfigError(f"eval_k must be a positive integer, got {self.eval_k!r}")
         check_alarm_rate(self.alarm_rate, "alarm_rate")
         if self.vae is not None:  # the user's own VAE (fvnce.user_vae)
-            from ..user_vae import check_config
             check_config(self)
 
     def resolved_model(self, binary: bool) -> tuple[str, dict]:
         opts = dict(self.model_options)
         name = self.model
         if name == "auto":
-            name = "vae" if self.objective in ("elbo", "iwae") else "tilted_vae"
+            name = "tilted_vae" if uses_noise(self.objective) else "vae"
         if name in ("vae", "tilted_vae", "conv_vae"):
             opts.setdefault("likelihood", "bernoulli" if binary else "gaussian")
         if self.noise == BASE_NOISE:  # a noise must stay fixed: the base it samples from is frozen
@@ -87,13 +92,13 @@ class RunConfig:
         return name, opts
 
     def resolved_noise(self, binary: bool) -> str:
-        return _default_noise(binary) if self.noise == "auto" else self.noise
+        return default_noise(binary) if self.noise == "auto" else self.noise
 
     def to_dict(self) -> dict:
         d = {"data": self.data.to_dict(), "objective": self.objective,
                 "objective_options": dict(self.objective_options), "model": self.model,
-                "model_options": _jsonable(self.model_options), "noise": self.noise,
-                "noise_options": _jsonable(self.noise_options), "train": self.train.to_dict(), "eval_k": self.eval_k,
+                "model_options": jsonable(self.model_options), "noise": self.noise,
+                "noise_options": jsonable(self.noise_options), "train": self.train.to_dict(), "eval_k": self.eval_k,
                 "init_from": self.init_from, "alarm_rate": self.alarm_rate}
         if self.vae is not None:  # only then: runs without a user VAE keep their files as before
             d["vae"] = dict(self.vae)
@@ -111,6 +116,40 @@ class RunConfig:
         if "train" in d:
             d["train"] = TrainConfig.from_dict(d["train"]) if isinstance(d["train"], dict) else d["train"]
         return cls(**d)
+
+
+def objective_options(objective: str, options: dict, *, rule: str | None = None, params: dict | None = None,
+                      k=None, nu=None, tau=None, exp_mode: str | None = None,
+                      spell=lambda flag: f"--{flag}", hint=lambda want, rule: f": add --rule {want}") -> dict:
+    """The objective options of a run: ``options`` with the given settings applied (None:
+    not given).  ``params``: ``{flag: value}`` of the rules' parameter flags
+    (:func:`fvnce.rules.rule_flags`, e.g. ``{"alpha": 1.5, "shift": None}``), each refused
+    unless the rule is the one it belongs to.  An objective without noise keeps ``k`` only,
+    and refuses a rule, noise samples or rule parameters.  ``spell`` names a flag and
+    ``hint`` ends the message of a parameter of another rule (the command line's by default)."""
+    opts = dict(options)
+    if rule:
+        opts["rule"] = rule
+    flags = rule_flags()
+    for flag, value in (params or {}).items():
+        if value is None:
+            continue
+        want, key = flags[flag]
+        if opts.get("rule", "kl") != want:
+            raise ConfigError(f"{spell(flag)} is the {want} rule's parameter{hint(want, opts.get('rule', 'kl'))}")
+        opts[key] = value
+    for key, v in (("k", k), ("nu", nu), ("tau", tau)):
+        if v is not None:
+            opts[key] = v
+    if exp_mode:
+        opts["exp_mode"] = exp_mode
+    if not uses_noise(objective):
+        bad = [key for key in opts if key not in ("k",)]
+        if any(key in ("rule", "nu", *rule_parameters()) for key in bad):
+            raise ConfigError(f"objective {objective!r} has no scoring rule, noise samples or rule parameters "
+                              f"(got {', '.join(sorted(bad))})")
+        opts = {key: v for key, v in opts.items() if key == "k"}
+    return opts
 
 
 def check_noise_name(name: str, allow_auto: bool) -> None:

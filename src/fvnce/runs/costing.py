@@ -16,25 +16,30 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_write_json
-from ..errors import ConfigError
-from .files import ALARM_NAME
+from ..costs import cost_report, unavailable
+from ..data import load_dataset
+from ..errors import CheckpointError, ConfigError
+from ..fileio import atomic_write_json
+from .alarm import read_alarm
+from .config import RunConfig
+from .files import ALARM_NAME, read_config
+from .loading import load_run, score_rows
+from .union import combine, is_union, member_scores, read_union
+
+__all__ = ["cost_threshold", "run_cost", "run_scores"]
 
 #: torch seed offsets (on the run's seed): anomalous validation rows, test rows (as fvnce score)
 _VAL_OFFSET, _TEST_OFFSET = 4, 2
 
 
-def _scores(run_dir: Path, x, offset: int, dataset) -> np.ndarray:
-    """Scores of the preprocessed rows ``x`` by the run or union at ``run_dir``."""
-    from .loading import load_run
-    from .scoring import score_rows
-    from .union import _member_scores, combine, is_union, read_union
-
+def run_scores(run_dir: Path, x, offset: int, dataset) -> np.ndarray:
+    """Scores of the preprocessed rows ``x`` by the run or union at ``run_dir``, torch seeded
+    with the run's seed plus ``offset`` and left as it was."""
     if len(x) == 0:
         return np.zeros(0)
     if is_union(run_dir):
         rec = read_union(run_dir)
-        parts = [_member_scores(load_run(m["path"], dataset=dataset), x, offset) for m in rec["members"]]
+        parts = [member_scores(load_run(m["path"], dataset=dataset), x, offset) for m in rec["members"]]
         return combine(parts, [(m["center"], m["spread"]) for m in rec["members"]])
     run = load_run(run_dir, dataset=dataset)
     with torch.random.fork_rng(devices=[]):
@@ -45,19 +50,11 @@ def _scores(run_dir: Path, x, offset: int, dataset) -> np.ndarray:
 def _dataset(run_dir: Path, dataset):
     if dataset is not None:
         return dataset
-    from ..data import load_dataset
-    from .files import _read_config
-    from .union import is_union, read_union
-    from .config import RunConfig
-
     d = Path(read_union(run_dir)["members"][0]["path"]) if is_union(run_dir) else run_dir
-    return load_dataset(RunConfig.from_dict(_read_config(d)["run"]).data)
+    return load_dataset(RunConfig.from_dict(read_config(d)["run"]).data)
 
 
 def _alarm(run_dir: Path) -> dict:
-    from .alarm import read_alarm
-    from ..errors import CheckpointError
-
     if not run_dir.is_dir():
         raise CheckpointError(f"run directory not found: {run_dir}")
     rec = read_alarm(run_dir)
@@ -72,24 +69,22 @@ def run_cost(run_dir: str | Path, costs: dict, *, dataset=None, write: bool = Tr
     ``costs`` = ``{cost_false_alarm, cost_miss, anomaly_share}``: the cheapest threshold on
     the validation rows beside the alarm-rate threshold, both on the test rows too.  Written
     into ``alarm.json`` when ``write``."""
-    from .. import costs as c
-
     run_dir = Path(run_dir)
     alarm = _alarm(run_dir)
     normal = np.asarray([v for v in alarm["validation_scores"] if v is not None], dtype=np.float64)
     a, b, share = costs["cost_false_alarm"], costs["cost_miss"], costs.get("anomaly_share")
     if not alarm.get("labelled"):
-        rec = c.unavailable("the cost cannot be estimated: the data has no anomaly labels, so neither the miss rate "
+        rec = unavailable("the cost cannot be estimated: the data has no anomaly labels, so neither the miss rate "
                             "nor the false-alarm rate of a threshold can be measured (both need labelled "
                             "validation rows)", a, b, share)
         rec["sentence"] = rec["reason"] + "."
     else:
         dataset = _dataset(run_dir, dataset)
-        val_anom = _scores(run_dir, dataset.val[dataset.val_labels != 0], _VAL_OFFSET, dataset)
+        val_anom = run_scores(run_dir, dataset.val[dataset.val_labels != 0], _VAL_OFFSET, dataset)
         lab = dataset.test_labels
-        test = _scores(run_dir, dataset.test, _TEST_OFFSET, dataset)
+        test = run_scores(run_dir, dataset.test, _TEST_OFFSET, dataset)
         t_norm, t_anom = (test, None) if lab is None else (test[(lab == 0).numpy()], test[(lab != 0).numpy()])
-        rec = c.cost_report(normal, val_anom, t_norm, t_anom, cost_false_alarm=a, cost_miss=b, anomaly_share=share,
+        rec = cost_report(normal, val_anom, t_norm, t_anom, cost_false_alarm=a, cost_miss=b, anomaly_share=share,
                             alarm_threshold=alarm["threshold"])
         if not rec.get("available"):
             rec["sentence"] = rec["reason"] + "."
@@ -103,8 +98,6 @@ def run_cost(run_dir: str | Path, costs: dict, *, dataset=None, write: bool = Tr
 def cost_threshold(run_dir: str | Path, costs: dict) -> tuple[float, str]:
     """The cheapest threshold for ``costs`` on the run's validation rows (for ``fvnce score``)
     and its description; ConfigError when the cost cannot be estimated."""
-    from .. import costs as c
-
     run_dir = Path(run_dir)
     alarm = _alarm(run_dir)
     if not alarm.get("labelled"):
@@ -114,8 +107,8 @@ def cost_threshold(run_dir: str | Path, costs: dict) -> tuple[float, str]:
     anomalies = alarm.get("validation_anomaly_scores")
     if anomalies is None:
         dataset = _dataset(run_dir, None)
-        anomalies = _scores(run_dir, dataset.val[dataset.val_labels != 0], _VAL_OFFSET, dataset)
-    rec = c.cost_report(normal, anomalies, cost_false_alarm=costs["cost_false_alarm"], cost_miss=costs["cost_miss"],
+        anomalies = run_scores(run_dir, dataset.val[dataset.val_labels != 0], _VAL_OFFSET, dataset)
+    rec = cost_report(normal, anomalies, cost_false_alarm=costs["cost_false_alarm"], cost_miss=costs["cost_miss"],
                         anomaly_share=costs.get("anomaly_share"))
     if not rec["available"]:
         raise ConfigError(f"{rec['reason']}; give --threshold or --alarm-rate")

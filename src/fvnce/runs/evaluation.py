@@ -11,12 +11,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import __version__
-from ..checkpoint import atomic_write_json
+from .. import evaluate as ev
 from ..data import Dataset, load_dataset, prepare_scoring_data
+from ..fileio import atomic_write_json, atomic_write_npy, finite_json
+from ..version import __version__
 from .alarm import calibrate_alarm, read_alarm
-from .files import EVALUATION_NAME, SAMPLES_NAME, _atomic_npy, _finite_json
+from .files import EVALUATION_NAME, SAMPLES_NAME
 from .loading import LoadedRun, load_run
+
+__all__ = ["ALARM_KEYS", "evaluate_run"]
 
 
 def _split_metrics(run: LoadedRun, x: torch.Tensor, labels, log_z, k: int, n_samples_acc: int = 2000,
@@ -27,8 +30,6 @@ def _split_metrics(run: LoadedRun, x: torch.Tensor, labels, log_z, k: int, n_sam
     Carlo spread of the rows only: the error of an estimated ``log Z`` shifts every row
     alike and is not in it; None for fewer than two rows), ``log_likelihood_reliable``
     True for normalised models, else ``log_z.reliable``."""
-    from .. import evaluate as ev
-
     x = x.to(next(run.model.parameters()).dtype)
     out: dict[str, Any] = {}
     ll = ev.log_likelihood(run.model, run.encoder, x, k=k, log_z=log_z)
@@ -77,8 +78,6 @@ def evaluate_run(run_dir: str | Path, *, dataset: Dataset | None = None, data_fi
     expected at that threshold (:func:`fvnce.evaluate.operating_point`), ``alarm_curve``
     = both against the threshold; scores in the units of ``fvnce score``.
     """
-    from .. import evaluate as ev
-
     t0 = time.perf_counter()
     run = load_run(run_dir, dataset=dataset)
     k = k or run.config.eval_k
@@ -129,13 +128,13 @@ def evaluate_run(run_dir: str | Path, *, dataset: Dataset | None = None, data_fi
             samples, method = ev.sample(run.model, run.encoder, n_samples, noise=run.noise)
             result["samples_file"], result["sampling_method"] = SAMPLES_NAME, method
             if write:
-                _atomic_npy(Path(run_dir) / SAMPLES_NAME, samples.detach().cpu().numpy())
+                atomic_write_npy(Path(run_dir) / SAMPLES_NAME, samples.detach().cpu().numpy())
         except NotImplementedError:
             pass
     result["wall_time_s"] = time.perf_counter() - t0
     if write:
-        atomic_write_json(Path(run_dir) / EVALUATION_NAME, _finite_json(result))
-    return _finite_json(result)
+        atomic_write_json(Path(run_dir) / EVALUATION_NAME, finite_json(result))
+    return finite_json(result)
 
 
 def _alarm_results(run: LoadedRun, dataset, scores, labels, calibrate: bool) -> dict:
@@ -143,8 +142,6 @@ def _alarm_results(run: LoadedRun, dataset, scores, labels, calibrate: bool) -> 
     here when the run has none and ``calibrate``), ``operating_point`` (what it does on these
     rows: :func:`fvnce.evaluate.operating_point`) and ``alarm_curve`` (detection and false
     alarms against the threshold); None where there is no threshold."""
-    from .. import evaluate as ev
-
     rec = read_alarm(run.run_dir)
     if rec is None and calibrate:  # a run trained before alarm thresholds existed
         rec = calibrate_alarm(run.run_dir, dataset, run=run)

@@ -1,49 +1,33 @@
-"""The files of a run directory and the JSON helpers that write and read them.
-
-    config.json        everything needed to rebuild model, noise and data (plain JSON)
-    preprocess.json    the fitted preprocessing, re-applied at scoring time
-    noise.pt           the fitted noise (tensors and plain data only)
-    checkpoint.pt      latest training state; best.pt the best-validation parameters
-    metrics.jsonl      training curves
-    alarm.json         the alarm threshold and the validation scores it was set from (runs/alarm.py)
-    union.json         a union of runs (runs/union.py): beside alarm.json, in place of the rest
-    evaluation.json    metrics on validation and test data; samples.npy model samples
+"""The files of a run directory (their names: :mod:`fvnce.filenames`): written, checked and read.
 
 Every file is written atomically."""
 
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
-from .. import __version__
-from ..checkpoint import atomic_write_bytes, atomic_write_json, atomic_torch_save
+from ..checkpoint import atomic_torch_save
 from ..data import Dataset
 from ..errors import CheckpointError, ConfigError
+from ..fileio import atomic_write_json, jsonable
+from ..filenames import (ALARM_NAME, BEST_NAME, CHECKPOINT_NAME, CONFIG_NAME, EVALUATION_NAME, NOISE_NAME,
+                         PREPROCESS_NAME, REPORT_NAME, SAMPLES_NAME, SUMMARY_NAME, UNION_NAME)
+from ..version import __version__
 
-CONFIG_NAME = "config.json"
-PREPROCESS_NAME = "preprocess.json"
-NOISE_NAME = "noise.pt"
-EVALUATION_NAME = "evaluation.json"
-SAMPLES_NAME = "samples.npy"
-ALARM_NAME = "alarm.json"
-UNION_NAME = "union.json"  # a union of runs (runs/union.py) in place of config.json
+__all__ = ["ALARM_NAME", "BEST_NAME", "CHECKPOINT_NAME", "CONFIG_NAME", "EVALUATION_NAME", "NOISE_NAME",
+           "PREPROCESS_NAME", "REPORT_NAME", "SAMPLES_NAME", "SUMMARY_NAME", "UNION_NAME", "check_new_run_dir", "check_output_file",
+           "check_run_dir", "load_noise_state", "read_config", "weights_file", "write_run_files"]
 
 if TYPE_CHECKING:
     from .config import RunConfig
 
 
-def _jsonable(d: dict) -> dict:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
-
-
-def _check_new_run_dir(run_dir: Path) -> None:
+def check_new_run_dir(run_dir: Path) -> None:
     """A new run's files go into a new (or empty) folder, or into a run folder that
     :func:`fvnce.runs.training.train_run` has checked (:mod:`fvnce.runs.output`)."""
     if run_dir.exists() and not run_dir.is_dir():
@@ -56,11 +40,13 @@ def _check_new_run_dir(run_dir: Path) -> None:
         raise ConfigError(f"cannot create {run_dir}: {parent} is a file, not a directory")
 
 
-def _write_run_files(run_dir: Path, config: RunConfig, dataset: Dataset, name: str, opts: dict, objective,
-                     noise) -> None:
-    _check_new_run_dir(run_dir)
+def write_run_files(run_dir: Path, config: RunConfig, dataset: Dataset, name: str, opts: dict, objective,
+                    noise) -> None:
+    """Write a new run's ``config.json``, ``preprocess.json`` and ``noise.pt`` (removing the
+    results of an earlier run in the folder: they would not belong to this one)."""
+    check_new_run_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (EVALUATION_NAME, SAMPLES_NAME, ALARM_NAME, "report.html"):
+    for stale in (EVALUATION_NAME, SAMPLES_NAME, ALARM_NAME, REPORT_NAME):
         (run_dir / stale).unlink(missing_ok=True)
     atomic_write_json(run_dir / CONFIG_NAME, _config_record(config, dataset, name, opts, objective, noise))
     atomic_write_json(run_dir / PREPROCESS_NAME, dataset.preprocessor.state())
@@ -72,9 +58,9 @@ def _config_record(config: RunConfig, dataset: Dataset, model_name: str, model_o
         "fvnce_version": __version__,
         "run": config.to_dict(),
         "data": config.data.to_dict(),
-        "model": {"name": model_name, "options": _jsonable(model_opts)},
+        "model": {"name": model_name, "options": jsonable(model_opts)},
         "objective": objective.config(),
-        "noise": {"name": noise.name, "options": _jsonable(config.noise_options)},
+        "noise": {"name": noise.name, "options": jsonable(config.noise_options)},
         "train": config.train.to_dict(),
         "x_dim": dataset.dim,
         "image_shape": list(dataset.image_shape) if dataset.image_shape else None,
@@ -83,7 +69,7 @@ def _config_record(config: RunConfig, dataset: Dataset, model_name: str, model_o
     }
 
 
-def _check_run_dir(run_dir: Path) -> None:
+def check_run_dir(run_dir: Path) -> None:
     """CheckpointError unless ``run_dir`` is a run (``config.json``) or a union of runs
     (``union.json``): checked before anything else a command does with it."""
     if not run_dir.is_dir():
@@ -92,7 +78,19 @@ def _check_run_dir(run_dir: Path) -> None:
         raise CheckpointError(f"{run_dir} is not an fvnce run directory (no {CONFIG_NAME})")
 
 
-def _read_config(run_dir: Path) -> dict:
+def weights_file(run_dir: Path, weights: str = "best") -> tuple[Path, str]:
+    """``(path, used)``: the parameters of a run that ``weights`` asks for -- ``best.pt`` (the
+    best-validation parameters) when ``weights="best"`` and the run kept them, else the latest
+    ``checkpoint.pt`` (``used``: ``"best"`` or ``"last"``)."""
+    path = run_dir / BEST_NAME
+    if weights != "best" or not path.exists():
+        return run_dir / CHECKPOINT_NAME, "last"
+    return path, "best"
+
+
+def read_config(run_dir: Path) -> dict:
+    """The run's ``config.json`` (as written by :func:`write_run_files`, older versions brought
+    up to date); CheckpointError when ``run_dir`` is no run, a union of runs, or corrupt."""
     path = run_dir / CONFIG_NAME
     if not run_dir.is_dir():
         raise CheckpointError(f"run directory not found: {run_dir}")
@@ -119,7 +117,9 @@ def _read_config(run_dir: Path) -> dict:
     return cfg
 
 
-def _load_noise_state(run_dir: Path):
+def load_noise_state(run_dir: Path):
+    """The fitted noise's state of ``noise.pt`` (plain data only); CheckpointError when
+    it is missing or not such a file."""
     noise_path = run_dir / NOISE_NAME
     if not noise_path.exists():
         raise CheckpointError(f"{run_dir} is incomplete: {NOISE_NAME} is missing")
@@ -135,28 +135,10 @@ def _load_noise_state(run_dir: Path):
     return state
 
 
-def _check_output_file(out: Path) -> None:
+def check_output_file(out: Path) -> None:
     """Checked before any work: the output's folder exists and the output is not a folder."""
     if out.is_dir():
         raise ConfigError(f"output {out} is a directory; give a file name")
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise ConfigError(f"cannot write {out}: folder {parent} does not exist")
-
-
-def _finite_json(obj):
-    """Replace NaN/inf floats by None so the JSON is standard."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite_json(v) for v in obj]
-    return obj
-
-
-def _atomic_npy(path: Path, array: np.ndarray) -> None:
-    import io
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    atomic_write_bytes(path, buf.getvalue())

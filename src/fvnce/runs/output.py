@@ -22,11 +22,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from ..checkpoint import atomic_write_json
 from ..errors import ConfigError
-from .files import ALARM_NAME, CONFIG_NAME, EVALUATION_NAME, UNION_NAME
-
-SUMMARY_NAME = "summary.json"
+from ..fileio import atomic_write_json
+from .files import ALARM_NAME, CONFIG_NAME, EVALUATION_NAME, SUMMARY_NAME, UNION_NAME
 NEW_SUFFIX = ".fvnce-new"
 OLD_SUFFIX = ".fvnce-old"
 

@@ -7,13 +7,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_write_bytes
+from .. import evaluate as ev
 from ..data import image_files, is_image_input, prepare_scoring_data
 from ..errors import ConfigError
+from ..fileio import atomic_write_bytes, atomic_write_npy, atomic_write_text
 from .alarm import resolve_threshold
-from .files import _atomic_npy, _check_output_file, _check_run_dir
-from .loading import load_run
+from .files import check_output_file, check_run_dir
+from .loading import load_run, score_rows
 from .union import is_union, score_union
+
+__all__ = ["sample_run", "score_file"]
 
 
 def score_file(run_dir: str | Path, data_file: str, out: str | Path, *, k: int | None = None,
@@ -34,16 +37,14 @@ def score_file(run_dir: str | Path, data_file: str, out: str | Path, *, k: int |
     file is written atomically.  Returns ``{"rows", "alarms", "threshold", "rate",
     "source", "note", "k"}`` (``k`` the samples per row the threshold was set with).
     """
-    from .. import evaluate as ev
-
-    _check_run_dir(Path(run_dir))
+    check_run_dir(Path(run_dir))
     if alarm_rate is not None and threshold is not None:
         raise ConfigError("give --alarm-rate or --threshold, not both")
     if threshold is not None:
         ev.check_threshold(threshold)
     if alarm_rate is not None:
         ev.check_alarm_rate(alarm_rate, "--alarm-rate")
-    _check_output_file(Path(out))
+    check_output_file(Path(out))
     chosen = resolve_threshold(run_dir, alarm_rate, threshold)
     names = image_files(data_file)[1] if is_image_input(data_file) else None
     if is_union(run_dir):  # a union of runs (fvnce.runs.union): every member scores, the union combines
@@ -61,7 +62,6 @@ def score_file(run_dir: str | Path, data_file: str, out: str | Path, *, k: int |
         lines = ["row,score,alarm"] + [f"{i},{s:.9g},{int(a)}" for i, (s, a) in enumerate(zip(scores, alarms))]
     else:
         lines = ["path,score,alarm"] + [f"{_csv_field(p)},{s:.9g},{int(a)}" for p, s, a in zip(names, scores, alarms)]
-    from ..checkpoint import atomic_write_text
     atomic_write_text(Path(out), "\n".join(lines) + "\n")
     return {"rows": len(scores), "alarms": int(alarms.sum()), **chosen}
 
@@ -73,28 +73,15 @@ def _csv_field(text: str) -> str:
     return text
 
 
-def score_rows(run, x, *, k: int | None = None) -> np.ndarray:
-    """The anomaly score (negative estimated log-density) of each row of ``x``, rows
-    already preprocessed (``run.preprocessor.transform``), with ``k`` importance samples
-    (default: the run's ``eval_k``) drawn from torch's global random state: the scores
-    ``fvnce score`` writes (it seeds that state with the run's seed + 2 first)."""
-    from .. import evaluate as ev
-
-    xt = torch.as_tensor(np.asarray(x)).to(next(run.model.parameters()).dtype)
-    return ev.anomaly_scores(run.model, run.encoder, xt, k=k or run.config.eval_k).numpy()
-
-
 def sample_run(run_dir: str | Path, n: int, out: str | Path) -> str:
     """Draw ``n`` model samples into ``out``: ``.npy`` (in model space), or ``.png``
     (an image grid; image data only).  Returns the sampling method used."""
-    from .. import evaluate as ev
-
     out = Path(out)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"--n must be a positive integer, got {n!r}")
     if out.suffix not in (".npy", ".png"):
         raise ConfigError(f"sample output must end in .npy or .png, got {out.name!r}")
-    _check_output_file(out)
+    check_output_file(out)
     run = load_run(run_dir)
     if out.suffix == ".png" and run.image_shape is None:
         raise ConfigError("a .png grid needs image data; this run's data are not images: use .npy")
@@ -110,7 +97,7 @@ def sample_run(run_dir: str | Path, n: int, out: str | Path) -> str:
         raise ConfigError(f"this model cannot be sampled: {exc}") from None
     arr = samples.detach().cpu().numpy()
     if out.suffix == ".npy":
-        _atomic_npy(out, arr)
+        atomic_write_npy(out, arr)
     else:
         from ..report.plots import image_grid_png
         png = image_grid_png(arr, shape, f"{n} samples ({method})")

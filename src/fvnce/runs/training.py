@@ -4,22 +4,26 @@ model + objective -> :class:`fvnce.train.Trainer` -> run directory."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
 from .. import distributed
 from ..checkpoint import load_checkpoint
-from ..data import Dataset, load_dataset
+from ..data import Dataset, load_dataset, normal_rows
 from ..errors import ConfigError
 from ..noise import load_noise, make_noise
-from ..train import CHECKPOINT_NAME, TrainConfig, Trainer, TrainingInterrupted
-from ..train.state import BEST_NAME
+from ..train import TrainConfig, Trainer, TrainingInterrupted
+from ..train.state import save_best
+from ..user_vae import check_user_vae, copy_module, run_module_file
 from .alarm import calibrate_alarm
-from .build import _base_noise, _build, _check_noise_support, _warm_start
+from .build import base_noise, build_parts, check_noise_support, warm_start
 from .config import BASE_NOISE, RunConfig
-from .files import ALARM_NAME, _load_noise_state, _read_config, _write_run_files
+from .files import (ALARM_NAME, BEST_NAME, CHECKPOINT_NAME, check_new_run_dir, load_noise_state, read_config,
+                    write_run_files)
 from .output import NEW_SUFFIX, check_output, replacing, sibling
+
+__all__ = ["adopt_run", "train_run"]
 
 
 def train_run(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
@@ -40,7 +44,7 @@ def train_run(config: RunConfig, run_dir: str | Path, *, resume: bool = False, o
     """
     run_dir = Path(run_dir)
     if resume:
-        saved = _read_config(run_dir)
+        saved = read_config(run_dir)
         length = {k: v for k, v in (config.train.to_dict().items() if config is not None else ())
                   if k in ("steps", "epochs")}
         config = RunConfig.from_dict(saved["run"])
@@ -78,25 +82,24 @@ def _train(config: RunConfig, run_dir: Path, resume: bool, dataset, noise, log):
     """:func:`train_run` into ``run_dir`` once the output folder has been checked."""
     if resume:  # fail before reading (possibly large) data when the run cannot be resumed
         resumed = load_checkpoint(run_dir / CHECKPOINT_NAME)
-        noise_state = _load_noise_state(run_dir)
+        noise_state = load_noise_state(run_dir)
     if dataset is None:
         dataset = load_dataset(config.data)
         for note in dataset.notes:
             log(f"fvnce: note: {note}")
     module_file = None
     if config.vae is not None:  # the user's own VAE (fvnce.user_vae): checked on the data before anything is written
-        from ..user_vae import check_user_vae, run_module_file
         if resume:
             module_file = run_module_file(run_dir)
         else:
             check_user_vae(config.vae, dataset)
     torch.manual_seed(config.train.seed)
-    name, opts, model, encoder, objective = _build(config, dataset.dim, dataset.image_shape, dataset.binary,
-                                                   module_file=module_file,
-                                                   load_weights=config.vae is not None and not resume
-                                                   and not config.init_from)
-    base_noise = config.noise == BASE_NOISE
-    if base_noise:
+    name, opts, model, encoder, objective = build_parts(config, dataset.dim, dataset.image_shape, dataset.binary,
+                                                        module_file=module_file,
+                                                        load_weights=config.vae is not None and not resume
+                                                        and not config.init_from)
+    uses_base = config.noise == BASE_NOISE
+    if uses_base:
         noise = None  # built from the model once its base holds the starting weights
     elif resume:
         noise = load_noise(noise_state, data=dataset.train)
@@ -106,24 +109,23 @@ def _train(config: RunConfig, run_dir: Path, resume: bool, dataset, noise, log):
                                **config.noise_options),
             lambda fitted: fitted.state(), lambda state: load_noise(state, data=dataset.train))
     if config.init_from and not resume:
-        _warm_start(model, encoder, config.init_from)
+        warm_start(model, encoder, config.init_from)
         log(f"fvnce: starting from the weights of {config.init_from}")
-    if base_noise:
+    if uses_base:
         if not config.init_from and not resume:
             log(f"fvnce: note: noise {BASE_NOISE!r} without --init-from samples an untrained base VAE; "
                 "start from a trained VAE run")
-        noise = _base_noise(model, resumed["model"] if resume else None)
+        noise = base_noise(model, resumed["model"] if resume else None)
     resumed = None  # the trainer reads the checkpoint itself: do not hold this copy while training
     for w in getattr(noise, "warnings", []):
         log(f"fvnce: note: {w}")
-    _check_noise_support(noise, dataset.binary, name, opts)
+    check_noise_support(noise, dataset.binary, name, opts)
 
     # the trainer checks the device, precision and parameters: before anything is written
     trainer = Trainer(model, encoder, objective, noise, config.train, run_dir=run_dir, log=log)
     if not resume:  # rank 0 only under torch.distributed (its errors reach every rank)
-        distributed.main_first(lambda: _write_run_files(run_dir, config, dataset, name, opts, objective, noise))
+        distributed.main_first(lambda: write_run_files(run_dir, config, dataset, name, opts, objective, noise))
         if config.vae is not None and distributed.is_main():
-            from ..user_vae import copy_module
             copy_module(run_dir, config.vae)
     elif distributed.is_main():  # the weights change: a threshold of the old ones must not outlive them
         (run_dir / ALARM_NAME).unlink(missing_ok=True)
@@ -133,7 +135,24 @@ def _train(config: RunConfig, run_dir: Path, resume: bool, dataset, noise, log):
     return result, dataset
 
 
-def normal_rows(x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-    """The rows labelled normal (all rows when there are no labels): the validation loss
-    measures fit to the data distribution, which the anomalies are not part of."""
-    return x if labels is None else x[labels == 0]
+def adopt_run(config: RunConfig, run_dir: str | Path, dataset, *, log=lambda m: None) -> dict[str, Any]:
+    """A run folder for the user's VAE *as it is* (no training): the run files, the module
+    copy, ``best.pt`` holding the given weights, and the alarm threshold set on the
+    validation rows.  ``config`` is an ``elbo`` RunConfig with ``vae`` set."""
+    run_dir = Path(run_dir)
+    config.validate()
+    if config.vae is None or config.objective != "elbo":
+        raise ConfigError("adopt_run takes an elbo run with a user VAE")
+    check_user_vae(config.vae, dataset)
+    check_new_run_dir(run_dir)
+    name, opts, model, encoder, objective = build_parts(config, dataset.dim, dataset.image_shape, dataset.binary,
+                                                        load_weights=True)
+    noise = make_noise(config.resolved_noise(dataset.binary), dataset.train, seed=config.train.seed,
+                       **config.noise_options)
+    write_run_files(run_dir, config, dataset, name, opts, objective, noise)
+    copy_module(run_dir, config.vae)
+    save_best(run_dir / BEST_NAME, 0, None, model, encoder)
+    calibrate_alarm(run_dir, dataset)
+    log(f"fvnce: your VAE {config.vae['file']}:{config.vae['function']} with weights {config.vae['weights']}, "
+        "as it is (not trained)")
+    return {"run_dir": str(run_dir)}

@@ -51,10 +51,18 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .. import __version__
-from ..checkpoint import atomic_write_json
+from ..data import normal_rows, prepare_scoring_data
 from ..errors import CheckpointError, ConfigError
-from .files import ALARM_NAME, CONFIG_NAME, NOISE_NAME, PREPROCESS_NAME, UNION_NAME
+from ..fileio import atomic_write_json
+from ..thresholds import check_alarm_rate
+from ..version import __version__
+from .alarm import alarm_record
+from .files import ALARM_NAME, BEST_NAME, CHECKPOINT_NAME, CONFIG_NAME, NOISE_NAME, PREPROCESS_NAME, UNION_NAME
+from .loading import load_run, score_rows
+
+__all__ = ["COMBINATION", "IDENTITY_PARTS", "check_members", "combine", "create_union", "is_union",
+           "member_identity", "member_scores", "read_union", "robust_scale", "score_union"]
+
 COMBINATION = ("the largest, over the members, of (member score - median) / inter-quartile range, both taken over "
                "the member's scores of the validation rows")
 
@@ -114,7 +122,7 @@ def member_identity(run_dir: str | Path) -> dict:
     without ``init_from``, the run it started from, whose path may be rewritten when a poc
     folder is moved into place)."""
     run_dir = Path(run_dir)
-    weights = "best.pt" if (run_dir / "best.pt").is_file() else "checkpoint.pt"
+    weights = BEST_NAME if (run_dir / BEST_NAME).is_file() else CHECKPOINT_NAME
     try:
         record = json.loads((run_dir / CONFIG_NAME).read_text(encoding="utf-8"))
         if isinstance(record, dict) and isinstance(record.get("run"), dict):
@@ -165,17 +173,15 @@ def read_union(run_dir: str | Path) -> dict:
         raise CheckpointError(f"{path} is corrupt: {exc}") from None
     for m in members:
         m["path"] = (run_dir / m["run_dir"]).resolve()
-        if not (m["path"] / "config.json").is_file():
+        if not (m["path"] / CONFIG_NAME).is_file():
             raise CheckpointError(f"{path}: member run {m['run_dir']} is not there (the union's folder was moved "
                                   "without its members?)")
     return rec
 
 
-def _member_scores(run, x, seed_offset: int, k: int | None = None) -> np.ndarray:
+def member_scores(run, x, seed_offset: int, k: int | None = None) -> np.ndarray:
     """``run``'s scores of the preprocessed rows ``x``, torch seeded with the run's seed plus
     ``seed_offset`` (2: as ``fvnce score``; 4: as the alarm calibration) and left as it was."""
-    from .scoring import score_rows
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(run.config.train.seed + seed_offset)
         return score_rows(run, x, k=k) if len(x) else np.zeros(0)
@@ -189,12 +195,7 @@ def create_union(union_dir: str | Path, member_dirs: Sequence[str | Path], datas
     labels), scored as the alarm calibration scores them.  Returns ``{"union": union.json's
     record, "alarm": alarm.json's record, "scores": the union's scores of the preprocessed
     ``rows`` (as ``fvnce score`` gives them), or None}``."""
-    from .. import evaluate as ev
-    from .alarm import alarm_record
-    from .loading import load_run
-    from .training import normal_rows
-
-    rate = ev.check_alarm_rate(rate)
+    rate = check_alarm_rate(rate)
     union_dir = Path(union_dir)
     if union_dir.exists() and any(union_dir.iterdir()) and not is_union(union_dir):
         raise ConfigError(f"output directory {union_dir} exists and is not a union of runs; choose a new one")
@@ -202,13 +203,13 @@ def create_union(union_dir: str | Path, member_dirs: Sequence[str | Path], datas
     members, val_scores, ks, row_scores = [], [], [], []
     for d in member_dirs:
         run = load_run(d, dataset=dataset)
-        val_scores.append(_member_scores(run, val, 4))
+        val_scores.append(member_scores(run, val, 4))
         center, spread = robust_scale(val_scores[-1])
         members.append({"name": Path(d).name, "run_dir": os.path.relpath(Path(d).resolve(), union_dir.resolve()),
                         "center": center, "spread": spread, "identity": member_identity(d)})
         ks.append(run.config.eval_k)
         if rows is not None:
-            row_scores.append(_member_scores(run, rows, 2))
+            row_scores.append(member_scores(run, rows, 2))
     scales = [(m["center"], m["spread"]) for m in members]
     record = {"fvnce_version": __version__, "kind": "union", "members": members, "scale_rows": int(len(val)),
               "combination": COMBINATION}
@@ -223,13 +224,10 @@ def create_union(union_dir: str | Path, member_dirs: Sequence[str | Path], datas
 def score_union(union_dir: str | Path, data_file: str, *, k: int | None = None, missing: str | None = None) -> np.ndarray:
     """The union's score of each row of ``data_file``: every member scores the file as
     ``fvnce score`` would (its own preprocessing, seed and ``k``), then :func:`combine`."""
-    from ..data import prepare_scoring_data
-    from .loading import load_run
-
     rec = read_union(union_dir)
     check_members(union_dir, rec)
     scores = []
     for m in rec["members"]:
         run = load_run(m["path"])
-        scores.append(_member_scores(run, prepare_scoring_data(data_file, run.preprocessor, missing=missing), 2, k))
+        scores.append(member_scores(run, prepare_scoring_data(data_file, run.preprocessor, missing=missing), 2, k))
     return combine(scores, [(m["center"], m["spread"]) for m in rec["members"]])

@@ -23,7 +23,8 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_num(v) -> bool:
+def is_number(v) -> bool:
+    """A real number: an int or float, not a bool."""
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
@@ -79,14 +80,14 @@ class TrainConfig:
         for name in ("batch_size", "log_every", "eval_every", "checkpoint_every"):
             v = getattr(self, name)
             need(_is_int(v) and v > 0, name, "a positive integer")
-        need(_is_num(self.lr) and math.isfinite(self.lr) and self.lr > 0, "lr", "a positive number")
-        need(_is_num(self.weight_decay) and math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+        need(is_number(self.lr) and math.isfinite(self.lr) and self.lr > 0, "lr", "a positive number")
+        need(is_number(self.weight_decay) and math.isfinite(self.weight_decay) and self.weight_decay >= 0,
              "weight_decay", "a non-negative number")
-        need(self.grad_clip is None or (_is_num(self.grad_clip) and self.grad_clip > 0),
+        need(self.grad_clip is None or (is_number(self.grad_clip) and self.grad_clip > 0),
              "grad_clip", "a positive number")
         need(_is_int(self.seed) and 0 <= self.seed < 2 ** 63, "seed", "a non-negative integer")
         need(_is_int(self.max_retries) and self.max_retries >= 0, "max_retries", "a non-negative integer")
-        need(_is_num(self.explode_log_ratio) and self.explode_log_ratio > 0, "explode_log_ratio",
+        need(is_number(self.explode_log_ratio) and self.explode_log_ratio > 0, "explode_log_ratio",
              "a positive number (inf disables the check)")
         need(isinstance(self.calibrate, bool), "calibrate", "a boolean")
         need(isinstance(self.progress, bool), "progress", "a boolean")

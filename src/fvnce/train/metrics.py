@@ -16,10 +16,9 @@ from typing import Any
 from torch import Tensor
 
 from ..fileio import atomic_write_text, read_jsonl
+from ..filenames import METRICS_NAME
 
 __all__ = ["METRICS_NAME", "MetricsLog", "train_record", "truncate_metrics"]
-
-METRICS_NAME = "metrics.jsonl"
 
 
 def _json_safe(v):

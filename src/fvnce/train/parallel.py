@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from .. import distributed as _dist
 from ..errors import ConfigError
-from .config import _is_num, steps_per_epoch
+from .config import is_number, steps_per_epoch
 
 __all__ = ["Parallel"]
 
@@ -106,7 +106,7 @@ class Parallel:
         if not self.active:
             return rec
         keys = [k for k in sorted(rec) if k not in ("step", "lr", "elapsed", "grad_norm")
-                and (rec[k] is None or (_is_num(rec[k])))]
+                and (rec[k] is None or (is_number(rec[k])))]
         vals = [rows * (math.nan if rec[k] is None else float(rec[k])) for k in keys] + [float(rows)]
         tot = _dist.all_reduce_sum(torch.tensor(vals, dtype=torch.float64, device=self.comm_device)).cpu()
         for i, k in enumerate(keys):

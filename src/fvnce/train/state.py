@@ -18,13 +18,11 @@ import torch
 from .. import distributed as _dist
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..errors import CheckpointError
+from ..filenames import BEST_NAME, CHECKPOINT_NAME
 from ._tree import to_cpu
 from .rng import seed_all, set_rng_state
 
 __all__ = ["BEST_NAME", "CHECKPOINT_NAME", "load_for_resume", "payload", "restore_rng", "save_best", "write"]
-
-CHECKPOINT_NAME = "checkpoint.pt"
-BEST_NAME = "best.pt"
 
 
 def _weights(model, encoder) -> dict:

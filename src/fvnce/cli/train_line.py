@@ -12,7 +12,14 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from .config import RunConfig
+from ..data import BUILTIN
+from ..errors import FvnceError
+from ..rules import rule_flags
+from ..runs.config import RunConfig
+from .options import run_config
+from .parser import build_parser
+
+__all__ = ["config_differences", "source_arg", "train_command"]
 
 #: settings compared as paths (after resolution), and those that are no setting
 _PATHS = (("data", "source"), ("init_from",))
@@ -23,9 +30,9 @@ def _num(v) -> str:
     return repr(float(v)) if isinstance(v, float) else str(v)
 
 
-def _source(source: str) -> str:
-    from ..data import BUILTIN
-
+def source_arg(source: str) -> str:
+    """The ``--data`` argument of a data source: a built-in name (or a path that does not
+    exist) as it is, a file or folder as its resolved path."""
     if source in BUILTIN or not Path(source).expanduser().exists():
         return source
     return str(Path(source).expanduser().resolve())
@@ -34,7 +41,7 @@ def _source(source: str) -> str:
 def _flags(rc: RunConfig) -> list[str]:
     d = rc.to_dict()
     data, train, obj, mopts = d["data"], d["train"], d["objective_options"], d["model_options"]
-    out = ["--data", _source(data["source"])]
+    out = ["--data", source_arg(data["source"])]
     if data.get("features"):
         out += ["--features", ",".join(data["features"])]
     for key, flag in (("label", "--label"), ("normal", "--normal"), ("transform", "--transform"),
@@ -48,8 +55,9 @@ def _flags(rc: RunConfig) -> list[str]:
     if data.get("contaminated"):
         out.append("--contaminated")
     out += ["--objective", d["objective"]]
-    for key, flag in (("rule", "--rule"), ("alpha", "--alpha"), ("c", "--shift"), ("k", "--k"), ("nu", "--nu"),
-                      ("exp_mode", "--exp-mode"), ("tau", "--tau")):
+    rule_params = tuple((param, f"--{flag}") for flag, (_, param) in rule_flags().items())
+    for key, flag in (("rule", "--rule"), *rule_params, ("k", "--k"), ("nu", "--nu"), ("exp_mode", "--exp-mode"),
+                      ("tau", "--tau")):
         if obj.get(key) is not None:
             out += [flag, _num(obj[key])]
     out += ["--model", d["model"]]
@@ -87,8 +95,6 @@ def _leaves(d, prefix=()):
 def config_differences(a: dict, b: dict) -> list[str]:
     """Dotted names of the settings where two ``RunConfig.to_dict()`` records differ (paths
     of data files and ``init_from`` compared after resolution; ``train.progress`` ignored)."""
-    from ..data import BUILTIN
-
     def norm(path, v):
         if path in _PATHS and isinstance(v, str) and not (path[0] == "data" and v in BUILTIN):
             return str(Path(v).expanduser().resolve())
@@ -102,13 +108,10 @@ def config_differences(a: dict, b: dict) -> list[str]:
 def train_command(rc: RunConfig, out: str) -> tuple[str | None, str | None]:
     """``(command, note)``: the ``fvnce train`` line (shlex-quoted) that trains ``rc`` into
     ``out``, checked by parsing it back; ``(None, note)`` when a setting has no flag."""
-    from ..cli import _run_config, build_parser
-    from ..errors import FvnceError
-
     argv = ["train", *_flags(rc), "--out", str(out)]
     try:
         args = build_parser().parse_args(argv)
-        got = _run_config(args).to_dict()
+        got = run_config(args).to_dict()
     except (FvnceError, SystemExit) as exc:
         return None, f"no train command: its settings do not parse back ({exc})"
     diff = config_differences(got, rc.to_dict())

@@ -25,7 +25,7 @@ SCORE_KINDS = ("nll", "log_ratio")
 
 
 # --------------------------------------------------------------------------- helpers
-def _reference(model) -> Tensor:
+def reference_tensor(model) -> Tensor:
     """A tensor carrying the model's dtype and device."""
     for t in model.parameters():
         return t
@@ -34,28 +34,28 @@ def _reference(model) -> Tensor:
     return torch.zeros(())
 
 
-def _as_input(model, x) -> Tensor:
+def as_input(model, x) -> Tensor:
     """``x`` as a floating tensor in the model's dtype, on its device."""
-    ref = _reference(model)
+    ref = reference_tensor(model)
     x = torch.as_tensor(x)
     if x.dim() != 2:
         raise DataError(f"expected a (N, D) batch of points, got shape {tuple(x.shape)}")
     return x.to(dtype=ref.dtype, device=ref.device)
 
 
-def _check_batch_size(batch_size: int) -> int:
+def check_batch_size(batch_size: int) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     return batch_size
 
 
-def _check_k(k: int) -> int:
+def check_k(k: int) -> int:
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ConfigError(f"k must be a positive integer, got {k!r}")
     return k
 
 
-def _log_c(model) -> float:
+def log_c(model) -> float:
     c = model.c
     return 0.0 if c is None else float(c.detach())
 
@@ -68,7 +68,7 @@ def _enumerated_log_ratio(lw: LogWeights) -> Tensor:
     return torch.logsumexp(t, dim=0)
 
 
-def _log_mean_weight(model, encoder, x: Tensor, log_pn: Tensor | float, k: int) -> Tensor:
+def log_mean_weight(model, encoder, x: Tensor, log_pn: Tensor | float, k: int) -> Tensor:
     """Per row of ``x``: ``log (1/k) sum_j w_j`` with ``w = p~(x, z)/(q(z|x) p_n(x))``
     (exact ``log E_q w`` for enumerated latents; ``p~(x)/p_n(x)`` in closed form when
     ``encoder`` is None).  Large ``k`` is processed in blocks of samples."""
@@ -87,9 +87,9 @@ def _log_mean_weight(model, encoder, x: Tensor, log_pn: Tensor | float, k: int) 
     return torch.logsumexp(torch.stack(parts), dim=0) - math.log(k)
 
 
-def _log_px_tilde(model, encoder, x: Tensor, k: int, batch_size: int) -> Tensor:
+def log_px_tilde(model, encoder, x: Tensor, k: int, batch_size: int) -> Tensor:
     """``log p~(x)`` estimate (includes ``-c``) for all rows, in chunks."""
-    out = [_log_mean_weight(model, encoder, chunk, 0.0, k) for chunk in x.split(batch_size)]
+    out = [log_mean_weight(model, encoder, chunk, 0.0, k) for chunk in x.split(batch_size)]
     return torch.cat(out) if out else x.new_zeros(0)
 
 
@@ -110,15 +110,15 @@ def _noise_log_prob(noise, x: Tensor) -> Tensor:
     return lp.to(dtype=x.dtype, device=x.device)
 
 
-def _noise_log_ratio(model, encoder, noise, x: Tensor, k: int) -> Tensor:
+def noise_log_ratio(model, encoder, noise, x: Tensor, k: int) -> Tensor:
     """Per row: ``log r(x)`` against ``noise``, exact when the noise knows the ratio."""
     exact = exact_ratio(noise)
     if exact is not None:
         return exact(model, x)
-    return _log_mean_weight(model, encoder, x, _noise_log_prob(noise, x), k)
+    return log_mean_weight(model, encoder, x, _noise_log_prob(noise, x), k)
 
 
-def _joint_proposal(model):
+def joint_proposal(model):
     """The model's normalised joint proposal with ``sample_joint``, or None."""
     prop = model.proposal()
     if prop is None or not getattr(prop, "normalised", False) or not hasattr(prop, "sample_joint"):
@@ -126,7 +126,7 @@ def _joint_proposal(model):
     return prop
 
 
-def _proposal_log_weights(model, prop, n: int, batch_size: int) -> tuple[Tensor, Tensor]:
+def proposal_log_weights(model, prop, n: int, batch_size: int) -> tuple[Tensor, Tensor]:
     """``n`` joint samples ``(x, z) ~ p_prop`` and ``log p~(x, z) - log p_prop(x, z)``."""
     xs, lws = [], []
     for start in range(0, n, batch_size):
@@ -137,7 +137,7 @@ def _proposal_log_weights(model, prop, n: int, batch_size: int) -> tuple[Tensor,
     return torch.cat(xs), torch.cat(lws)
 
 
-def _noise_log_weights(model, encoder, noise, n: int, k: int, batch_size: int,
+def noise_log_weights(model, encoder, noise, n: int, k: int, batch_size: int,
                        keep_x: bool = False) -> tuple[Tensor | None, Tensor]:
     """Importance log-weights of the noise proposal ``x ~ p_n, z ~ q(z|x)``.
 
@@ -146,7 +146,7 @@ def _noise_log_weights(model, encoder, noise, n: int, k: int, batch_size: int,
     ``keep_x`` the per-x log-ratio estimates (averaging the ``k`` samples) are returned
     together with the points, for resampling.
     """
-    ref, exact = _reference(model), exact_ratio(noise)
+    ref, exact = reference_tensor(model), exact_ratio(noise)
     xs, lws = [], []
     for start in range(0, n, batch_size):
         m = min(batch_size, n - start)
@@ -158,7 +158,7 @@ def _noise_log_weights(model, encoder, noise, n: int, k: int, batch_size: int,
         y, log_pn = _noise_sample(noise, m, ref)
         if keep_x:
             xs.append(y)
-            lws.append(_log_mean_weight(model, encoder, y, log_pn, k))
+            lws.append(log_mean_weight(model, encoder, y, log_pn, k))
         elif encoder is None:
             lws.append(model.log_unnormalised_marginal(y) - log_pn)
         else:
@@ -167,7 +167,7 @@ def _noise_log_weights(model, encoder, noise, n: int, k: int, batch_size: int,
     return (torch.cat(xs) if keep_x else None), torch.cat(lws)
 
 
-def _summary(log_w: Tensor) -> dict[str, Any]:
+def weight_summary(log_w: Tensor) -> dict[str, Any]:
     """log Z and the weight diagnostics of a flat set of log-weights:
     ``log_z = logsumexp(log w) - log n``, ``ess``, ``ess_fraction``, ``khat``, ``reliable``
     and ``n`` (:func:`~fvnce.diagnostics.weight_report`); with NaN weights ``log_z`` is
