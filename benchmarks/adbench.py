@@ -122,9 +122,9 @@ def detector_scores(x_train, x_test, seed: int, budget) -> dict:
 
 def _rule_labels(rules: list[str] | None) -> list[str]:
     """Run-name labels of the poc rules (``power:1.5`` -> ``power1.5``)."""
-    from fvnce.poc import PocConfig, _rule_label, parse_rule
+    from fvnce.poc import PocConfig, parse_rule, rule_label
 
-    return [_rule_label(*parse_rule(r)) for r in (rules or PocConfig().rules)]
+    return [rule_label(*parse_rule(r)) for r in (rules or PocConfig().rules)]
 
 
 def protocol_b(name: str, df, y, seed: int, work: Path, budget, detector: bool = False,

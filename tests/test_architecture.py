@@ -17,16 +17,6 @@ import fvnce
 ROOT = Path(fvnce.__file__).parent
 MAX_LINES = 450
 
-# -- belongs to the poc/report split (another branch): delete at its merge -------------------
-# poc.py is being split into a poc/ package, and report/ made to read summary.json only
-# (never importing the poc); until then these files (over the size cap) and edges (the
-# only cycle left: report -> report.pages -> poc -> report, and learning_curve <-> poc)
-# are known exceptions.
-OTHER_BRANCH_FILES = {"fvnce.poc", "fvnce.report.pages", "fvnce.report.sections"}
-OTHER_BRANCH_EDGES = {("fvnce.report.pages", "fvnce.poc"),  # constants and find_vae from the poc
-                      ("fvnce.learning_curve", "fvnce.poc")}  # VAE_RUN and auroc_standard_error
-
-
 def _modules() -> dict[str, tuple[Path, bool]]:
     out = {}
     for f in ROOT.rglob("*.py"):
@@ -116,7 +106,7 @@ def test_the_reader_sees_relative_and_deferred_imports():
 
 
 def test_no_import_cycle_in_the_package():
-    edges = {m: {t for t, _, _ in GRAPH[m] if t != m and (m, t) not in OTHER_BRANCH_EDGES} for m in MODULES}
+    edges = {m: {t for t, _, _ in GRAPH[m] if t != m} for m in MODULES}
     assert _cycles(edges) == []
 
 
@@ -131,7 +121,7 @@ def test_runs_and_cli_import_one_way_without_the_allowances():
 def test_no_file_is_long():
     long = {m: n for m, (f, _) in MODULES.items()
             if (n := len(f.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
-    assert set(long) <= OTHER_BRANCH_FILES, long
+    assert not long, long
 
 
 def test_no_private_name_is_imported_from_another_module():

@@ -141,10 +141,10 @@ def test_poc_on_a_table_trains_the_diagonal_mixtures(table, tmp_path):
 def test_interrupting_a_poc_stops_it_without_a_summary(table, tmp_path, capsys, monkeypatch):
     """Ctrl-C (SIGINT) in the middle of a poc stops the poc with exit 130; it used to end only
     the run being trained (recorded as failed) and go on with the next."""
-    import fvnce.poc
+    import fvnce.poc.grid
     from fvnce.train import TrainingInterrupted
 
-    real, calls = fvnce.poc.train_run, []
+    real, calls = fvnce.poc.grid.train_run, []
 
     def train_run(rc, run_dir, **kw):
         calls.append(run_dir.name)
@@ -152,7 +152,7 @@ def test_interrupting_a_poc_stops_it_without_a_summary(table, tmp_path, capsys, 
             raise TrainingInterrupted.at(7, run_dir, True)
         return real(rc, run_dir, **kw)
 
-    monkeypatch.setattr(fvnce.poc, "train_run", train_run)
+    monkeypatch.setattr(fvnce.poc.grid, "train_run", train_run)
     out = tmp_path / "poc"
     rc = main(["poc", "--data", str(table), "--label", "status", "--normal", "ok", "--budget", "5",
                "--rules", "kl", "--noises", "full_gaussian", "--out", str(out)])

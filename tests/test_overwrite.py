@@ -174,10 +174,10 @@ def test_poc_overwrite_swaps_in_a_poc_whose_runs_point_at_their_final_folder(tab
     assert f"output directory {out} holds a finished poc; give --overwrite" in capsys.readouterr().err
     assert _snapshot(out) == first
 
-    import fvnce.poc
+    import fvnce.poc.grid
     from fvnce.train import TrainingInterrupted
 
-    real, calls = fvnce.poc.train_run, []
+    real, calls = fvnce.poc.grid.train_run, []
 
     def train_run(rc, run_dir, **kw):
         calls.append(run_dir)
@@ -185,12 +185,12 @@ def test_poc_overwrite_swaps_in_a_poc_whose_runs_point_at_their_final_folder(tab
             raise TrainingInterrupted.at(2, run_dir, True)
         return real(rc, run_dir, **kw)
 
-    monkeypatch.setattr(fvnce.poc, "train_run", train_run)
+    monkeypatch.setattr(fvnce.poc.grid, "train_run", train_run)
     assert main(_poc(table, out, "--seed", "1", "--overwrite")) == 130
     assert calls[0] == Path(".poc.fvnce-new") / "runs" / "elbo-vae"
     assert f"the new poc was discarded and {out} was left as it was" in capsys.readouterr().err
     assert _snapshot(out) == first and _siblings(out) == []
-    monkeypatch.setattr(fvnce.poc, "train_run", real)
+    monkeypatch.setattr(fvnce.poc.grid, "train_run", real)
 
     assert main(_poc(table, out, "--seed", "1", "--overwrite")) == 0
     assert _siblings(out) == [] and json.loads((out / "summary.json").read_text())["data"]["spec"]["seed"] == 1

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from fvnce.poc import (AUROC_MARGIN_MIN, SE_FACTOR, _choose, assess_runs, auroc_standard_error,
-                       degradation, ll_reliability)
+from fvnce.poc import (AUROC_MARGIN_MIN, SE_FACTOR, assess_runs, auroc_standard_error, degradation, ll_reliability,
+                       recommend)
 
 BIG = {"normal": 10**6, "anomaly": 10**6}  # standard errors ~1e-4: the 0.02 floor decides
 SMALL = {"normal": 20, "anomaly": 10}  # standard errors ~0.05: the standard errors decide
@@ -154,7 +154,7 @@ def test_noise_term_warning_does_not_block_the_choice():
     assert runs[0]["warnings"] == []  # the VAE has no noise term in its objective
     assert heavy["reliable"] is True and len(heavy["warnings"]) == 1
     assert "noise term of fvnce-kl-kde" in heavy["warnings"][0] and "k-hat 0.93" in heavy["warnings"][0]
-    assert _choose(runs, True, BIG)["run"] == "fvnce-kl-kde"
+    assert recommend(runs, True, BIG)["run"] == "fvnce-kl-kde"
 
 
 # --------------------------------------------------------------------------- the choice
@@ -163,7 +163,7 @@ def test_noise_term_warning_does_not_block_the_choice():
 def test_vae_is_recommended_when_it_is_best():
     runs = [vae(0.97, -30.0), run("fvnce-kl-kde", 0.96, -29.0), run("fvnce-power1.5-kde", 0.60, -40.0)]
     assess_runs(runs, BIG)
-    rec = _choose(runs, True, BIG)
+    rec = recommend(runs, True, BIG)
     assert rec["run"] == "elbo-vae" and rec["vae_recommended"]
     assert rec["vae_statement"] == VAE_STATEMENT
     assert rec["excluded"] == {"fvnce-power1.5-kde": "degraded"} and rec["n_eligible"] == 2
@@ -176,7 +176,7 @@ def test_vae_is_recommended_when_it_is_best():
 def test_vae_is_recommended_without_labels_too():
     runs = [vae(None, -30.0), run("fvnce-kl-kde", None, -30.1)]
     assess_runs(runs, None)
-    rec = _choose(runs, False, None)
+    rec = recommend(runs, False, None)
     assert rec["run"] == "elbo-vae" and rec["vae_statement"] == VAE_STATEMENT
     assert rec["criterion"] == ("highest validation log-likelihood, among runs whose estimate is reliable (the data "
                                 "has no anomaly labels, so the choice uses none)")
@@ -190,7 +190,7 @@ def test_unreliable_runs_are_never_recommended():
     assess_runs(runs, None)
     assert runs[1]["reliable"] is False and "unreliable" in runs[1]["warnings"][0]
     assert runs[1]["status"] == "unreliable" and runs[1]["status_reason"] == runs[1]["warnings"][0]
-    rec = _choose(runs, False, None)
+    rec = recommend(runs, False, None)
     assert rec["run"] == "elbo-vae"
     assert rec["excluded"] == {"fvnce-power1.5-gmm": "unreliable log-likelihood"}
     assert rec["vae_statement"].startswith("No eligible FVNCE configuration beat the VAE it started from")
@@ -198,13 +198,13 @@ def test_unreliable_runs_are_never_recommended():
     # with labels too: the best AUROC does not help an unreliable run
     runs = [vae(0.90, -30.0), run("fvnce-kl-kde", 0.999, -11.0, log_z=BAD_LZ), run("fvnce-kl-gmm", 0.93, -29.0)]
     assess_runs(runs, BIG)
-    assert _choose(runs, True, BIG)["run"] == "fvnce-kl-gmm"
+    assert recommend(runs, True, BIG)["run"] == "fvnce-kl-gmm"
 
 
 def test_reason_sentence_names_run_criterion_value_and_runner_up():
     runs = [vae(0.9981, -30.0), run("fvnce-kl-kde", 0.9993, -29.0), run("fvnce-kl-gmm", 0.985, -29.5)]
     assess_runs(runs, BIG)
-    rec = _choose(runs, True, BIG)
+    rec = recommend(runs, True, BIG)
     assert rec["reason"] == ("fvnce-kl-kde is recommended because it has the highest validation AUROC (0.9993) "
                              "of the 3 eligible runs, ahead of elbo-vae (0.9981); "
                              "the choice used validation data only.")
@@ -217,7 +217,7 @@ def test_with_labels_the_point_auroc_decides_and_the_reason_names_runs_within_no
     # other run has the higher log-likelihood (a better density is not a better detector)
     runs = [vae(0.95, -30.0), run("fvnce-kl-kde", 0.93, -28.0), run("fvnce-kl-gmm", 0.50, -20.0)]
     assess_runs(runs, SMALL)
-    rec = _choose(runs, True, SMALL)
+    rec = recommend(runs, True, SMALL)
     assert runs[2]["status"] == "degraded"
     assert rec["run"] == "elbo-vae" and rec["runner_up"]["run"] == "fvnce-kl-kde"
     assert rec["reason"] == (
@@ -225,12 +225,12 @@ def test_with_labels_the_point_auroc_decides_and_the_reason_names_runs_within_no
         "ahead of fvnce-kl-kde (0.9300); 1 other run is within noise of it (2 standard errors), which these "
         "validation rows cannot separate; the choice used validation data only.")
     # with many anomalies the same gap is clear: the plain sentence
-    rec = _choose(runs[:2], True, BIG)
+    rec = recommend(runs[:2], True, BIG)
     assert rec["run"] == "elbo-vae" and "within noise" not in rec["reason"]
     # equal AUROC: the log-likelihood breaks the tie, and the reason says so
     runs = [vae(0.93, -30.0), run("fvnce-kl-kde", 0.93, -28.0)]
     assess_runs(runs, BIG)
-    rec = _choose(runs, True, BIG)
+    rec = recommend(runs, True, BIG)
     assert rec["run"] == "fvnce-kl-kde"
     assert ("ahead of elbo-vae (0.9300, equal to four decimals; the validation log-likelihood decided: "
             "-28.00 nats against -30.00 nats);") in rec["reason"]
@@ -246,7 +246,7 @@ def test_log_likelihood_degrades_only_runs_that_started_from_the_vae():
     runs = [vae(0.95, -30.0), mix, warm]
     assess_runs(runs, None)
     assert mix["status"] == "ok" and warm["status"] == "degraded"
-    assert _choose(runs, False, None)["run"] == "elbo-vae"  # without labels: the log-likelihood decides
+    assert recommend(runs, False, None)["run"] == "elbo-vae"  # without labels: the log-likelihood decides
     # its AUROC is still held against the VAE's
     low = run("fvnce-kl-full_gaussian-mix4", 0.50, -60.0)
     low["started_from"] = None
@@ -258,18 +258,18 @@ def test_log_likelihood_degrades_only_runs_that_started_from_the_vae():
 def test_single_and_no_eligible_run():
     runs = [vae(0.9, status="failed"), run("fvnce-kl-kde", 0.95, -29.0)]
     assess_runs(runs, BIG)
-    rec = _choose(runs, True, BIG)
+    rec = recommend(runs, True, BIG)
     assert rec["run"] == "fvnce-kl-kde" and "the only eligible run, with validation AUROC 0.9500" in rec["reason"]
     runs = [vae(0.9, status="failed"), run("fvnce-kl-kde", 0.95, -29.0, status="diverged")]
     assess_runs(runs, BIG)
-    rec = _choose(runs, True, BIG)
+    rec = recommend(runs, True, BIG)
     assert rec["run"] is None and "none is eligible" in rec["reason"]
     assert "elbo-vae: failed" in rec["reason"] and "fvnce-kl-kde: diverged" in rec["reason"]
-    assert _choose([], True) is None
+    assert recommend([], True) is None
 
 
 def test_choice_uses_validation_not_test_figures():
     a, b = vae(0.90, -30.0), run("fvnce-kl-kde", 0.95, -29.0)
     a["metrics"]["auroc"], b["metrics"]["auroc"] = 0.99, 0.50  # test figures must not matter
     assess_runs([a, b], BIG)
-    assert _choose([a, b], True, BIG)["run"] == "fvnce-kl-kde"
+    assert recommend([a, b], True, BIG)["run"] == "fvnce-kl-kde"

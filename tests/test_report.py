@@ -357,7 +357,7 @@ def test_roc_curve_from_scores():
 
 
 def test_low_ess_log_likelihood_is_flagged_unreliable():
-    from fvnce.report.sections import ll_cell
+    from fvnce.report.cells import ll_cell
 
     assert "unreliable" in ll_cell(-60.0, "estimate", 5e-5) and "5.0e-05" in ll_cell(-60.0, "estimate", 5e-5)
     assert "unreliable" not in ll_cell(-13.5, "estimate", 0.9) and "(estimate)" in ll_cell(-13.5, "estimate", 0.9)
@@ -371,7 +371,7 @@ def write_verdict_poc(root: Path, labels: bool = True) -> Path:
     """A POC directory whose summary comes from fvnce.poc's own assessment and choice: the VAE
     wins, one power run is degraded, one kl run has an unreliable log-likelihood, and the
     training logs hold stabilisation changes and warnings."""
-    from fvnce.poc import _choose, assess_runs
+    from fvnce.poc import assess_runs, recommend
 
     specs = [("elbo-vae", "elbo", None, 0.97, -30.0, None),
              ("fvnce-power1.5-kde", "fvnce", "power", 0.62, -33.0,
@@ -412,7 +412,7 @@ def write_verdict_poc(root: Path, labels: bool = True) -> Path:
                         "has_labels": labels, "val_counts": counts},
                "criteria": {"auroc_margin_min": 0.02, "se_factor": 2.0, "khat_max": 0.7, "ess_fraction_min": 0.05,
                             "reference": "elbo-vae"},
-               "runs": runs, "baselines": [], "recommended": _choose(runs, labels, counts)}
+               "runs": runs, "baselines": [], "recommended": recommend(runs, labels, counts)}
     (root / "summary.json").write_text(json.dumps(summary))
     return root
 
@@ -608,7 +608,7 @@ def test_rates_are_never_rounded_to_0_or_100_percent_unless_exact():
 def test_clopper_pearson_range_of_a_rate():
     from scipy.stats import binom
 
-    from fvnce.report.sections import rate_range
+    from fvnce.report.alarm import rate_range
 
     lo, hi = rate_range(0, 27)
     assert lo == 0.0 and hi == pytest.approx(1 - 0.005 ** (1 / 27), rel=1e-12)  # P(0 of 27 | hi) = 0.005
@@ -620,7 +620,7 @@ def test_clopper_pearson_range_of_a_rate():
 
 
 def test_operating_sentence_counts_and_too_few_items_in_the_same_sentence():
-    from fvnce.report.sections import operating_sentence
+    from fvnce.report.alarm import operating_sentence
 
     alarm = {"rate": 0.01}
     few = {"false_alarms_per_1000": 0.0, "false_alarms": 0, "n_normal": 27, "detected": 807, "n_anomaly": 809,

@@ -12,7 +12,7 @@ members are retrained and combined into a union the same way (``.../runs/union``
 Per point: test AUROC and AUPRC (with labels), mean test log-likelihood of the normal rows
 (a single run only: a union is not a density), false alarms per 1,000 normal test items at
 the point's own alarm threshold; standard errors: AUROC by Hanley & McNeil
-(:func:`fvnce.poc.auroc_standard_error`), log-likelihood over the rows, false alarms as a
+(:func:`fvnce.criteria.auroc_standard_error`), log-likelihood over the rows, false alarms as a
 binomial proportion.  The verdict compares the full training set with the largest fraction
 below it: the difference against ``SE_FACTOR`` standard errors of the difference (which
 ignores the positive correlation of two models scored on the same rows, so it errs towards
@@ -30,14 +30,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .criteria import SE_FACTOR, VAE_RUN, auroc_standard_error  # a difference counts beyond SE_FACTOR SEs
 from .errors import ConfigError
 
 __all__ = ["DEFAULT_FRACTIONS", "learning_curve", "parse_fractions", "subset", "verdict"]
 
 DEFAULT_FRACTIONS = (0.25, 0.5)
 LC_DIR = "learning_curve"
-#: a difference counts when it exceeds this many standard errors
-SE_FACTOR = 2.0
 #: fewer training rows than this: the fraction is skipped
 MIN_ROWS = 10
 
@@ -78,8 +77,6 @@ def _se_binomial(count, n) -> float | None:
 
 
 def _point(fraction: float, rows: int, metrics: dict, op: dict | None, counts: dict) -> dict:
-    from .poc import auroc_standard_error
-
     op = op or {}
     return {"fraction": fraction, "rows": rows, "auroc": metrics.get("auroc"),
             "auroc_se": auroc_standard_error(metrics.get("auroc"), counts.get("anomaly"), counts.get("normal")),
@@ -143,9 +140,7 @@ def learning_curve(fractions, plan: dict, recommended: dict | None, runs: list[d
     "learning_curve_verdict": sentence or None, "learning_curve_note": what was done}``.
 
     ``plan``: the poc's RunConfig of every run by name; ``run_one``: the poc's
-    ``_run_one(name, rc, dataset, fitted, out_dir, log)``."""
-    from .poc import VAE_RUN
-
+    ``run_one(name, rc, dataset, fitted, out_dir, log)``."""
     lc_root = Path(out_dir) / LC_DIR
     shutil.rmtree(lc_root, ignore_errors=True)  # an earlier poc's curve in this folder
     out = _curve(fractions, plan, recommended, runs, dataset, out_dir, config, run_one, log)
@@ -156,8 +151,6 @@ def learning_curve(fractions, plan: dict, recommended: dict | None, runs: list[d
 
 def _curve(fractions, plan: dict, recommended: dict | None, runs: list[dict], dataset, out_dir: Path, config,
            run_one: Callable, log: Callable[[str], None]) -> dict:
-    from .poc import VAE_RUN
-
     lc_root = Path(out_dir) / LC_DIR
     out = {"learning_curve": [], "learning_curve_verdict": None, "learning_curve_note": None}
     if not fractions:

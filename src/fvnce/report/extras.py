@@ -6,19 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .html import DASH, esc, fmt_num, kv_table, table
+from .html import DASH, as_dict, esc, fmt_num, kv_table, section, table
 from .load import finite
 
 __all__ = ["extras_sections"]
-
-
-def _d(obj: Any) -> dict:
-    return obj if isinstance(obj, dict) else {}
-
-
-def _sec(anchor: str, title: str, explain: str, body: str) -> str:
-    return (f'<section id="{anchor}"><h2>{esc(title)}</h2>'
-            f'<p class="explain">{explain}</p>{body}</section>')
 
 
 def _pm(value: Any, se: Any, digits: int = 3) -> str:
@@ -34,7 +25,7 @@ def _money(v: Any) -> str:
 
 
 def _vae(summary: dict) -> str:
-    src = _d(summary.get("vae_source"))
+    src = as_dict(summary.get("vae_source"))
     if not src:
         return ""
     rows = [("Code", f"<code>{esc(src.get('file'))}</code>, function <code>{esc(src.get('function'))}</code>"),
@@ -45,7 +36,7 @@ def _vae(summary: dict) -> str:
     if summary.get("vae_finetune"):
         rows.append(("Fine-tuned", f"also by the ELBO for {esc(summary['vae_finetune'])} steps: "
                                    "<b>elbo-vae-finetuned</b>"))
-    return _sec("your-vae", "Your own VAE", "The VAE this proof of concept started from. Each run folder keeps a "
+    return section("your-vae", "Your own VAE", "The VAE this proof of concept started from. Each run folder keeps a "
                 "copy of the code; reloading a run refuses a copy whose hash differs.", kv_table(rows))
 
 
@@ -67,18 +58,18 @@ def _curve(summary: dict) -> str:
     note = summary.get("learning_curve_note")
     if note and points:
         body += f'<p class="explain">{esc(note)}.</p>'
-    return _sec("learning-curve", "How much data is enough", "The recommended configuration retrained on part of "
+    return section("learning-curve", "How much data is enough", "The recommended configuration retrained on part of "
                 "the training rows (nested subsets); validation and test rows unchanged. ± one standard error.", body)
 
 
 def _cost(summary: dict) -> str:
-    cost = _d(_d(summary.get("recommended")).get("cost"))
+    cost = as_dict(as_dict(summary.get("recommended")).get("cost"))
     if not cost:
         return ""
     if not cost.get("available"):
-        return _sec("cost", "What an alarm costs", "Expected cost per 1,000 items, in your units.",
+        return section("cost", "What an alarm costs", "Expected cost per 1,000 items, in your units.",
                     f"<p>{esc(cost.get('reason'))}.</p>")
-    ar = _d(cost.get("alarm_rate_point"))
+    ar = as_dict(cost.get("alarm_rate_point"))
 
     def row(name: str, t: Any, val: dict, test: dict) -> tuple[list[str], str]:
         det = test.get("detection_rate")
@@ -86,20 +77,21 @@ def _cost(summary: dict) -> str:
                  _money(test.get("cost_per_1000")), esc(test.get("false_alarms", DASH)),
                  esc(f"{test.get('detected', DASH)} ({100 * det:.3g} %)") if finite(det) is not None else DASH], "")
 
-    rows = [row("lowest expected cost (on validation rows)", cost.get("threshold"), _d(cost.get("validation")),
-                _d(cost.get("test")))]
+    rows = [row("lowest expected cost (on validation rows)", cost.get("threshold"), as_dict(cost.get("validation")),
+                as_dict(cost.get("test")))]
     if ar:
-        rows.append(row("alarm-rate threshold", ar.get("threshold"), _d(ar.get("validation")), _d(ar.get("test"))))
+        rows.append(row("alarm-rate threshold", ar.get("threshold"), as_dict(ar.get("validation")),
+                        as_dict(ar.get("test"))))
     rows.append(([esc("never alarm"), DASH, _money(cost.get("never_alarm_per_1000")),
                   _money(cost.get("never_alarm_per_1000")), "0", "0"], ""))
     rows.append(([esc("always alarm"), DASH, _money(cost.get("always_alarm_per_1000")),
-                  _money(cost.get("always_alarm_per_1000")), esc(_d(cost.get("test")).get("n_normal", DASH)),
-                  esc(_d(cost.get("test")).get("n_anomaly", DASH))], ""))
+                  _money(cost.get("always_alarm_per_1000")), esc(as_dict(cost.get("test")).get("n_normal", DASH)),
+                  esc(as_dict(cost.get("test")).get("n_anomaly", DASH))], ""))
     share = finite(cost.get("anomaly_share"))
     share_text = DASH if share is None else f"{100 * share:.3g} %"
     explain = (f"A false alarm costs {esc(cost.get('cost_false_alarm'))}, a miss {esc(cost.get('cost_miss'))} (your "
                f"units); anomaly share {esc(share_text)}, {esc(cost.get('share_source'))}.")
-    return _sec("cost", "What an alarm costs", explain,
+    return section("cost", "What an alarm costs", explain,
                 table(["Threshold", "Value", "Cost per 1,000 (validation)", "Cost per 1,000 (test)",
                        "False alarms (test)", "Detected (test)"], rows) + f"<p>{esc(cost.get('sentence'))}</p>")
 

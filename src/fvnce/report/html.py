@@ -15,8 +15,13 @@ from typing import Any, Iterable, Sequence
 
 from ..numfmt import DASH, bounded, finite, fmt_count, fmt_frac, fmt_pct
 
-__all__ = ["DASH", "bounded", "esc", "fmt_count", "fmt_frac", "fmt_num", "fmt_pct", "fmt_time", "img", "kv_table",
-           "page", "table"]
+__all__ = ["DASH", "as_dict", "bounded", "esc", "fmt_count", "fmt_frac", "fmt_num", "fmt_pct", "fmt_time", "img",
+           "kv_table", "page", "section", "table"]
+
+
+def as_dict(obj: Any) -> dict:
+    """``obj`` when it is a dict, else an empty one (file contents may be anything)."""
+    return obj if isinstance(obj, dict) else {}
 
 
 def esc(value: Any) -> str:
@@ -70,6 +75,12 @@ def kv_table(pairs: Iterable[tuple[str, str]]) -> str:
     """Two-column key/value table; keys are escaped, values are HTML."""
     rows = "".join(f"<tr><th>{esc(k)}</th><td>{v}</td></tr>" for k, v in pairs)
     return f'<div class="table-wrap"><table class="kv"><tbody>{rows}</tbody></table></div>'
+
+
+def section(anchor: str, title: str, explain: str, body: str) -> str:
+    """A report section: its anchor, its title (escaped), how to read it (HTML) and its body (HTML)."""
+    return (f'<section id="{anchor}"><h2>{esc(title)}</h2>'
+            f'<p class="explain">{explain}</p>{body}</section>')
 
 
 _CSS = """
