@@ -13,6 +13,7 @@ from ..poc import AUROC_MARGIN_MIN, NO_NOISE_TERM, SE_FACTOR, VAE_RUN, find_vae
 from .extras import extras_sections
 from .html import DASH, esc, fmt_count, fmt_frac, fmt_num, fmt_pct, fmt_time, kv_table, page, table
 from .load import RunFiles, finite, load_run
+from .pictures import poc_pictures, run_pictures, samples_shape
 from .sections import (NOISE_TERM_WORDS, Entry, Ref, alarm_section, glossary, headline, ll_cell, operating_sentence,
                        roc_section, rule_label, samples_section, training_section, weights_cell, weights_reliable)
 
@@ -498,7 +499,8 @@ def poc_page(folder: Path, summary: dict) -> str:
         training_section(run_entries + missing_dirs),
         roc_section([e for e in entries if e.run is None or (e.run.evaluation is not None)],
                     has_labels),
-        samples_section(run_entries, data.get("image_shape"), data.get("dim")),
+        poc_pictures(summary, runs, files, find_vae(runs)),  # image data only (report/pictures.py)
+        samples_section(run_entries, samples_shape(data.get("image_shape")), data.get("dim")),
         glossary(),
     ])
     return page(title, body)
@@ -594,7 +596,8 @@ def run_page(run: RunFiles) -> str:
         alarm_section(name, ev) if ev is not None else "",
         training_section([entry]),
         roc_section([entry], has_labels, reason, single=True),
-        samples_section([entry], cfg.get("image_shape"), cfg.get("x_dim")),
+        run_pictures(run),  # image data only (report/pictures.py)
+        samples_section([entry], samples_shape(cfg.get("image_shape")), cfg.get("x_dim")),
         glossary(),
     ])
     return page(title, body)
