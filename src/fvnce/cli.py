@@ -224,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--threshold", type=float, metavar="T", help="alarm when the score is above T")
     _cost_args(p, "the alarm threshold: the one of lowest expected cost on the run's validation rows (instead of "
                   "its alarm-rate threshold)")
+    p.add_argument("--maps", metavar="DIR", help="also write each image's per-pixel anomaly map as a PNG into DIR (a "
+                                                  "new or empty folder), named after the image; image runs only")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("sample", help="draw samples from a trained model")
@@ -593,7 +595,10 @@ def _cmd_score(args) -> int:
             raise ConfigError("give costs, --alarm-rate or --threshold, not more than one")
         threshold, how = cost_threshold(args.run_dir, costs)
     res = score_file(args.run_dir, args.data, args.out, k=args.k, missing="impute" if args.impute else None,
-                     alarm_rate=args.alarm_rate, threshold=threshold)
+                     alarm_rate=args.alarm_rate, threshold=threshold, maps=args.maps)
+    if "maps" in res:
+        _log_fn(args.quiet)(f"fvnce: wrote {res['maps']} per-pixel anomaly map(s) to {args.maps} (heat scale "
+                            f"{res['map_scale'][0]:.4g} to {res['map_scale'][1]:.4g} nats per pixel)")
     how = how or ("given" if res["rate"] is None else f"target false-alarm rate {_pct(res['rate'])} on "
                   f"{res['source']}")
     _log_fn(args.quiet)(f"fvnce: wrote {res['rows']} scores to {args.out}; {res['alarms']} alarm(s) above the "
