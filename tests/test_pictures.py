@@ -193,12 +193,15 @@ def test_overlay_leaves_cool_pixels_alone_and_colours_hot_ones():
     m = np.zeros((4, 5))
     m[1, 2], m[3, 4] = 10.0, 5.0
     out = pic.overlay(image, m, 0.0, 10.0)
+    gray = np.repeat(image.mean(0)[:, :, None], 3, axis=2)  # a colour image goes gray under its map
     cool = m == 0
-    np.testing.assert_allclose(out[cool], image.transpose(1, 2, 0)[cool])
+    np.testing.assert_allclose(out[cool], gray[cool])
     hot = colormaps["YlOrRd"](1.0)[:3]
-    np.testing.assert_allclose(out[1, 2], 0.25 * image[:, 1, 2] + 0.75 * np.asarray(hot))
+    np.testing.assert_allclose(out[1, 2], 0.25 * gray[1, 2] + 0.75 * np.asarray(hot))
     half = colormaps["YlOrRd"](0.5)[:3]
-    np.testing.assert_allclose(out[3, 4], 0.625 * image[:, 3, 4] + 0.375 * np.asarray(half))
+    np.testing.assert_allclose(out[3, 4], 0.625 * gray[3, 4] + 0.375 * np.asarray(half))
+    one = rng.random((1, 4, 5))  # a one-channel image as it is
+    np.testing.assert_allclose(pic.overlay(one, m, 0.0, 10.0)[cool], np.repeat(one[0][:, :, None], 3, 2)[cool])
 
 
 def test_no_pictures_for_tabular_data_and_a_note_when_they_cannot_be_made(tmp_path):

@@ -240,9 +240,10 @@ def _heat(m: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def overlay(image: np.ndarray, m: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """The image (C, H, W) with its map laid over it: no colour where the map is at or
-    below ``lo``, the heat colour at 75 % opacity at ``hi`` and above."""
-    base = _rgb(image)
+    """The image (C, H, W) in gray (a colour image by its mean over the channels, so that
+    its own colours do not hide the heat) with its map laid over it: no colour where the
+    map is at or below ``lo``, the heat colour at 75 % opacity at ``hi`` and above."""
+    base = _rgb(np.asarray(image, dtype=np.float64).mean(0, keepdims=True))
     colour, t = _heat(m, lo, hi)
     a = 0.75 * t[:, :, None]
     return (1.0 - a) * base + a * colour
@@ -279,7 +280,7 @@ def _mosaic_png(items: list[tuple[list[np.ndarray], list[str], bool]], h: int, w
     size = max(h, w)
     inch = _PANEL_IN / size  # inches per image pixel
     g_in, g_out = max(1, size // 16), max(2, size // 4)
-    cap = int(math.ceil(_CAPTION_IN / inch))
+    cap = int(math.ceil(_CAPTION_IN / inch)) if any(lines for _, lines, _ in items) else g_out
     cols = min(len(items), _ITEMS_PER_ROW)
     rows = math.ceil(len(items) / cols)
     item_w = per * w + (per - 1) * g_in
