@@ -74,7 +74,10 @@ def score(args) -> int:
             raise ConfigError("give costs, --alarm-rate or --threshold, not more than one")
         threshold, how = cost_threshold(args.run_dir, costs)
     res = score_file(args.run_dir, args.data, args.out, k=args.k, missing="impute" if args.impute else None,
-                     alarm_rate=args.alarm_rate, threshold=threshold)
+                     alarm_rate=args.alarm_rate, threshold=threshold, maps=args.maps)
+    if "maps" in res:
+        stderr_log(args.quiet)(f"fvnce: wrote {res['maps']} per-pixel anomaly map(s) to {args.maps} (heat scale "
+                               f"{res['map_scale'][0]:.4g} to {res['map_scale'][1]:.4g} nats per pixel)")
     how = how or ("given" if res["rate"] is None else f"target false-alarm rate {pct(res['rate'])} on "
                   f"{res['source']}")
     stderr_log(args.quiet)(f"fvnce: wrote {res['rows']} scores to {args.out}; {res['alarms']} alarm(s) above the "

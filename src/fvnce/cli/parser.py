@@ -186,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--threshold", type=float, metavar="T", help="alarm when the score is above T")
     _cost_args(p, "the alarm threshold: the one of lowest expected cost on the run's validation rows (instead of "
                   "its alarm-rate threshold)")
+    p.add_argument("--maps", metavar="DIR", help="also write each image's per-pixel anomaly map as a PNG into DIR (a "
+                                                  "new or empty folder), named after the image; image runs only")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("sample", help="draw samples from a trained model")

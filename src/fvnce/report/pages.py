@@ -20,10 +20,11 @@ from .glossary import glossary
 from .html import DASH, as_dict, esc, fmt_count, fmt_frac, fmt_num, fmt_pct, fmt_time, kv_table, page, section, table
 from .load import RunFiles, finite, load_run
 from .recommendation import headline_text, recommendation_section, recommended_operating
+from .pictures import poc_pictures, run_pictures, samples_shape
 from .roc import roc_section
 from .samples import samples_section
 from .training import training_section
-from .verdicts import poc_criteria
+from .verdicts import poc_criteria, reference_vae
 
 __all__ = ["POC_SECTIONS", "PocView", "poc_page", "run_page"]
 
@@ -157,7 +158,8 @@ POC_SECTIONS: tuple[Callable[[PocView], str], ...] = (
     lambda v: extras_sections(v.summary),  # your own VAE, the learning curve, the cost of an alarm (report/extras.py)
     _training_section,
     lambda v: roc_section([e for e in v.entries if e.run is None or (e.run.evaluation is not None)], v.has_labels),
-    lambda v: samples_section(v.run_entries, v.data.get("image_shape"), v.data.get("dim")),
+    lambda v: poc_pictures(v.summary, v.runs, v.files, reference_vae(v.runs, v.criteria)),  # images only
+    lambda v: samples_section(v.run_entries, samples_shape(v.data.get("image_shape")), v.data.get("dim")),
     lambda v: glossary(),
 )
 
@@ -258,7 +260,8 @@ def run_page(run: RunFiles) -> str:
         alarm_section(name, ev) if ev is not None else "",
         training_section([entry]),
         roc_section([entry], has_labels, reason, single=True),
-        samples_section([entry], cfg.get("image_shape"), cfg.get("x_dim")),
+        run_pictures(run),  # image data only (report/pictures.py)
+        samples_section([entry], samples_shape(cfg.get("image_shape")), cfg.get("x_dim")),
         glossary(),
     ])
     return page(title, body)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ from ..data import image_files, is_image_input, prepare_scoring_data
 from ..errors import ConfigError
 from ..fileio import atomic_write_bytes, atomic_write_npy, atomic_write_text
 from .alarm import resolve_threshold
-from .files import check_output_file, check_run_dir
+from .files import check_output_file, check_run_dir, read_config
 from .loading import load_run, score_rows
 from .union import is_union, score_union
 
@@ -20,7 +22,8 @@ __all__ = ["sample_run", "score_file"]
 
 
 def score_file(run_dir: str | Path, data_file: str, out: str | Path, *, k: int | None = None,
-               missing: str | None = None, alarm_rate: float | None = None, threshold: float | None = None) -> dict:
+               missing: str | None = None, alarm_rate: float | None = None, threshold: float | None = None,
+               maps: str | Path | None = None) -> dict:
     """Write one anomaly score and alarm per row of ``data_file`` (same order) to the CSV
     ``out``, with the columns ``row,score,alarm``; for a run trained on image files,
     ``data_file`` may also be a folder (every image under it, in the order of their sorted
@@ -36,6 +39,12 @@ def score_file(run_dir: str | Path, data_file: str, out: str | Path, *, k: int |
     scores), or ``threshold`` itself.  Every setting is checked before any work, and the
     file is written atomically.  Returns ``{"rows", "alarms", "threshold", "rate",
     "source", "note", "k"}`` (``k`` the samples per row the threshold was set with).
+
+    ``maps``: a new (or empty) folder that receives one per-pixel anomaly map per image
+    (:func:`write_maps`); a run trained on images, scoring image files, only.  It is built
+    in a sibling folder and renamed in before the CSV is written (and removed again when
+    that fails), so an error leaves neither.  The result then also has ``"maps"`` (how
+    many) and ``"map_scale"`` (the heat scale's ends, nats per pixel).
     """
     check_run_dir(Path(run_dir))
     if alarm_rate is not None and threshold is not None:
@@ -45,6 +54,8 @@ def score_file(run_dir: str | Path, data_file: str, out: str | Path, *, k: int |
     if alarm_rate is not None:
         ev.check_alarm_rate(alarm_rate, "--alarm-rate")
     check_output_file(Path(out))
+    if maps is not None:
+        _check_maps(Path(run_dir), data_file, Path(maps))
     chosen = resolve_threshold(run_dir, alarm_rate, threshold)
     names = image_files(data_file)[1] if is_image_input(data_file) else None
     if is_union(run_dir):  # a union of runs (fvnce.runs.union): every member scores, the union combines
@@ -54,6 +65,9 @@ def score_file(run_dir: str | Path, data_file: str, out: str | Path, *, k: int |
         x = prepare_scoring_data(data_file, run.preprocessor, missing=missing)
         torch.manual_seed(run.config.train.seed + 2)
         scores = score_rows(run, x, k=k)
+    made = None
+    if maps is not None:  # the maps in a sibling folder first: nothing is renamed in before they are all made
+        made = _make_maps(run, x, names, not Path(str(data_file)).expanduser().is_dir(), Path(maps))
     alarms = scores > chosen["threshold"]
     if k and chosen["k"] and k != chosen["k"]:  # fewer samples lower the estimate: scores rise
         more = f"the threshold was set with --k {chosen['k']}; scores with --k {k} are not on the same footing"
@@ -62,8 +76,96 @@ def score_file(run_dir: str | Path, data_file: str, out: str | Path, *, k: int |
         lines = ["row,score,alarm"] + [f"{i},{s:.9g},{int(a)}" for i, (s, a) in enumerate(zip(scores, alarms))]
     else:
         lines = ["path,score,alarm"] + [f"{_csv_field(p)},{s:.9g},{int(a)}" for p, s, a in zip(names, scores, alarms)]
-    atomic_write_text(Path(out), "\n".join(lines) + "\n")
-    return {"rows": len(scores), "alarms": int(alarms.sum()), **chosen}
+    extra = {}
+    if made is not None:
+        work, count, scale = made
+        try:
+            _rename_maps(work, Path(maps))
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        extra = {"maps": count, "map_scale": scale}
+    try:
+        atomic_write_text(Path(out), "\n".join(lines) + "\n")
+    except BaseException:
+        if made is not None:
+            shutil.rmtree(Path(maps), ignore_errors=True)
+        raise
+    return {"rows": len(scores), "alarms": int(alarms.sum()), **chosen, **extra}
+
+
+#: draws of q(z | x) per image of ``fvnce score --maps``
+MAPS_K = 16
+
+
+def _check_maps(run_dir: Path, data_file: str, maps: Path) -> None:
+    """Before any work: ``--maps`` needs one run trained on images, image input, and a
+    folder that is new or empty and whose parent is a writable folder."""
+    if is_union(run_dir):
+        raise ConfigError(f"--maps needs one run trained on images; {run_dir} is a union of runs: give one of its "
+                          "members")
+    record = read_config(run_dir)
+    if not record.get("image_shape"):
+        raise ConfigError(f"--maps needs a run trained on images; {run_dir} was trained on a table")
+    if not is_image_input(data_file):
+        raise ConfigError(f"--maps draws maps of images: give a folder of images or an image file, not {data_file}")
+    if maps.exists() and not maps.is_dir():
+        raise ConfigError(f"--maps {maps} exists and is not a folder; give a new folder")
+    if maps.is_dir() and any(maps.iterdir()):
+        raise ConfigError(f"--maps {maps} exists and is not empty; give a new or empty folder")
+    parent = maps.absolute().parent
+    if parent.exists() and not parent.is_dir():
+        raise ConfigError(f"cannot write maps into {maps}: {parent} is a file, not a folder")
+    if not parent.is_dir():
+        raise ConfigError(f"cannot write maps into {maps}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write maps into {maps}: folder {parent} is not writable")
+
+
+def map_names(names: list[str], single: bool) -> list[str]:
+    """The file (relative path) of each image's map: the image's path relative to the
+    folder scored (only its file name for ``single``, one image file given), its suffix
+    replaced by ``.png``; where that would give two images one name (``a.png``, ``a.jpg``)
+    each keeps its whole name and gets ``.png`` added (``a.png.png``, ``a.jpg.png``)."""
+    rel = [Path(n).name if single else n for n in names]
+    first = [str(Path(r).with_suffix(".png")) for r in rel]
+    seen: dict[str, int] = {}
+    for f in first:
+        seen[f] = seen.get(f, 0) + 1
+    return [f if seen[f] == 1 else f"{r}.png" for r, f in zip(rel, first)]
+
+
+def _make_maps(run, x, names: list[str], single: bool, maps: Path) -> tuple[Path, int, list[float]]:
+    """The maps of the rows ``x`` (images ``names``) as PNGs in a new sibling folder of
+    ``maps``: one H x W colour image each, on one heat scale shared by all (from the median
+    pixel to the 99.5th percentile, in nats per pixel; written into each PNG's text)."""
+    from ..maps import pixel_anomaly_maps
+    from ..report.pictures import map_png, map_scale
+
+    xt = torch.as_tensor(np.asarray(x)).to(next(run.model.parameters()).dtype)
+    m = pixel_anomaly_maps(run.model, run.encoder, xt, run.image_shape, k=MAPS_K).double().numpy()
+    lo, hi = map_scale(list(m))
+    files = map_names(list(names), single)
+    work = maps.absolute().parent / f".{maps.name}.fvnce-maps-new"
+    shutil.rmtree(work, ignore_errors=True)  # left by a crash
+    work.mkdir()
+    try:
+        for f, name, mi in zip(files, names, m):
+            target = work / f
+            target.parent.mkdir(parents=True, exist_ok=True)
+            text = {"fvnce-image": str(name), "fvnce-map": f"-log p(pixel | z) averaged over {MAPS_K} draws of q(z | x), "
+                    "nats per pixel", "fvnce-scale": f"{lo:.9g} {hi:.9g}"}
+            target.write_bytes(map_png(mi, lo, hi, text))
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return work, len(files), [lo, hi]
+
+
+def _rename_maps(work: Path, maps: Path) -> None:
+    if maps.is_dir():  # checked empty before any work
+        maps.rmdir()
+    os.replace(work, maps)
 
 
 def _csv_field(text: str) -> str:
