@@ -253,9 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     _alarm_rate_arg(p, "every run's alarm threshold")
     _precision_arg(p)
     _vae_args(p, poc=True)
-    p.add_argument("--learning-curve", default="0.25,0.5", metavar="F1,F2",
+    p.add_argument("--learning-curve", metavar="F1,F2",
                    help="retrain the recommended configuration on these fractions of the training rows (nested "
-                        "subsets; same validation and test rows), or 'none' (default 0.25,0.5)")
+                        "subsets; same validation and test rows), or 'none' (default 0.25,0.5; 0.5 on images)")
     _cost_args(p)
     p.add_argument("--out", default="poc_out", metavar="DIR")
     _overwrite_arg(p, "poc")
@@ -668,7 +668,8 @@ def _poc_extras(args) -> dict:
     from .learning_curve import parse_fractions
 
     vae = _vae_spec(args)
-    return {"vae": vae, "vae_finetune": args.vae_finetune, "learning_curve": parse_fractions(args.learning_curve),
+    fractions = None if args.learning_curve is None else parse_fractions(args.learning_curve)  # None: by the data
+    return {"vae": vae, "vae_finetune": args.vae_finetune, "learning_curve": fractions,
             "costs": _costs(args)}
 
 

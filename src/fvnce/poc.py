@@ -42,6 +42,7 @@ from .noise import make_noise
 from .rules import scoring_rule
 from .runs import BASE_NOISE, RunConfig, _default_noise, check_model_sizes, evaluate_run, train_run
 from .runs.config import check_noise_name
+from .image_plan import poc_plan
 from .runs.output import check_output, replacing
 from .train import DivergenceError, TrainConfig, TrainingInterrupted
 
@@ -88,7 +89,7 @@ def _rule_label(name: str, params: dict) -> str:
 
 
 #: model options of the energy-tilted model that the VAE baseline does not take
-TILT_OPTIONS = ("tilt_bound", "freeze_base", "tilt_hidden")
+TILT_OPTIONS = ("tilt_bound", "freeze_base", "tilt_hidden", "tilt_channels")
 
 
 def default_noises(binary: bool, tilted: bool = True) -> list[str]:
@@ -138,8 +139,9 @@ class PocConfig:
     #: tilted run and of the ``base`` noise; ``vae_finetune`` > 0 adds it fine-tuned by the ELBO
     vae: dict[str, Any] | None = None
     vae_finetune: int = 0
-    #: fractions of the training rows the recommendation is retrained on (fvnce.learning_curve)
-    learning_curve: tuple[float, ...] = (0.25, 0.5)
+    #: fractions of the training rows the recommendation is retrained on (fvnce.learning_curve);
+    #: None: by the data (fvnce.image_plan.poc_plan)
+    learning_curve: tuple[float, ...] | None = None
     #: {cost_false_alarm, cost_miss, anomaly_share}: the recommendation's cost (fvnce.costs)
     costs: dict[str, Any] | None = None
 
@@ -178,7 +180,7 @@ class PocConfig:
             raise ConfigError(f"--vae-finetune must be a number of steps >= 0, got {ft!r}")
         if ft and self.vae is None:
             raise ConfigError("--vae-finetune needs --vae")
-        if any(not 0 < f < 1 for f in self.learning_curve):
+        if any(not 0 < f < 1 for f in self.learning_curve or ()):
             raise ConfigError(f"--learning-curve fractions must lie strictly between 0 and 1, got "
                               f"{list(self.learning_curve)}")
         if self.costs is not None:
@@ -609,6 +611,7 @@ def _run_poc_into(config: PocConfig, rules: list, out_dir: Path, final: Path, t0
     dataset = load_dataset(config.data)
     for note in dataset.notes:
         log(f"fvnce: note: {note}")
+    config = poc_plan(config, dataset, log)  # noises, steps, learning curve left to the data
     has_labels = dataset.val_labels is not None and bool(dataset.val_labels.any())
     noises = config.noises or default_noises(dataset.binary, tilted=config.model in ("auto", "tilted_vae"))
     steps = config.steps()
