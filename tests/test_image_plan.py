@@ -58,10 +58,10 @@ def test_poc_plan_leaves_tables_as_they_were():
 def test_poc_plan_for_images_and_what_the_user_gives_is_kept():
     said = []
     cfg = ip.poc_plan(PocConfig(), IMAGES, said.append)
-    assert cfg.noises == ["base", "diag_gaussian"] and cfg.budget == 300 and cfg.learning_curve == (0.5,)
-    assert len(said) == 1 and "noises base, diag_gaussian; 300 steps per run" in said[0]
+    assert cfg.noises == ["base"] and cfg.budget == 300 and cfg.learning_curve == (0.5,)
+    assert len(said) == 1 and "noises base; 300 steps per run (budget default); learning curve at 0.5" in said[0]
     assert ip.poc_plan(PocConfig(budget="long"), IMAGES).budget == 1500
-    assert ip.poc_plan(PocConfig(model="conv_vae"), IMAGES).noises == ["diag_gaussian"]
+    assert ip.poc_plan(PocConfig(model="conv_vae"), IMAGES).noises is None  # no base: the defaults of tables
     given = PocConfig(noises=["kde"], budget=40, learning_curve=(0.25, 0.5))
     said.clear()
     cfg = ip.poc_plan(given, IMAGES, said.append)
@@ -97,15 +97,15 @@ def test_evaluation_of_an_image_run_spends_the_image_sample_count(folder, tmp_pa
 
 
 def test_poc_on_an_image_folder_runs_end_to_end_with_the_image_plan(folder, tmp_path):
-    """The default plan on images (base and diag_gaussian noises, one learning-curve
+    """The default plan on images (the base noise, one learning-curve
     fraction), conv models with the tilt's own width (a tilt option the VAE run must not get)."""
     cfg = PocConfig(data=DataSpec(source=str(folder), image_size=8), budget=4, rules=["kl"],
                     model_options={"channels": 4, "tilt_channels": 4},
                     train=TrainConfig(batch_size=8, progress=False))
     summary = run_poc(cfg, tmp_path / "poc", progress=False)
-    assert summary["noises"] == ["base", "diag_gaussian"] and summary["steps_per_run"] == 4
+    assert summary["noises"] == ["base"] and summary["steps_per_run"] == 4
     names = [r["name"] for r in summary["runs"]]
-    assert names == ["elbo-vae", "fvnce-kl-base", "fvnce-kl-diag_gaussian"]
+    assert names == ["elbo-vae", "fvnce-kl-base"]
     assert all(r["status"] != "failed" for r in summary["runs"]), [r["error"] for r in summary["runs"]]
     assert [p["fraction"] for p in summary["learning_curve"]][:-1] in ([0.5], [])
     assert summary["recommended"] is not None
@@ -119,7 +119,7 @@ def test_poc_command_on_an_image_folder(folder, tmp_path, capsys):
     assert main(["poc", "--data", str(folder), "--image-size", "8", "--budget", "3", "--rules", "kl",
                  "--learning-curve", "none", "--no-baselines", "--out", str(out)]) == 0
     err = capsys.readouterr().err
-    assert "continuous images: noises base, diag_gaussian" in err
+    assert "continuous images: noises base (the image plan" in err
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["noises"] == ["base", "diag_gaussian"] and summary["learning_curve"] == []
+    assert summary["noises"] == ["base"] and summary["learning_curve"] == []
     assert (out / "report.html").exists()
