@@ -39,7 +39,7 @@ def run_log_z_samples(run) -> int:
 # --------------------------------------------------------------------------- the poc
 #: training steps per run of each budget preset on continuous images (tables and binary
 #: images: fvnce.poc.BUDGETS).  Why: see IMAGE_NOISES; the default must finish a whole
-#: poc of ELPV mono at 64 x 64 within 15 minutes on 2 cores (docs/images.md has the
+#: poc of ELPV mono at 64 x 64 within 15 minutes on 2 cores (docs/images_poc.md has the
 #: measurement).
 IMAGE_BUDGETS = {"quick": 60, "default": 300, "long": 1500}
 #: the poc's noise candidates on continuous images, for tilted models (other models keep
