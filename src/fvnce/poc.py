@@ -38,11 +38,11 @@ from .data import DataSpec, load_dataset
 from .diagnostics import ESS_FRACTION_MIN, KHAT_MAX, finite, weights_reliable
 from .errors import ConfigError, FvnceError
 from .evaluate import check_alarm_rate
+from .image_plan import poc_plan
 from .noise import make_noise
 from .rules import scoring_rule
 from .runs import BASE_NOISE, RunConfig, _default_noise, check_model_sizes, evaluate_run, train_run
 from .runs.config import check_noise_name
-from .image_plan import poc_plan
 from .runs.output import check_output, replacing
 from .train import DivergenceError, TrainConfig, TrainingInterrupted
 
