@@ -640,7 +640,8 @@ def _cmd_poc(args) -> int:
         train["batch_size"] = args.batch_size
     if args.precision is not None:
         train["precision"] = args.precision
-    cfg = PocConfig(data=spec, rules=[r for r in args.rules.split(",") if r.strip()], budget=budget,
+    rules = args.rules if isinstance(args.rules, str) else ""  # argparse reads "--rules=--" as []
+    cfg = PocConfig(data=spec, rules=[r for r in rules.split(",") if r.strip()], budget=budget,
                     noises=[n.strip() for n in args.noises.split(",") if n.strip()] if args.noises else None,
                     model=args.model, model_options={"z_dim": args.z_dim} if args.z_dim is not None else {},
                     train=TrainConfig.from_dict({**TrainConfig().to_dict(), **train}),
