@@ -109,7 +109,8 @@ def poc(args) -> int:
         train["batch_size"] = args.batch_size
     if args.precision is not None:
         train["precision"] = args.precision
-    cfg = PocConfig(data=spec, rules=[r for r in args.rules.split(",") if r.strip()], budget=budget,
+    rules = args.rules if isinstance(args.rules, str) else ""  # argparse reads "--rules=--" as []
+    cfg = PocConfig(data=spec, rules=[r for r in rules.split(",") if r.strip()], budget=budget,
                     noises=[n.strip() for n in args.noises.split(",") if n.strip()] if args.noises else None,
                     model=args.model, model_options={"z_dim": args.z_dim} if args.z_dim is not None else {},
                     train=TrainConfig.from_dict({**TrainConfig().to_dict(), **train}),
@@ -135,7 +136,8 @@ def poc(args) -> int:
 def _poc_extras(args) -> dict:
     """The poc's settings for your own VAE, the learning curve and the costs."""
     vae = options.vae_spec_of(args)
-    return {"vae": vae, "vae_finetune": args.vae_finetune, "learning_curve": parse_fractions(args.learning_curve),
+    fractions = None if args.learning_curve is None else parse_fractions(args.learning_curve)  # None: by the data
+    return {"vae": vae, "vae_finetune": args.vae_finetune, "learning_curve": fractions,
             "costs": options.costs(args)}
 
 

@@ -217,9 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     _alarm_rate_arg(p, "every run's alarm threshold")
     _precision_arg(p)
     _vae_args(p, poc=True)
-    p.add_argument("--learning-curve", default="0.25,0.5", metavar="F1,F2",
+    p.add_argument("--learning-curve", metavar="F1,F2",
                    help="retrain the recommended configuration on these fractions of the training rows (nested "
-                        "subsets; same validation and test rows), or 'none' (default 0.25,0.5)")
+                        "subsets; same validation and test rows), or 'none' (default 0.25,0.5; 0.5 on images)")
     _cost_args(p)
     p.add_argument("--out", default="poc_out", metavar="DIR")
     _overwrite_arg(p, "poc")

@@ -24,7 +24,7 @@ __all__ = ["BUDGETS", "MIXTURES", "TILT_OPTIONS", "VAE_FINETUNED_RUN", "PocConfi
 #: training steps per run for each budget preset
 BUDGETS = {"quick": 150, "default": 800, "long": 4000}
 #: model options of the energy-tilted model that the VAE baseline does not take
-TILT_OPTIONS = ("tilt_bound", "freeze_base", "tilt_hidden")
+TILT_OPTIONS = ("tilt_bound", "freeze_base", "tilt_hidden", "tilt_channels")
 #: default component counts of the poc's diagonal mixtures: 1 (independent features) and 4
 MIXTURES = (1, 4)
 #: your own VAE fine-tuned by the ELBO (``--vae-finetune``)
@@ -101,8 +101,9 @@ class PocConfig:
     #: tilted run and of the ``base`` noise; ``vae_finetune`` > 0 adds it fine-tuned by the ELBO
     vae: dict[str, Any] | None = None
     vae_finetune: int = 0
-    #: fractions of the training rows the recommendation is retrained on (fvnce.learning_curve)
-    learning_curve: tuple[float, ...] = (0.25, 0.5)
+    #: fractions of the training rows the recommendation is retrained on (fvnce.learning_curve);
+    #: None: by the data (fvnce.image_plan.poc_plan)
+    learning_curve: tuple[float, ...] | None = None
     #: {cost_false_alarm, cost_miss, anomaly_share}: the recommendation's cost (fvnce.costs)
     costs: dict[str, Any] | None = None
 
@@ -139,7 +140,7 @@ class PocConfig:
             raise ConfigError(f"--vae-finetune must be a number of steps >= 0, got {ft!r}")
         if ft and self.vae is None:
             raise ConfigError("--vae-finetune needs --vae")
-        if any(not 0 < f < 1 for f in self.learning_curve):
+        if any(not 0 < f < 1 for f in self.learning_curve or ()):
             raise ConfigError(f"--learning-curve fractions must lie strictly between 0 and 1, got "
                               f"{list(self.learning_curve)}")
         if self.costs is not None:

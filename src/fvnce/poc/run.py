@@ -13,6 +13,7 @@ from ..checkpoint import atomic_write_json
 from ..criteria import criteria_record
 from ..data import load_dataset
 from ..errors import ConfigError
+from ..image_plan import poc_plan
 from ..noise import make_noise
 from ..report import build_report
 from ..fileio import finite_json
@@ -70,6 +71,7 @@ def _run_poc_into(config: PocConfig, rules: list, out_dir: Path, final: Path, t0
     dataset = load_dataset(config.data)
     for note in dataset.notes:
         log(f"fvnce: note: {note}")
+    config = poc_plan(config, dataset, log)  # noises, steps, learning curve left to the data
     has_labels = dataset.val_labels is not None and bool(dataset.val_labels.any())
     noises = config.noises or default_noises(dataset.binary, tilted=config.model in ("auto", "tilted_vae"))
     steps = config.steps()

@@ -15,6 +15,7 @@ from .. import evaluate as ev
 from ..data import Dataset, load_dataset, prepare_scoring_data
 from ..fileio import atomic_write_json, atomic_write_npy, finite_json
 from ..version import __version__
+from ..image_plan import run_log_z_samples
 from .alarm import calibrate_alarm, read_alarm
 from .files import EVALUATION_NAME, SAMPLES_NAME
 from .loading import LoadedRun, load_run
@@ -65,7 +66,8 @@ def evaluate_run(run_dir: str | Path, *, dataset: Dataset | None = None, data_fi
     data-vs-noise accuracy, and where labels exist AUROC, AUPRC and the false-alarm rate
     at 95% detection, the anomaly score being the negative estimated log-density.
 
-    Importance-weight diagnostics (:mod:`fvnce.diagnostics`): ``log_z = {log_z,
+    Importance-weight diagnostics (:mod:`fvnce.diagnostics`; 20,000 noise or proposal
+    samples per candidate, 2,000 on continuous images: :mod:`fvnce.image_plan`): ``log_z = {log_z,
     ess_fraction, khat, reliable, proposal, candidates: {name: {log_z, ess_fraction, khat,
     reliable}}}`` (unnormalised models; None otherwise) and ``noise_term = {khat,
     ess_fraction, reliable}``, the diagnostics of the noise-side weights ``r(y), y ~ p_n``
@@ -83,11 +85,12 @@ def evaluate_run(run_dir: str | Path, *, dataset: Dataset | None = None, data_fi
     k = k or run.config.eval_k
     torch.manual_seed(run.config.train.seed + 1)
     log_z, noise_w = None, None
+    n_lz = run_log_z_samples(run)  # fewer on continuous images (fvnce.image_plan)
     if not run.model.normalised:
-        log_z = ev.estimate_log_partition(run.model, run.encoder, run.noise)
+        log_z = ev.estimate_log_partition(run.model, run.encoder, run.noise, n=n_lz)
         noise_w = log_z.candidates.get("noise")
     if noise_w is None:  # normalised model (where it is cheap), or no noise candidate
-        noise_w = ev.noise_weight_report(run.model, run.encoder, run.noise)
+        noise_w = ev.noise_weight_report(run.model, run.encoder, run.noise, n=n_lz)
     diag = ("khat", "ess_fraction", "reliable")
     result: dict[str, Any] = {
         "fvnce_version": __version__, "weights": run.weights,
