@@ -30,7 +30,8 @@ Methods:
 Reported per method: test AUROC, AUPRC, the false-alarm rate on test normals and the
 detection rate at the threshold set on the validation normal images for the default
 alarm rate (``fvnce.thresholds.DEFAULT_ALARM_RATE``, split-conformal quantile), and the
-wall time of fitting and scoring.  For the VAE and each FVNCE run also the held-out
+wall and CPU time (``time.process_time``: on a shared machine the time the process
+computed) of fitting and scoring (for an FVNCE run, the VAE it starts from included).  For the VAE and each FVNCE run also the held-out
 log-likelihood of the test normal images (nats per image; ``--ll-k`` importance samples;
 for the tilted model minus an estimated ``log Z`` from ``--logz-n`` samples, with its
 k-hat, ESS fraction and whether it is reliable: k-hat <= 0.7 and ESS >= 5 %).
@@ -47,6 +48,7 @@ AUROC beside published figures, and the wall time of the whole protocol.
     python benchmarks/images.py --parts elpv --sizes 32,64
     python benchmarks/images.py --parts fashion --fashion-classes 0,1
     python benchmarks/images.py --quick                # smoke run: ELPV mono, 1 seed, class 0 subsampled, few steps
+    python benchmarks/images.py --render images.partial.json   # the tables of an interrupted run's partial JSON
 
 Markdown tables go to stdout; everything to ``--out`` (JSON).
 """
@@ -134,11 +136,11 @@ def baselines(x_tr, x_val, y_val, x_te, seed: int, ae_epochs: int, pca_fixed: in
     from sklearn.metrics import roc_auc_score
 
     out = {}
-    t = time.perf_counter()
+    t, c0 = time.perf_counter(), time.process_time()
     forest = IsolationForest(random_state=seed).fit(x_tr)
     out["isolation_forest"] = {"val": -forest.score_samples(x_val), "test": -forest.score_samples(x_te),
-                               "wall_s": time.perf_counter() - t}
-    t = time.perf_counter()
+                               "wall_s": time.perf_counter() - t, "cpu_s": time.process_time() - c0}
+    t, c0 = time.perf_counter(), time.process_time()
     most = min(x_tr.shape[0] - 1, x_tr.shape[1])
     choices = [pca_fixed] if pca_fixed else [c for c in PCA_COMPONENTS if c <= most]
     best = None
@@ -152,20 +154,22 @@ def baselines(x_tr, x_val, y_val, x_te, seed: int, ae_epochs: int, pca_fixed: in
         val_auc = roc_auc_score(y_val, sv) if y_val is not None and 0 < y_val.sum() < len(y_val) else None
         if best is None or (val_auc is not None and val_auc > best[0]):
             best = (val_auc, c, sv, err(x_te))
-    out["pca"] = {"val": best[2], "test": best[3], "components": best[1], "wall_s": time.perf_counter() - t}
+    out["pca"] = {"val": best[2], "test": best[3], "components": best[1], "wall_s": time.perf_counter() - t,
+                  "cpu_s": time.process_time() - c0}
     try:
         from pyod.models.auto_encoder import AutoEncoder
     except ImportError:
         return out
     import torch
 
-    t = time.perf_counter()
+    t, c0 = time.perf_counter(), time.process_time()
     torch.manual_seed(seed)
     ae = AutoEncoder(epoch_num=ae_epochs, random_state=seed, verbose=0, device="cpu")
     ae.fit(np.asarray(x_tr, dtype=np.float32))
     out["pyod_autoencoder"] = {"val": ae.decision_function(np.asarray(x_val, np.float32)),
                                "test": ae.decision_function(np.asarray(x_te, np.float32)),
-                               "epochs": ae_epochs, "wall_s": time.perf_counter() - t}
+                               "epochs": ae_epochs, "wall_s": time.perf_counter() - t,
+                               "cpu_s": time.process_time() - c0}
     return out
 
 
@@ -181,11 +185,11 @@ def fvnce_runs(ds, work: Path, seed: int, rules: list[str], args) -> dict:
     from fvnce.runs import RunConfig, load_run, score_rows, train_run
     from fvnce.train import TrainConfig
 
-    def train(cfg: RunConfig, name: str) -> tuple[Path, float]:
-        t = time.perf_counter()
+    def train(cfg: RunConfig, name: str) -> tuple[Path, float, float]:
+        t, c0 = time.perf_counter(), time.process_time()
         run_dir = work / name
         train_run(cfg, run_dir, dataset=ds, progress=False)
-        return run_dir, time.perf_counter() - t
+        return run_dir, time.perf_counter() - t, time.process_time() - c0
 
     tc = dict(progress=False, seed=seed, eval_every=args.eval_every, checkpoint_every=args.eval_every)
     plan = [("vae", RunConfig(data=ds.spec, objective="elbo", model="vae", noise="diag_gaussian",
@@ -200,18 +204,19 @@ def fvnce_runs(ds, work: Path, seed: int, rules: list[str], args) -> dict:
     for name, cfg, parent in plan:
         if parent is not None:
             cfg.init_from = str(dirs[parent])
-        run_dir, wall = train(cfg, name.replace(" ", "-"))
+        run_dir, wall, cpu = train(cfg, name.replace(" ", "-"))
         dirs[name] = run_dir
-        trained[name] = wall
+        trained[name] = (wall, cpu)
         run = load_run(run_dir)
-        t = time.perf_counter()
+        t, c0 = time.perf_counter(), time.process_time()
         torch.manual_seed(seed + 2)
         val = score_rows(run, ds.val.numpy(), k=args.score_k)
         test = score_rows(run, ds.test.numpy(), k=args.score_k)
-        score_s = time.perf_counter() - t
+        score_s, score_cpu = time.perf_counter() - t, time.process_time() - c0
         # wall_s: what a user spends on this detector, the VAE it starts from included
         entry = {"val": val, "test": test, "train_s": wall, "score_s": score_s,
-                 "wall_s": wall + score_s + (trained[parent] if parent else 0.0), "steps": cfg.train.steps}
+                 "wall_s": wall + score_s + (trained[parent][0] if parent else 0.0),
+                 "cpu_s": cpu + score_cpu + (trained[parent][1] if parent else 0.0), "steps": cfg.train.steps}
         if args.ll_k:
             entry["heldout"] = heldout_ll(run, normals, seed, args.ll_k, args.logz_n)
         out[name] = entry
@@ -359,6 +364,7 @@ def summarise_elpv(raw: list[dict], methods: list[str]) -> list[dict]:
             row = {"cells": ct, "size": size, "method": m, "seeds": len(got)}
             for key in ("auroc", "auprc", "false_alarm_rate", "detection_rate", "wall_s"):
                 row[key], row[key + "_sd"] = mean_sd([g.get(key) for g in got])
+            row["cpu_s"] = mean_sd([g.get("cpu_s") for g in got])[0]
             if m == RECOMMENDED:
                 row["choices"] = ",".join(g.get("choice", "") for g in got)
             rows.append(row)
@@ -421,7 +427,11 @@ def main(argv=None) -> dict:
                    "(default 64, quick 4; 0: not measured)")
     p.add_argument("--logz-n", type=int, default=None, help="samples of the log Z estimate (default 5000, quick 200)")
     p.add_argument("--ae-epochs", type=int, default=None, help="PyOD AutoEncoder epochs (default 10, quick 1)")
+    p.add_argument("--render", type=Path, default=None, help="no training: the tables of a (partial) JSON that "
+                   "this script wrote, written to --out")
     args = p.parse_args(argv)
+    if args.render is not None:
+        return render(args.render, args.out)
     q = args.quick
     args.vae_steps = args.vae_steps or (30 if q else 800)
     args.tilt_steps = args.tilt_steps or (20 if q else 400)
@@ -467,13 +477,64 @@ def main(argv=None) -> dict:
     return out
 
 
+def render(path: Path, out_path: Path) -> dict:
+    """Tables (and summaries) of the per-split results in a JSON this script wrote,
+    complete or partial (an interrupted run writes ``<out>.partial.json`` after every
+    split)."""
+    import json
+
+    data = json.loads(Path(path).read_text())
+    cfg = data.get("config", {})
+    rules = cfg.get("rules", ["kl"])
+    f_rules = cfg.get("fashion_rules", ["kl"])
+    raw = (data.get("elpv") or {}).get("raw") or []
+    if raw:
+        methods = ["vae", *(f"fvnce {rule_label(r)}" for r in rules), RECOMMENDED, *BASELINES]
+        data["elpv"] = {**elpv_tables(raw, methods, rules), "raw": raw}
+    per_class = (data.get("fashion") or {}).get("per_class") or []
+    if per_class:
+        data["fashion"] = {**data["fashion"], **fashion_tables(per_class, f_rules)}
+    data["rendered_from"] = str(path)
+    C.write_json(out_path, data)
+    return data
+
+
+def elpv_tables(raw: list[dict], methods: list[str], rules: list[str]) -> dict:
+    rows = summarise_elpv(raw, methods)
+    md = md_table(rows, ["cells", "size", "method", "seeds", "auroc", "auroc_sd", "auprc", "false_alarm_rate",
+                         "detection_rate", "wall_s", "cpu_s"], "ELPV: test metrics, mean over seeds")
+    ver = verdicts(rows)
+    md += md_table(ver, ["cells", "size", "best_baseline", "best_baseline_auroc", "fvnce_recommended_auroc",
+                         "margin", "fvnce_wins"], "ELPV: recommended FVNCE against the best baseline")
+    lls = ll_rows(raw, rules)
+    if lls:
+        md += md_table(lls, ["cells", "size", "seed", "rule", "vae_ll", "fvnce_ll", "gain", "khat", "ess_fraction",
+                             "reliable", "beats_vae_reliably"], "ELPV: held-out log-likelihood of test normals "
+                       "(nats per image)")
+    return {"rows": rows, "verdicts": ver, "heldout_ll": lls, "markdown": md}
+
+
+def fashion_tables(per_class: list[dict], rules: list[str]) -> dict:
+    methods = ["vae", *(f"fvnce {rule_label(r)}" for r in rules), *BASELINES]
+    cols = ["class", "name", *methods]
+    mean = {"class": "mean", "name": f"{len(per_class)} classes"}
+    for c in cols[2:]:
+        mean[c] = mean_sd([r.get(c) for r in per_class])[0]
+    md = md_table([*per_class, mean], cols, "Fashion-MNIST one-class: test AUROC per normal class")
+    md += md_table([{"method": k, "mean_auroc": v} for k, v in PUBLISHED_FASHION.items()], ["method", "mean_auroc"],
+                   "Fashion-MNIST one-class: published mean AUROC")
+    return {"mean": mean, "published_mean": PUBLISHED_FASHION, "markdown": md,
+            "wall_s_sum": sum(r["wall_s"] for r in per_class),
+            "cpu_s_sum": sum(r.get("cpu_s") or 0.0 for r in per_class)}
+
+
 def run_elpv(cell_types, sizes, seeds, rules, methods, args, work, notes, out) -> dict:
     raw: list[dict] = []
     t_all = time.perf_counter()
     for size in sizes:
         for ct in cell_types:
             for seed in range(args.seed, args.seed + seeds):
-                l0, t0 = C.load(), time.perf_counter()
+                l0, t0, c0 = C.load(), time.perf_counter(), time.process_time()
                 try:
                     ds = elpv_split(ct, size, seed)
                 except Exception as exc:  # noqa: BLE001 (elpv-dataset missing: fvnce.errors.DataError)
@@ -486,25 +547,14 @@ def run_elpv(cell_types, sizes, seeds, rules, methods, args, work, notes, out) -
                 rec = {"cell_type": ct, "size": size, "seed": seed, "n_train": len(ds.train), "n_val": len(ds.val),
                        "n_test": len(ds.test), "test_anomalies": int(ds.test_labels.sum()),
                        "val_anomalies": int(ds.val_labels.sum()), "load_s": load_s,
-                       "wall_s": time.perf_counter() - t0, "load_before": l0, "load_after": C.load(),
-                       "results": res}
+                       "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, "load_before": l0,
+                       "load_after": C.load(), "results": res}
                 raw.append(rec)
                 print(f"elpv {ct} {size}px seed {seed}: " + ", ".join(
                     f"{m} {res[m]['auroc']:.3f}" for m in methods if m in res) + f" ({rec['wall_s']:.0f} s, load "
                     f"{l0:.1f}-{rec['load_after']:.1f})", flush=True)
                 C.write_json(args.out.with_suffix(".partial.json"), {**out, "elpv": {"raw": raw}})
-    rows = summarise_elpv(raw, methods)
-    md = md_table(rows, ["cells", "size", "method", "seeds", "auroc", "auroc_sd", "auprc", "false_alarm_rate",
-                         "detection_rate", "wall_s"], "ELPV: test metrics, mean over seeds")
-    ver = verdicts(rows)
-    md += md_table(ver, ["cells", "size", "best_baseline", "best_baseline_auroc", "fvnce_recommended_auroc",
-                         "margin", "fvnce_wins"], "ELPV: recommended FVNCE against the best baseline")
-    lls = ll_rows(raw, rules)
-    if lls:
-        md += md_table(lls, ["cells", "size", "seed", "rule", "vae_ll", "fvnce_ll", "gain", "khat", "ess_fraction",
-                             "reliable", "beats_vae_reliably"], "ELPV: held-out log-likelihood of test normals "
-                       "(nats per image)")
-    return {"rows": rows, "verdicts": ver, "heldout_ll": lls, "raw": raw, "markdown": md,
+    return {**elpv_tables(raw, methods, rules), "raw": raw,
             "wall_s": time.perf_counter() - t_all}
 
 
@@ -519,29 +569,23 @@ def run_fashion(classes, rules, args, work, notes, out) -> dict:
     per_class, t_all, l_start = [], time.perf_counter(), C.load()
     fargs = type(args)(**{**vars(args), "ll_k": 0})  # the held-out likelihood is measured on ELPV only
     for cls in classes:
-        l0, t0 = C.load(), time.perf_counter()
+        l0, t0, c0 = C.load(), time.perf_counter(), time.process_time()
         ds = fashion_split(arrays, cls, args.seed, args.fashion_val, args.fashion_max_train, args.fashion_max_test)
         d = work / f"fashion-{cls}"
         res = one_split(ds, d, args.seed, rules, fargs, FASHION_PCA)
         shutil.rmtree(d, ignore_errors=True)
         row = {"class": cls, "name": FASHION_CLASSES[cls], "n_train": len(ds.train), "n_val": len(ds.val),
-               "n_test": len(ds.test), "wall_s": time.perf_counter() - t0, "load_before": l0, "load_after": C.load()}
+               "n_test": len(ds.test), "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
+               "load_before": l0, "load_after": C.load()}
         row.update({m: res[m]["auroc"] for m in methods if m in res})
         row["results"] = res
         per_class.append(row)
         print(f"fashion class {cls}: " + ", ".join(f"{m} {row[m]:.3f}" for m in methods if m in row)
               + f" ({row['wall_s']:.0f} s)", flush=True)
         C.write_json(args.out.with_suffix(".partial.json"), {**out, "fashion": {"per_class": per_class}})
-    cols = ["class", "name", *methods]
-    mean = {"class": "mean", "name": f"{len(per_class)} classes"}
-    for c in cols[2:]:
-        mean[c] = mean_sd([r.get(c) for r in per_class])[0]
-    md = md_table([*per_class, mean], cols, "Fashion-MNIST one-class: test AUROC per normal class")
-    md += md_table([{"method": k, "mean_auroc": v} for k, v in PUBLISHED_FASHION.items()], ["method", "mean_auroc"],
-                   "Fashion-MNIST one-class: published mean AUROC")
     wall = time.perf_counter() - t_all
-    return {"per_class": per_class, "mean": mean, "wall_s": wall, "load_start": l_start, "load_end": C.load(),
-            "published_mean": PUBLISHED_FASHION, "markdown": md}
+    return {"per_class": per_class, **fashion_tables(per_class, rules), "wall_s": wall, "load_start": l_start,
+            "load_end": C.load()}
 
 
 if __name__ == "__main__":
