@@ -1,6 +1,7 @@
 """The registries are the single source: a rule or a noise registered in one place is a
-choice of the command line, a setting that a run saves and reloads, and part of run names
-and train commands, with no other edit."""
+choice of the command line, a setting that a run saves and reloads, part of run names and
+train commands, and a candidate of the poc named in its summary and report, with no other
+edit."""
 
 from __future__ import annotations
 
@@ -107,3 +108,18 @@ def test_a_run_with_a_registered_rule_and_noise_trains_and_reloads(registered, t
     run = load_run(out)
     assert isinstance(run.noise, WideNoise) and run.objective.rule.params == {"beta": 1.2}
     assert scoring_rule("beta_power", beta=1.2).describe() == run.objective.rule.describe()
+
+
+def test_a_registered_rule_and_noise_reach_the_poc_and_its_report(registered, table, tmp_path):
+    from fvnce.poc import parse_rule
+
+    assert parse_rule("beta_power:1.2") == ("beta_power", {"beta": 1.2})
+    out = tmp_path / "poc"
+    assert main(["poc", "--data", str(table), "--label", "status", "--normal", "ok", "--rules", "beta_power:1.2",
+                 "--noises", "wide_diag", "--budget", "4", "--mixtures", "none", "--no-baselines",
+                 "--learning-curve", "none", "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    run = next(r for r in summary["runs"] if r["name"] == "fvnce-beta_power1.2-wide_diag")
+    assert run["rule"] == "beta_power" and run["rule_params"] == {"beta": 1.2} and run["noise"] == "wide_diag"
+    html = (out / "report.html").read_text()
+    assert "fvnce-beta_power1.2-wide_diag" in html and "beta_power (beta=1.2)" in html

@@ -16,6 +16,7 @@ from ..criteria import VAE_RUN
 from ..data import DataSpec, load_dataset
 from ..errors import FvnceError
 from ..noise import make_noise
+from ..rules import RULES
 from ..runs import BASE_NOISE, RunConfig, evaluate_run, train_run
 from ..train import DivergenceError, TrainingInterrupted
 from ..runs.training import adopt_run
@@ -38,11 +39,20 @@ def val_counts(dataset) -> dict:
     return {"normal": int(len(dataset.val_labels)) - n1, "anomaly": n1}
 
 
+def rule_params(options: dict) -> dict:
+    """The run's rule parameter as the registry declares it (``{"alpha": 1.5}``); empty for
+    rules without one, and for rules whose parameter mirrors an objective option and has no
+    flag of its own (logistic's ``nu``)."""
+    cls = RULES.get(options.get("rule"))
+    key = cls.param if cls is not None and cls.flag else None
+    return {key: options[key]} if key in options else {}
+
+
 def run_one(name: str, rc: RunConfig, dataset, fitted: dict, out_dir: Path, log) -> dict:
     """Train and evaluate one run of the grid; its summary entry (errors recorded, not raised)."""
     entry: dict[str, Any] = {"name": name, "objective": rc.objective, "model": None, "noise": rc.noise,
                              "rule": rc.objective_options.get("rule"), "run_dir": f"runs/{name}",
-                             "rule_params": {k: v for k, v in rc.objective_options.items() if k in ("alpha", "c")},
+                             "rule_params": rule_params(rc.objective_options),
                              "status": "ok", "error": None, "metrics": {}, "val_metrics": {},
                              "started_from": Path(rc.init_from).name if rc.init_from else None}
     t_run = time.perf_counter()

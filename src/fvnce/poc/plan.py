@@ -13,7 +13,7 @@ from ..criteria import VAE_RUN
 from ..data import DataSpec
 from ..errors import ConfigError
 from ..evaluate import check_alarm_rate
-from ..rules import scoring_rule
+from ..rules import RULES, scoring_rule
 from ..runs import BASE_NOISE, RunConfig, default_noise, check_model_sizes
 from ..runs.config import check_noise_name
 from ..train import TrainConfig
@@ -36,7 +36,8 @@ def parse_rule(text: str) -> tuple[str, dict]:
     name, _, value = text.strip().partition(":")
     params: dict[str, float] = {}
     if value:
-        key = {"power": "alpha", "shifted_log": "c", "logistic": "nu"}.get(name)
+        cls = RULES.get(name)
+        key = None if cls is None else cls.param  # the rule's parameter, as registered
         if key is None:
             raise ConfigError(f"rule {name!r} takes no parameter (got {text!r})")
         try:
@@ -54,8 +55,10 @@ def parse_rule(text: str) -> tuple[str, dict]:
 
 
 def rule_label(name: str, params: dict) -> str:
-    """The rule as it appears in run names: ``kl``, ``power1.5``."""
-    return name + "".join(f"{v:g}" for v in params.values())
+    """The rule as it appears in run names: ``kl``, ``power1.5`` (the registered rule's
+    :meth:`~fvnce.rules.ScoringRule.run_label`)."""
+    cls = RULES.get(name)
+    return cls.run_label(params) if cls is not None else name + "".join(f"{v:g}" for v in params.values())
 
 
 def default_noises(binary: bool, tilted: bool = True) -> list[str]:
