@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from ..errors import CheckpointError
-from .load import atomic_write_text, load_run, load_summary
+from .load import atomic_write_text, load_summary, read_run_files
 from .pages import poc_page, run_page
 
 __all__ = ["build_report"]
@@ -40,7 +40,7 @@ def build_report(path: str | os.PathLike, out: str | os.PathLike | None = None) 
     if (path / "summary.json").is_file():
         text = poc_page(path, load_summary(path))
     elif any((path / name).is_file() for name in _RUN_FILES):
-        text = run_page(load_run(path))
+        text = run_page(read_run_files(path))
     else:
         raise CheckpointError(
             f"report: {path} is neither a POC directory (no summary.json) nor a run directory "

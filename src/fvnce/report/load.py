@@ -17,7 +17,7 @@ from ..diagnostics import finite
 from ..errors import CheckpointError
 from ..fileio import atomic_write_text, read_jsonl
 
-__all__ = ["RunFiles", "atomic_write_text", "finite", "load_json", "load_run", "load_summary"]
+__all__ = ["RunFiles", "atomic_write_text", "finite", "load_json", "load_summary", "read_run_files"]
 
 #: At most this many samples are read from ``samples.npy`` (the report shows a few).
 MAX_SAMPLES = 500
@@ -89,7 +89,7 @@ def _as_dict(obj: Any) -> dict | None:
     return obj if isinstance(obj, dict) else None
 
 
-def load_run(path: str | os.PathLike) -> RunFiles:
+def read_run_files(path: str | os.PathLike) -> RunFiles:
     """Read a run directory; never raises for missing or damaged files."""
     path = Path(path)
     run = RunFiles(path=path)

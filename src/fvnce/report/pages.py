@@ -18,7 +18,7 @@ from .comparison import comparison_section
 from .extras import extras_sections
 from .glossary import glossary
 from .html import DASH, as_dict, esc, fmt_count, fmt_frac, fmt_num, fmt_pct, fmt_time, kv_table, page, section, table
-from .load import RunFiles, finite, load_run
+from .load import RunFiles, finite, read_run_files
 from .recommendation import headline_text, recommendation_section, recommended_operating
 from .pictures import poc_pictures, run_pictures, samples_shape
 from .roc import roc_section
@@ -95,7 +95,7 @@ class PocView:
         for r in self.runs:
             rd = r.get("run_dir")
             if isinstance(rd, str) and rd:
-                self.files[r.get("name")] = load_run(self.folder / rd)
+                self.files[r.get("name")] = read_run_files(self.folder / rd)
         self.operating, self.rec_ev = recommended_operating(self.summary, self.runs, self.files)
         self.entries = []
         for r in self.runs:
