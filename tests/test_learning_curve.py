@@ -114,3 +114,21 @@ def test_unlabelled_union_has_the_curve_of_its_members_and_the_union(tmp_path):
     assert (out / "learning_curve" / "f0.5" / "runs" / "union" / "union.json").is_file()
     assert all(m in s["learning_curve_verdict"] for m in rec["members"])
     assert "members' (a union is not a density)" in s["learning_curve_note"]
+
+
+def test_the_report_never_rounds_a_curve_point_to_a_perfect_score():
+    """An AUROC of 0.99995 is not "1.000", 0.4 false alarms per 1,000 not "0.0"; exact
+    values stay as they are."""
+    from fvnce.report.extras import extras_sections
+
+    summary = {"learning_curve_verdict": "v", "learning_curve": [
+        {"fraction": 0.5, "rows": 62, "auroc": 0.99995, "auroc_se": 0.0001, "auprc": 0.99999,
+         "false_alarms_per_1000": 0.4, "false_alarms_per_1000_se": 0.4, "log_likelihood": -12.7,
+         "log_likelihood_se": 1.1},
+        {"fraction": 1.0, "rows": 124, "auroc": 1.0, "auroc_se": 0.0, "auprc": 1.0,
+         "false_alarms_per_1000": 0.0, "false_alarms_per_1000_se": 0.0, "log_likelihood": -12.0,
+         "log_likelihood_se": 1.0}]}
+    html = extras_sections(summary)
+    assert "0.99995 ± 0.000" in html and "0.99999<" in html and "0.4 ± 0.4" in html
+    assert "1.000 ± 0.000" in html and "0.0 ± 0.0" in html
+    assert ">1.000<" in html  # an exact 1 is shown as such

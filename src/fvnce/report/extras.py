@@ -6,17 +6,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from .html import DASH, as_dict, esc, fmt_num, kv_table, section, table
+from ..numfmt import bounded
+from .html import DASH, as_dict, esc, fmt_frac, kv_table, section, table
 from .load import finite
 
 __all__ = ["extras_sections"]
 
 
-def _pm(value: Any, se: Any, digits: int = 3) -> str:
+def _pm(value: Any, se: Any, digits: int = 3, share: float | None = None) -> str:
+    """``value ± se``; a ``share`` (the scale of a rate: 1 for an AUROC, 1,000 for false
+    alarms per 1,000) is never rounded to 0 or to the scale unless exact."""
     v, s = finite(value), finite(se)
     if v is None:
         return DASH
-    return f"{v:.{digits}f}" + (f" ± {s:.{digits}f}" if s is not None else "")
+    text = bounded(v / share, share, digits) if share else f"{v:.{digits}f}"
+    return text + (f" ± {s:.{digits}f}" if s is not None else "")
 
 
 def _money(v: Any) -> str:
@@ -50,8 +54,8 @@ def _curve(summary: dict) -> str:
         rows = []
         for p in points:
             rows.append(([esc(f"{100 * (finite(p.get('fraction')) or 0):.3g} %"), esc(p.get("rows")),
-                          _pm(p.get("auroc"), p.get("auroc_se")), fmt_num(p.get("auprc")),
-                          _pm(p.get("false_alarms_per_1000"), p.get("false_alarms_per_1000_se"), 1),
+                          _pm(p.get("auroc"), p.get("auroc_se"), share=1.0), fmt_frac(p.get("auprc")),
+                          _pm(p.get("false_alarms_per_1000"), p.get("false_alarms_per_1000_se"), 1, share=1000.0),
                           _pm(p.get("log_likelihood"), p.get("log_likelihood_se"), 2)], ""))
         body += table(["Training rows used", "Rows", "Test AUROC ± SE", "Test AUPRC", "False alarms per 1,000 ± SE",
                        "Log-likelihood ± SE (nats)"], rows)
