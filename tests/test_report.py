@@ -798,3 +798,13 @@ def test_roc_legend_keeps_names_whole_and_styles_distinct():
     # the legend sits below the axes, not over the curves
     fig.canvas.draw()
     assert legend.get_window_extent().y1 < fig.axes[0].get_window_extent().y0
+
+
+def test_colour_image_samples_are_pointed_to_the_pictures_section():
+    """(3, H, W) samples are drawn by the pictures section; the samples section says so
+    instead of calling them undrawable high-dimensional data."""
+    from fvnce.report.samples import samples_section
+
+    html = samples_section([], [3, 8, 8], 192)
+    assert "colour images are drawn with the pictures" in html and "192-dimensional" not in html
+    assert "192-dimensional" in samples_section([], None, 192)

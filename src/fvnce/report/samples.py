@@ -23,6 +23,11 @@ def samples_section(entries: Sequence[Entry], image_shape: Any, dim: Any) -> str
     d = int(finite(dim)) if finite(dim) is not None else None
     if d is None and have:
         d = int(have[0][1].shape[1])
+    if (isinstance(image_shape, (list, tuple)) and len(image_shape) == 3
+            and all(finite(v) for v in image_shape) and int(image_shape[0]) > 1):
+        return section("samples", title, explain,
+                       '<p class="note">Samples of colour images are drawn with the pictures of the '
+                       "images above.</p>")
     if shape is None and d != 2:
         dtext = f"{d}-dimensional" if d is not None else "this kind of"
         return section("samples", title, explain,
