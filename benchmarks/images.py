@@ -197,6 +197,7 @@ def fvnce_runs(ds, work: Path, seed: int, rules: list[str], args) -> dict:
     for rule in rules:
         plan.append((f"fvnce {rule_label(rule)}",
                      RunConfig(data=ds.spec, objective="fvnce", objective_options=parse_rule(rule), model="tilted_vae",
+                               model_options={} if args.tilt_bound is None else {"tilt_bound": args.tilt_bound},
                                noise="base", train=TrainConfig(steps=args.tilt_steps, **tc), eval_k=args.score_k),
                      "vae"))
     out, dirs, trained = {}, {}, {}
@@ -421,6 +422,8 @@ def main(argv=None) -> dict:
     p.add_argument("--vae-steps", type=int, default=None, help="ELBO steps of the VAE (default 800, quick 30)")
     p.add_argument("--tilt-steps", type=int, default=None, help="FVNCE steps of each tilted run (default 400, "
                    "quick 20)")
+    p.add_argument("--tilt-bound", type=float, default=None, help="bound B of the tilt, |g| <= B (default: the "
+                   "model's, 5); a smaller bound keeps the VAE a usable proposal for log Z")
     p.add_argument("--eval-every", type=int, default=100, help="validation loss (best weights) every N steps")
     p.add_argument("--score-k", type=int, default=None, help="importance samples per score (default 16, quick 2)")
     p.add_argument("--ll-k", type=int, default=None, help="importance samples for held-out log-likelihood on ELPV "
@@ -457,7 +460,8 @@ def main(argv=None) -> dict:
         notes.append("PyOD is not installed: pyod_autoencoder skipped (pip install -e '.[bench]')")
     work = Path(tempfile.mkdtemp(prefix="fvnce-images-"))
     out: dict = {"benchmark": "images", "machine": C.machine(args.threads), "quick": q, "notes": notes,
-                 "config": {"vae_steps": args.vae_steps, "tilt_steps": args.tilt_steps, "score_k": args.score_k,
+                 "config": {"vae_steps": args.vae_steps, "tilt_steps": args.tilt_steps, "tilt_bound": args.tilt_bound,
+                            "score_k": args.score_k,
                             "ll_k": args.ll_k, "logz_n": args.logz_n, "ae_epochs": args.ae_epochs,
                             "eval_every": args.eval_every, "rules": rules, "fashion_rules": f_rules,
                             "pca_components": list(PCA_COMPONENTS), "fashion_pca": FASHION_PCA,
