@@ -57,8 +57,7 @@ def parse_rule(text: str) -> tuple[str, dict]:
 def rule_label(name: str, params: dict) -> str:
     """The rule as it appears in run names: ``kl``, ``power1.5`` (the registered rule's
     :meth:`~fvnce.rules.ScoringRule.run_label`)."""
-    cls = RULES.get(name)
-    return cls.run_label(params) if cls is not None else name + "".join(f"{v:g}" for v in params.values())
+    return RULES[name].run_label(params)
 
 
 def default_noises(binary: bool, tilted: bool = True) -> list[str]:
