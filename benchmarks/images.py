@@ -281,29 +281,20 @@ def elpv_split(cell_type: str, size: int, seed: int):
 
 def fashion_arrays():
     """(train images, train labels, test images, test labels) of Fashion-MNIST, uint8
-    images flattened to 784 values."""
-    from fvnce.data.builtin import _find_fashion_file, read_idx
+    images flattened to 784 values; None when not installed."""
+    from fvnce.data import fashion_mnist_arrays
 
-    out = []
-    for split in ("train", "t10k"):
-        img, lab = _find_fashion_file(f"{split}-images-idx3-ubyte"), _find_fashion_file(f"{split}-labels-idx1-ubyte")
-        if img is None or lab is None:
-            return None
-        out += [read_idx(img).reshape(-1, 784), read_idx(lab).astype(int)]
-    return tuple(out)
+    return fashion_mnist_arrays()
 
 
 def fashion_split(arrays, cls: int, seed: int, val_fraction: float, max_train: int | None, max_test: int | None):
     """The one-class split of class ``cls`` as an fvnce Dataset: the class's training
-    images split into train and validation (``val_fraction``), the test images held out
-    of every split and prepared the same way (``ds.held_out``); returns the dataset,
-    the test images' preprocessed rows and their labels (1 = another class)."""
+    images split into train and validation (``val_fraction``, normal only), the test images
+    (every class; label 1 = another class) the test set, in their order; 8-bit intensities
+    divided by 255, not binarised (:func:`fvnce.data.dataset_from_split`)."""
     import numpy as np
 
-    from fvnce.data import DataSpec
-    from fvnce.data.images import INTENSITY
-    from fvnce.data.load import _dataset_from_raw
-    from fvnce.data.spec import RawTable
+    from fvnce.data import DataSpec, dataset_from_split, split_indices
 
     x_tr, y_tr, x_te, y_te = arrays
     rng = np.random.default_rng([seed, cls])
@@ -313,22 +304,15 @@ def fashion_split(arrays, cls: int, seed: int, val_fraction: float, max_train: i
     if max_test and max_test < len(x_te):
         keep = np.sort(rng.choice(len(x_te), max_test, replace=False))
         x_te, y_te = x_te[keep], y_te[keep]
-    X = np.concatenate([mine, x_te])
-    held = np.r_[np.zeros(len(mine), bool), np.ones(len(x_te), bool)]
-    image = {"mode": "L", "channels": 1, "height": 28, "width": 28, "resize": None, "intensity": INTENSITY,
-             "layout": "CHW, flattened"}
-    raw = RawTable(X=X, names=[f"pixel{i}" for i in range(784)], source="fashion-mnist (one class)",
-                   image_shape=(1, 28, 28), scale=255.0, default_binarize=False, image=image,
-                   default_transform="none", held_out=held, held_out_note="the Fashion-MNIST test set")
+    part = np.full(len(mine) + len(x_te), "test", dtype=object)
+    _, val = split_indices(len(mine), None, val_fraction, 0.0, seed)[:2]
+    part[:len(mine)] = "train"
+    part[val] = "val"
+    labels = np.r_[np.zeros(len(mine), int), (y_te != cls).astype(int)]
     spec = DataSpec(source="fashion-mnist-one-class", val_fraction=val_fraction, test_fraction=0.0, seed=seed,
                     binarize=False)
-    ds = _dataset_from_raw(raw, spec)
-    # the test set of the protocol is the held-out part: put it where one_split reads the test
-    import torch
-    ds.test = ds.held_out
-    ds.test_labels = torch.from_numpy((y_te != cls).astype(np.float32))
-    ds.val_labels = None
-    return ds
+    return dataset_from_split(np.concatenate([mine, x_te]), part, labels, spec,
+                              names=[f"pixel{i}" for i in range(784)], image_shape=(1, 28, 28), scale=255.0)
 
 
 # ----------------------------------------------------------------------------- tables

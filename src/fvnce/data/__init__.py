@@ -5,14 +5,16 @@
 0/1 labels), the fitted :class:`Preprocessor` (plain-data ``state()``, saved in run
 directories) and human-readable ``notes``. ``prepare_scoring_data`` re-applies the recorded
 preprocessing to a new file at scoring time; ``dataset_from_array`` prepares an in-memory
-array as a file would be. User-input problems raise
+array as a file would be, and ``dataset_from_split`` one whose train/validation/test split the
+caller fixes (a published protocol's). User-input problems raise
 :class:`fvnce.errors.DataError` with a one-line message.
 """
 
-from fvnce.data.builtin import BUILTIN, FASHION_MNIST_DIR
+from fvnce.data.builtin import BUILTIN, FASHION_MNIST_DIR, fashion_mnist_arrays
 from fvnce.data.files import SUPPORTED_EXTENSIONS, read_table
 from fvnce.data.images import ELPV_DEFAULT_SIZE, IMAGE_EXTENSIONS, image_files, is_image_input
-from fvnce.data.load import MIN_TRAIN_ROWS, dataset_from_array, load_dataset, split_indices
+from fvnce.data.load import (MIN_TRAIN_ROWS, SPLIT_PARTS, dataset_from_array, dataset_from_split, load_dataset,
+                             split_indices)
 from fvnce.data.scoring import prepare_scoring_data
 from fvnce.data.preprocess import Preprocessor, yeo_johnson
 from fvnce.data.spec import MISSING_MODES, TRANSFORMS, DataSpec, Dataset, normal_rows
@@ -24,12 +26,15 @@ __all__ = [
     "FASHION_MNIST_DIR",
     "MIN_TRAIN_ROWS",
     "MISSING_MODES",
+    "SPLIT_PARTS",
     "SUPPORTED_EXTENSIONS",
     "TRANSFORMS",
     "DataSpec",
     "Dataset",
     "Preprocessor",
     "dataset_from_array",
+    "dataset_from_split",
+    "fashion_mnist_arrays",
     "image_files",
     "is_image_input",
     "load_dataset",

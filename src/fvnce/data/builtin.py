@@ -16,7 +16,7 @@ from fvnce.data.images import elpv
 from fvnce.data.spec import DataSpec, RawTable
 from fvnce.errors import DataError
 
-__all__ = ["BUILTIN", "FASHION_MNIST_DIR", "FASHION_CLASSES", "read_idx"]
+__all__ = ["BUILTIN", "FASHION_MNIST_DIR", "FASHION_CLASSES", "fashion_mnist_arrays", "read_idx"]
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = (
@@ -98,6 +98,19 @@ def _find_fashion_file(stem: str) -> Path | None:
         if p.is_file():
             return p
     return None
+
+
+def fashion_mnist_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """Fashion-MNIST's own split as installed: (training images, their labels, test images,
+    their labels), the 60,000 and 10,000 images uint8 flattened to 784 values, labels 0-9
+    (:data:`FASHION_CLASSES`); None when the files are not installed."""
+    out = []
+    for split in ("train", "t10k"):
+        img, lab = _find_fashion_file(f"{split}-images-idx3-ubyte"), _find_fashion_file(f"{split}-labels-idx1-ubyte")
+        if img is None or lab is None:
+            return None
+        out += [read_idx(img).reshape(-1, 784), read_idx(lab).astype(int)]
+    return tuple(out)
 
 
 def _fashion_mnist(spec: DataSpec) -> RawTable:

@@ -9,14 +9,16 @@ import numpy as np
 
 from fvnce.data.builtin import BUILTIN
 from fvnce.data.files import SUPPORTED_EXTENSIONS, list_names, read_raw
-from fvnce.data.images import folder_split, read_folder
+from fvnce.data.images import INTENSITY, folder_split, read_folder
 from fvnce.data.preprocess import MISSING_ADVICE, Preprocessor, nonfinite_message
 from fvnce.data.spec import DataSpec, Dataset, RawTable
 from fvnce.errors import DataError
 
-__all__ = ["MIN_TRAIN_ROWS", "dataset_from_array", "load_dataset", "split_indices"]
+__all__ = ["MIN_TRAIN_ROWS", "SPLIT_PARTS", "dataset_from_array", "dataset_from_split", "load_dataset", "split_indices"]
 
 MIN_TRAIN_ROWS = 10
+#: the parts a caller-given split names, row by row (:func:`dataset_from_split`)
+SPLIT_PARTS = ("train", "val", "test")
 #: built-in sets read from image files, which take --image-size
 IMAGE_SETS = ("elpv",)
 
@@ -143,6 +145,10 @@ def dataset_from_array(X, spec: DataSpec | None = None, names: list[str] | None 
     (every column is a feature, there are no labels).  Columns are named ``x0`` ...
     unless ``names`` are given."""
     spec = DataSpec(source="array") if spec is None else spec
+    return _dataset_from_raw(_array_raw(X, spec, names), spec)
+
+
+def _array_raw(X, spec: DataSpec, names) -> RawTable:
     if spec.source in BUILTIN:
         raise DataError(f"source {spec.source!r} is a built-in set's name; name an in-memory array otherwise")
     if spec.label is not None or spec.features is not None:
@@ -155,19 +161,59 @@ def dataset_from_array(X, spec: DataSpec | None = None, names: list[str] | None 
     names = [f"x{i}" for i in range(X.shape[1])] if names is None else [str(n) for n in names]
     if len(names) != X.shape[1]:
         raise DataError(f"{len(names)} column name(s) for {X.shape[1]} column(s)")
-    raw = RawTable(X=np.asarray(X, dtype=np.float64), names=names, source=spec.source)
-    return _dataset_from_raw(raw, spec)
+    return RawTable(X=np.asarray(X, dtype=np.float64), names=names, source=spec.source)
 
 
-def _dataset_from_raw(raw: RawTable, spec: DataSpec) -> Dataset:
-    """Clean, split and preprocess raw rows (the common part of every data source)."""
+def dataset_from_split(X, split, labels=None, spec: DataSpec | None = None, names: list[str] | None = None,
+                       image_shape: tuple[int, ...] | None = None, scale: float = 1.0) -> Dataset:
+    """A :class:`Dataset` from an in-memory array ``X`` (N, D) split as the caller says (a published
+    protocol's fixed split): row ``i`` goes to part ``split[i]`` (:data:`SPLIT_PARTS`), each part
+    keeping its rows' order.  ``labels[i]``: 1 anomaly, 0 normal (None: no labels); training rows
+    must be normal unless ``spec.contaminated``.  ``scale`` divides the raw values; ``image_shape``
+    (C, H, W) marks flattened images, which with ``scale=255`` are 8-bit intensities in [0, 1], not
+    standardised, as the image sets are.  Else prepared as :func:`dataset_from_array` prepares;
+    ``spec``'s fractions are unused, its max_rows and normal must be unset; bad input: DataError."""
+    spec = DataSpec(source="array") if spec is None else spec
+    if spec.max_rows is not None or spec.normal is not None:
+        raise DataError("a caller-given split is used whole and labelled by `labels`: leave max_rows and normal unset")
+    raw = _array_raw(X, spec, names)
+    n, split = len(raw.X), np.asarray(split, dtype=object)
+    if split.shape != (n,):
+        raise DataError(f"split: expected one part per row ({n}), got shape {split.shape}")
+    if unknown := sorted({str(v) for v in split} - set(SPLIT_PARTS)):
+        raise DataError(f"split: unknown part(s) {', '.join(map(repr, unknown[:5]))}; use {', '.join(SPLIT_PARTS)}")
+    if empty := [p for p in SPLIT_PARTS if not (split == p).any()]:
+        raise DataError(f"split: no row in {', '.join(empty)}; every part needs at least one row")
+    if labels is not None:
+        if (lab := np.asarray(labels)).shape != (n,) or lab.dtype.kind not in "biuf" or not np.isin(lab, (0, 1)).all():
+            raise DataError(f"labels: expected one 0 (normal) or 1 (anomaly) per row ({n})")
+        if not spec.contaminated and (k := int(lab[split == "train"].sum())):
+            raise DataError(f"labels: {k} training row(s) are anomalies; training needs normal rows (or contaminated)")
+        raw.labels, raw.label_name, raw.default_normal = np.where(lab == 1, "1", "0"), "anomaly", "0"
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < np.inf:
+        raise DataError(f"scale: must be a positive number, got {scale!r}")
+    raw.scale = float(scale)
+    if image_shape is not None:
+        shape = raw.image_shape = tuple(int(v) for v in image_shape)
+        if len(shape) != 3 or shape[0] not in (1, 3) or int(np.prod(shape)) != raw.X.shape[1]:
+            raise DataError(f"image_shape: expected (C, H, W), C 1 or 3, C*H*W = {raw.X.shape[1]}; got {image_shape!r}")
+        if scale == 255:  # 8-bit images, recorded so that image files are scored alike
+            raw.default_transform = "none"
+            raw.image = dict(mode="L" if shape[0] == 1 else "RGB", channels=shape[0], height=shape[1], width=shape[2],
+                             resize=None, intensity=INTENSITY, layout="CHW, flattened")
+    return _dataset_from_raw(raw, spec, split=split)
+
+
+def _dataset_from_raw(raw: RawTable, spec: DataSpec, split: np.ndarray | None = None) -> Dataset:
+    """Clean, split and preprocess raw rows (the common part of every source; ``split``: each row's part)."""
     import torch
 
     where = raw.source or spec.source
     notes = list(raw.notes)
     X, labels = raw.X, raw.labels
-    # per-row companions of X (image files): path, kind, fixed test part, held out
+    # per-row companions of X (image files): path, kind, fixed test part, held out; a given split
     rows = {k: getattr(raw, k) for k in ("paths", "kinds", "fixed_test", "held_out") if getattr(raw, k) is not None}
+    rows.update({} if split is None else {"split": np.asarray(split, dtype=object)})
 
     # -------- subsample (max_rows)
     if spec.max_rows is not None and len(X) > spec.max_rows:
@@ -228,6 +274,7 @@ def _dataset_from_raw(raw: RawTable, spec: DataSpec) -> Dataset:
             if spec.missing == "drop":
                 X = X[~bad_rows]
                 is_anom = None if is_anom is None else is_anom[~bad_rows]
+                rows = {k: v[~bad_rows] for k, v in rows.items()}
                 notes.append(f"dropped {int(bad_rows.sum())} row(s) with missing values")
                 if len(X) == 0:
                     raise DataError(f"every row of {where} has missing values; nothing left after dropping them")
@@ -238,7 +285,12 @@ def _dataset_from_raw(raw: RawTable, spec: DataSpec) -> Dataset:
             f"contaminated: {where} has no anomaly labels here (give --label and --normal), so every row "
             "is trained on already; leave out --contaminated"
         )
-    if "fixed_test" in rows:  # an image folder: test/ is the test set
+    if "split" in rows:  # the caller's split, kept exactly
+        train_idx, val_idx, test_idx = (np.flatnonzero(rows["split"] == part) for part in SPLIT_PARTS)
+        if not (len(val_idx) and len(test_idx)):
+            raise DataError(f"split: no validation or no test row of {where} left after dropping missing values")
+        notes.append(f"split: the caller's: train {len(train_idx)}, validation {len(val_idx)}, test {len(test_idx)}")
+    elif "fixed_test" in rows:  # an image folder: test/ is the test set
         train_idx, val_idx, test_idx = folder_split(rows["fixed_test"], rows["kinds"], spec.val_fraction, spec.seed)
         notes.append(
             f"split: train {len(train_idx)} and validation {int((~rows['fixed_test'][val_idx]).sum())} of the "
