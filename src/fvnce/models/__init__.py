@@ -130,15 +130,25 @@ def _two_gaussians(x_dim: int = 1, theta: float = 1.0, sigma1: float = 4.0,
 
 
 def _linear_gaussian(x_dim: int, z_dim: int = 2, sigma: float = 0.5, normalised: bool = True,
-                     image_shape: Sequence[int] | None = None):
-    """Linear-Gaussian factor analysis model (exact marginal and posterior)."""
-    return LinearGaussian(x_dim, z_dim, sigma, normalised), GaussianEncoder(x_dim, z_dim, ())
+                     image_shape: Sequence[int] | None = None, init: str = "random"):
+    """Linear-Gaussian factor analysis model (exact marginal and posterior); ``init="pca"``
+    starts training from probabilistic PCA of the training rows."""
+    try:
+        model = LinearGaussian(x_dim, z_dim, sigma, normalised, init=init)
+    except ValueError as exc:
+        raise ConfigError(f"model 'linear_gaussian': {exc}") from None
+    return model, GaussianEncoder(x_dim, z_dim, ())
 
 
 def _gaussian_mixture(x_dim: int, components: int = 4, normalised: bool = True, hidden: Sequence[int] = (64,),
-                      image_shape: Sequence[int] | None = None):
-    """Mixture of diagonal Gaussians, the component as latent (summed over exactly)."""
-    return (DiagonalGaussianMixture(x_dim, components, normalised),
+                      image_shape: Sequence[int] | None = None, init: str = "random"):
+    """Mixture of diagonal Gaussians, the component as latent (summed over exactly);
+    ``init="data"`` starts from the training rows' moments."""
+    try:
+        model = DiagonalGaussianMixture(x_dim, components, normalised, init=init)
+    except ValueError as exc:
+        raise ConfigError(f"model 'gaussian_mixture': {exc}") from None
+    return (model,
             CategoricalEncoder(x_dim, components, hidden=tuple(hidden)))
 
 

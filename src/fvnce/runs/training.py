@@ -12,6 +12,7 @@ from .. import distributed
 from ..checkpoint import load_checkpoint
 from ..data import Dataset, load_dataset, normal_rows
 from ..errors import ConfigError
+from ..image_plan import continuous_images
 from ..noise import load_noise, make_noise
 from ..train import TrainConfig, Trainer, TrainingInterrupted
 from ..train.state import save_best
@@ -111,6 +112,11 @@ def _train(config: RunConfig, run_dir: Path, resume: bool, dataset, noise, log):
     if config.init_from and not resume:
         warm_start(model, encoder, config.init_from)
         log(f"fvnce: starting from the weights of {config.init_from}")
+    elif not resume and getattr(model, "starts_from_data", False):  # e.g. linear_gaussian init="pca"
+        try:
+            log(f"fvnce: {model.start_from_data(dataset.train, encoder, quantum=quantum(dataset))}")
+        except ValueError as exc:
+            raise ConfigError(f"model {name!r}: {exc}") from None
     if uses_base:
         if not config.init_from and not resume:
             log(f"fvnce: note: noise {BASE_NOISE!r} without --init-from samples an untrained base VAE; "
@@ -133,6 +139,12 @@ def _train(config: RunConfig, run_dir: Path, resume: bool, dataset, noise, log):
     if distributed.is_main():
         calibrate_alarm(run_dir, dataset)
     return result, dataset
+
+
+def quantum(dataset) -> float | None:
+    """The step of the values of ``dataset`` when they are quantised: ``1/255`` for
+    continuous 8-bit images scaled to [0, 1], else None."""
+    return 1 / 255 if continuous_images(dataset.image_shape, dataset.binary) else None
 
 
 def adopt_run(config: RunConfig, run_dir: str | Path, dataset, *, log=lambda m: None) -> dict[str, Any]:
