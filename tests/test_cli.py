@@ -345,3 +345,18 @@ def test_the_operating_point_gives_counts_beside_its_rates_and_never_a_rounded_0
     assert share(0.0, 1000.0) == "0" and share(1.0, 100.0) == "100" and pct(0.9999999) == "99.99999 %"
     assert operating_text(None, {"rate": 0.01}) is None and operating_text({"alarms_per_1000": None}, {"rate": 0.1}) \
         is None
+
+
+def test_train_command_of_an_image_run_keeps_its_image_size_cell_type_and_start():
+    """An image poc's production line: the size, the ELPV cell type and how the model starts
+    are flags (without them the line would train on other pixels, or be refused)."""
+    from fvnce.cli.train_line import train_command
+    from fvnce.data import DataSpec
+    from fvnce.runs import RunConfig
+
+    rc = RunConfig(data=DataSpec(source="elpv", cell_type="poly", image_size=32), objective="fvnce",
+                   objective_options={"rule": "kl", "exp_mode": "linear", "tau": 10.0}, model="linear_gaussian",
+                   model_options={"z_dim": 128, "init": "pca"}, noise="diag_gaussian")
+    cmd, note = train_command(rc, "again")
+    assert note is None
+    assert "--image-size 32" in cmd and "--cell-type poly" in cmd and "--init pca" in cmd

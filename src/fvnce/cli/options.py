@@ -104,6 +104,8 @@ def run_config(args, base=None):
         if cfg.model != "gaussian_mixture":
             raise ConfigError("--components is the gaussian_mixture model's option: add --model gaussian_mixture")
         cfg.model_options = {**cfg.model_options, "components": args.components}
+    if args.init is not None:
+        cfg.model_options = {**cfg.model_options, "init": args.init}
     if args.eval_k is not None:
         cfg.eval_k = args.eval_k
     if args.noise:

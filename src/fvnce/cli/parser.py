@@ -79,6 +79,10 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="tilted_vae: bound the tilt, g = B tanh(h/B), so |log p~ - log p_base| <= B + |c|")
     g.add_argument("--components", type=int, metavar="N",
                    help="gaussian_mixture: number of mixture components (default 4)")
+    g.add_argument("--init", choices=["random", "pca", "data"], default=None,
+                   help="how the parameters start: pca (linear_gaussian: probabilistic PCA of the training "
+                        "rows), data (gaussian_mixture: the training rows' moments; for data that are not "
+                        "standardised, such as images), random (the default)")
     g.add_argument("--freeze-base", action="store_true", default=None,
                    help="tilted_vae: train the tilt and log-normaliser only (implied by --noise base)")
     g.add_argument("--init-from", metavar="RUN_DIR", help="start from a finished run's weights (a VAE run "

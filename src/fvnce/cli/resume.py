@@ -29,7 +29,7 @@ def flag_paths() -> dict[str, tuple[tuple, ...]]:
         "rule": (("objective_options", "rule"),),
         **{flag: (("objective_options", param),) for flag, (_, param) in rule_flags().items()},
         **{k: (("objective_options", k),) for k in ("k", "nu", "exp_mode", "tau")},
-        **{k: (("model_options", k),) for k in ("z_dim", "tilt_bound", "freeze_base", "components")},
+        **{k: (("model_options", k),) for k in ("z_dim", "tilt_bound", "freeze_base", "components", "init")},
         **{k: (("train", k),) for k in ("batch_size", "lr", "grad_clip", "checkpoint_every", "eval_every",
                                         "device", "precision", "compile", "dist_noise")},
     }

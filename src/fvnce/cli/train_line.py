@@ -45,7 +45,8 @@ def _flags(rc: RunConfig) -> list[str]:
     if data.get("features"):
         out += ["--features", ",".join(data["features"])]
     for key, flag in (("label", "--label"), ("normal", "--normal"), ("transform", "--transform"),
-                      ("dequantize", "--dequantize"), ("max_rows", "--max-rows"), ("seed", "--split-seed")):
+                      ("dequantize", "--dequantize"), ("max_rows", "--max-rows"), ("seed", "--split-seed"),
+                      ("image_size", "--image-size"), ("cell_type", "--cell-type")):
         if data.get(key) is not None:
             out += [flag, _num(data[key])]
     if data.get("binarize") is not None:
@@ -61,7 +62,8 @@ def _flags(rc: RunConfig) -> list[str]:
         if obj.get(key) is not None:
             out += [flag, _num(obj[key])]
     out += ["--model", d["model"]]
-    for key, flag in (("z_dim", "--z-dim"), ("tilt_bound", "--tilt-bound"), ("components", "--components")):
+    for key, flag in (("z_dim", "--z-dim"), ("tilt_bound", "--tilt-bound"), ("components", "--components"),
+                      ("init", "--init")):
         if mopts.get(key) is not None:
             out += [flag, _num(mopts[key])]
     if mopts.get("freeze_base"):
