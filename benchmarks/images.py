@@ -109,10 +109,21 @@ def metrics(val_scores, val_labels, test_scores, test_labels) -> dict:
     return out
 
 
-def recommend(results: dict, rules: list[str]) -> str | None:
-    """The FVNCE run of highest validation AUROC (ties: the first rule listed)."""
-    ok = [f"fvnce {r}" for r in rules if results.get(f"fvnce {r}", {}).get("val_auroc") is not None]
+def recommend(results: dict) -> str | None:
+    """The FVNCE run of highest validation AUROC (ties: the first trained), as the poc
+    chooses with labels."""
+    ok = [m for m in results if m.startswith("fvnce ") and results[m].get("val_auroc") is not None]
     return max(ok, key=lambda m: results[m]["val_auroc"]) if ok else None
+
+
+FAMILIES = ("tilt", "mix1", "ppca")
+
+
+def fvnce_methods(rules: list[str], families) -> list[str]:
+    """Names of the FVNCE runs: per family of ``families`` (tilt: the tilted VAE, named by
+    its rule alone; mix1, ppca: named by rule and family), per rule."""
+    return [f"fvnce {rule_label(r)}" + ("" if fam == "tilt" else f" {fam}")
+            for fam in FAMILIES if fam in families for r in rules]
 
 
 def rule_label(rule: str) -> str:
@@ -196,12 +207,30 @@ def fvnce_runs(ds, work: Path, seed: int, rules: list[str], args) -> dict:
     tc = dict(progress=False, seed=seed, eval_every=args.eval_every, checkpoint_every=args.eval_every)
     plan = [("vae", RunConfig(data=ds.spec, objective="elbo", model="vae", noise="diag_gaussian",
                               train=TrainConfig(steps=args.vae_steps, **tc), eval_k=args.score_k), None)]
-    for rule in rules:
+    for rule in rules if "tilt" in args.families else []:
         plan.append((f"fvnce {rule_label(rule)}",
                      RunConfig(data=ds.spec, objective="fvnce", objective_options=parse_rule(rule), model="tilted_vae",
                                model_options={} if args.tilt_bound is None else {"tilt_bound": args.tilt_bound},
                                noise="base", train=TrainConfig(steps=args.tilt_steps, **tc), eval_k=args.score_k),
                      "vae"))
+    # the poc's simple families on continuous images (fvnce.poc.plan.make_plan): from the data,
+    # against fvnce.image_plan.IMAGE_SIMPLE_NOISE, one run per rule
+    from fvnce.image_plan import IMAGE_PPCA_DIMS, IMAGE_SIMPLE_LR, IMAGE_SIMPLE_NOISE
+
+    simple = []
+    if "mix1" in args.families:
+        simple.append(("mix1", "gaussian_mixture", {"components": 1, "init": "data"}))
+    if "ppca" in args.families:
+        k = min(IMAGE_PPCA_DIMS, ds.train.shape[0] - 2, ds.dim - 1)
+        simple.append(("ppca", "linear_gaussian", {"z_dim": k, "init": "pca"}))
+    for label, model, opts in simple:
+        for rule in rules:
+            plan.append((f"fvnce {rule_label(rule)} {label}",
+                         RunConfig(data=ds.spec, objective="fvnce",
+                                   objective_options={**parse_rule(rule), "exp_mode": "linear", "tau": 10.0},
+                                   model=model, model_options=dict(opts), noise=IMAGE_SIMPLE_NOISE,
+                                   train=TrainConfig(steps=args.tilt_steps, lr=IMAGE_SIMPLE_LR, **tc),
+                                   eval_k=args.score_k), None))
     out, dirs, trained = {}, {}, {}
     normals = ds.test[ds.test_labels == 0] if ds.test_labels is not None else ds.test
     for name, cfg, parent in plan:
@@ -268,7 +297,7 @@ def one_split(ds, work: Path, seed: int, rules: list[str], args, pca_fixed: int 
         m = metrics(r["val"], y_val, r["test"], y_te)
         m.update({k: v for k, v in r.items() if k not in ("val", "test")})
         res[name] = m
-    rec = recommend(res, [rule_label(r) for r in rules])
+    rec = recommend(res)
     if rec is not None:
         res[RECOMMENDED] = {**res[rec], "choice": rec}
     return res
@@ -410,6 +439,8 @@ def main(argv=None) -> dict:
                    "quick 20)")
     p.add_argument("--tilt-bound", type=float, default=None, help="bound B of the tilt, |g| <= B (default: the "
                    "model's, 5); a smaller bound keeps the VAE a usable proposal for log Z")
+    p.add_argument("--families", default="tilt,mix1,ppca", help="FVNCE model families (comma list of tilt, the "
+                   "tilted VAE; mix1, one diagonal Gaussian; ppca, probabilistic PCA; default all three)")
     p.add_argument("--eval-every", type=int, default=100, help="validation loss (best weights) every N steps")
     p.add_argument("--score-k", type=int, default=None, help="importance samples per score (default 16, quick 2)")
     p.add_argument("--ll-k", type=int, default=None, help="importance samples for held-out log-likelihood on ELPV "
@@ -452,8 +483,9 @@ def main(argv=None) -> dict:
                             "eval_every": args.eval_every, "rules": rules, "fashion_rules": f_rules,
                             "pca_components": list(PCA_COMPONENTS), "fashion_pca": FASHION_PCA,
                             "fashion_val": args.fashion_val, "fashion_max_train": args.fashion_max_train,
-                            "fashion_max_test": args.fashion_max_test}}
-    methods = ["vae", *(f"fvnce {rule_label(r)}" for r in rules), RECOMMENDED, *BASELINES]
+                            "fashion_max_test": args.fashion_max_test,
+                            "families": args.families}}
+    methods = ["vae", *fvnce_methods(rules, args.families), RECOMMENDED, *BASELINES]
     try:
         if "elpv" in parts:
             out["elpv"] = run_elpv(cell_types, sizes, seeds, rules, methods, args, work, notes, out)
@@ -479,11 +511,11 @@ def render(path: Path, out_path: Path) -> dict:
     f_rules = cfg.get("fashion_rules", ["kl"])
     raw = (data.get("elpv") or {}).get("raw") or []
     if raw:
-        methods = ["vae", *(f"fvnce {rule_label(r)}" for r in rules), RECOMMENDED, *BASELINES]
+        methods = ["vae", *fvnce_methods(rules, cfg.get("families", FAMILIES)), RECOMMENDED, *BASELINES]
         data["elpv"] = {**elpv_tables(raw, methods, rules), "raw": raw}
     per_class = (data.get("fashion") or {}).get("per_class") or []
     if per_class:
-        data["fashion"] = {**data["fashion"], **fashion_tables(per_class, f_rules)}
+        data["fashion"] = {**data["fashion"], **fashion_tables(per_class, f_rules, cfg.get("families", FAMILIES))}
     data["rendered_from"] = str(path)
     C.write_json(out_path, data)
     return data
@@ -504,8 +536,9 @@ def elpv_tables(raw: list[dict], methods: list[str], rules: list[str]) -> dict:
     return {"rows": rows, "verdicts": ver, "heldout_ll": lls, "markdown": md}
 
 
-def fashion_tables(per_class: list[dict], rules: list[str]) -> dict:
-    methods = ["vae", *(f"fvnce {rule_label(r)}" for r in rules), *BASELINES]
+def fashion_tables(per_class: list[dict], rules: list[str], families=FAMILIES) -> dict:
+    methods = [m for m in ("vae", *fvnce_methods(rules, families), *BASELINES)
+               if any(m in r for r in per_class)]
     cols = ["class", "name", *methods]
     mean = {"class": "mean", "name": f"{len(per_class)} classes"}
     for c in cols[2:]:
@@ -555,7 +588,7 @@ def run_fashion(classes, rules, args, work, notes, out) -> dict:
     if arrays is None:
         notes.append("Fashion-MNIST skipped: files not found (apt-get install dataset-fashion-mnist)")
         return {"skipped": notes[-1]}
-    methods = ["vae", *(f"fvnce {rule_label(r)}" for r in rules), *BASELINES]
+    methods = ["vae", *fvnce_methods(rules, args.families), *BASELINES]
     per_class, t_all, l_start = [], time.perf_counter(), C.load()
     fargs = type(args)(**{**vars(args), "ll_k": 0})  # the held-out likelihood is measured on ELPV only
     for cls in classes:
@@ -574,7 +607,7 @@ def run_fashion(classes, rules, args, work, notes, out) -> dict:
               + f" ({row['wall_s']:.0f} s)", flush=True)
         C.write_json(args.out.with_suffix(".partial.json"), {**out, "fashion": {"per_class": per_class}})
     wall = time.perf_counter() - t_all
-    return {"per_class": per_class, **fashion_tables(per_class, rules), "wall_s": wall, "load_start": l_start,
+    return {"per_class": per_class, **fashion_tables(per_class, rules, args.families), "wall_s": wall, "load_start": l_start,
             "load_end": C.load()}
 
 

@@ -12,6 +12,7 @@ import pytest
 from fvnce import evaluate as ev
 from fvnce import image_plan as ip
 from fvnce.cli import main
+from fvnce.cli.train_line import train_command
 from fvnce.data import DataSpec
 from fvnce.poc import BUDGETS, PocConfig, run_poc
 from fvnce.runs import RunConfig, evaluate_run, train_run
@@ -69,6 +70,18 @@ def test_poc_plan_for_images_and_what_the_user_gives_is_kept():
     assert given.learning_curve == (0.25, 0.5) and PocConfig().learning_curve is None  # a copy; input untouched
 
 
+def test_linear_plan_on_continuous_images_only_and_below_the_rows():
+    rows = SimpleNamespace(image_shape=(1, 32, 32), binary=False, dim=1024, train=np.zeros((412, 1024)))
+    assert ip.linear_plan(PocConfig(), rows) == [ip.IMAGE_PPCA_DIMS] == [128]
+    few = SimpleNamespace(image_shape=(1, 8, 8), binary=False, dim=64, train=np.zeros((24, 64)))
+    assert ip.linear_plan(PocConfig(), few) == [22]
+    tiny = SimpleNamespace(image_shape=(1, 2, 1), binary=False, dim=2, train=np.zeros((50, 2)))
+    assert ip.linear_plan(PocConfig(), tiny) == [1]
+    assert ip.linear_plan(PocConfig(model="vae"), rows) == []
+    assert ip.linear_plan(PocConfig(), SimpleNamespace(image_shape=None, binary=False, dim=9,
+                                                       train=np.zeros((50, 9)))) == []
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     return make_folder(tmp_path_factory.mktemp("img") / "parts")
@@ -105,7 +118,17 @@ def test_poc_on_an_image_folder_runs_end_to_end_with_the_image_plan(folder, tmp_
     summary = run_poc(cfg, tmp_path / "poc", progress=False)
     assert summary["noises"] == ["base"] and summary["steps_per_run"] == 4
     names = [r["name"] for r in summary["runs"]]
-    assert names == ["elbo-vae", "fvnce-kl-base"]
+    # the simple families start from the data (20 of the 24 images train, 64 pixels: PPCA keeps 18 dimensions)
+    assert names == ["elbo-vae", "fvnce-kl-base", "fvnce-kl-diag_gaussian-mix1", "fvnce-kl-diag_gaussian-mix4",
+                     "fvnce-kl-diag_gaussian-ppca18"]
+    assert summary["mixtures"] == [1, 4] and summary["ppca"] == [18]
+    for name, model, opts in (("fvnce-kl-diag_gaussian-mix4", "gaussian_mixture", {"components": 4, "init": "data"}),
+                              ("fvnce-kl-diag_gaussian-ppca18", "linear_gaussian", {"z_dim": 18, "init": "pca"})):
+        run = json.loads((tmp_path / "poc" / "runs" / name / "config.json").read_text())["run"]
+        assert run["model"] == model and run["model_options"] == opts and run["noise"] == "diag_gaussian"
+        assert run["train"]["lr"] == ip.IMAGE_SIMPLE_LR == 1e-4  # they start at a fit: small steps
+        cmd, note = train_command(RunConfig.from_dict(run), "again")  # the production line says how it starts
+        assert note is None and f"--init {opts['init']}" in cmd
     assert all(r["status"] != "failed" for r in summary["runs"]), [r["error"] for r in summary["runs"]]
     assert [p["fraction"] for p in summary["learning_curve"]][:-1] in ([0.5], [])
     assert summary["recommended"] is not None

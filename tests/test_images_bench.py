@@ -44,9 +44,17 @@ def test_metrics_without_validation_labels_calibrate_on_every_validation_row():
 
 def test_recommend_chooses_by_validation_auroc_never_test():
     res = {"fvnce kl": {"val_auroc": 0.6, "auroc": 0.99}, "fvnce power1.5": {"val_auroc": 0.7, "auroc": 0.5},
-           "pca": {"val_auroc": 0.9, "auroc": 0.9}}
-    assert B.recommend(res, ["kl", "power1.5"]) == "fvnce power1.5"
-    assert B.recommend({"fvnce kl": {"auroc": 0.9}}, ["kl"]) is None
+           "fvnce kl mix1": {"val_auroc": 0.65, "auroc": 0.99}, "pca": {"val_auroc": 0.9, "auroc": 0.9}}
+    assert B.recommend(res) == "fvnce power1.5"
+    res["fvnce kl ppca"] = {"val_auroc": 0.8, "auroc": 0.1}  # every FVNCE family competes, baselines never
+    assert B.recommend(res) == "fvnce kl ppca"
+    assert B.recommend({"fvnce kl": {"auroc": 0.9}}) is None
+
+
+def test_fvnce_method_names_per_family_and_rule():
+    assert B.fvnce_methods(["kl", "power:1.5"], "tilt,mix1,ppca") == [
+        "fvnce kl", "fvnce power1.5", "fvnce kl mix1", "fvnce power1.5 mix1", "fvnce kl ppca", "fvnce power1.5 ppca"]
+    assert B.fvnce_methods(["kl"], ["ppca"]) == ["fvnce kl ppca"]
 
 
 def test_rule_parsing_matches_the_poc():

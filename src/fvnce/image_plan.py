@@ -50,11 +50,38 @@ IMAGE_BUDGETS = {"quick": 60, "default": 300, "long": 1500}
 #: ``diag_gaussian`` diverged at step 3 and ``kde`` at step 15 (non-finite losses with
 #: exp_mode linear), and ``full_gaussian`` trains but costs 5 times a ``base`` step.
 IMAGE_NOISES = ("base",)
+#: latent dimensions of the poc's probabilistic PCA on continuous images (``linear_gaussian``
+#: started at the maximum-likelihood solution).  Why: on ELPV mono cells at 32 x 32 the
+#: PCA reconstruction error is the strongest baseline, and PPCA's likelihood with 128
+#: dimensions ranks defects as well (test AUROC 0.952 / 0.915 / 0.943 on seeds 0-2, PCA
+#: error 0.954 / 0.917 / 0.943; docs/images.md); 16 and 64 dimensions rank worse.
+IMAGE_PPCA_DIMS = 128
+#: the noise of the mixtures and PPCA on continuous images.  Why: they start at the data's
+#: moments, so the noise only has to cover the data; the diagonal Gaussian costs one
+#: elementwise pass at 4,096 pixels where the full Gaussian solves a 4,096 x 4,096 system.
+IMAGE_SIMPLE_NOISE = "diag_gaussian"
+#: the largest learning rate of the mixtures and PPCA on continuous images.  Why: they
+#: start at the data's maximum-likelihood fit, whose parameters (intensities in [0, 1])
+#: are of order 0.01-0.1, and Adam moves every parameter by about the learning rate per
+#: step: at 1e-3, 150 FVNCE steps took PPCA's test AUROC on ELPV mono (seed 1) from 0.917
+#: at its start to 0.908, and the power rule took the one-component mixture on poly from
+#: 0.75 to 0.51; at 1e-4 both stay within 0.02 of their start (docs/images.md).
+IMAGE_SIMPLE_LR = 1e-4
 #: fractions of the learning curve: tables (and binary images), continuous images.  On
 #: images each fraction retrains the VAE and the recommendation at full length: one
 #: fraction keeps the budget.
 LEARNING_CURVE = (0.25, 0.5)
 IMAGE_LEARNING_CURVE = (0.5,)
+
+
+def linear_plan(config, dataset) -> list[int]:
+    """Latent dimensions of the probabilistic PCA runs of the poc: ``IMAGE_PPCA_DIMS`` on
+    continuous images with ``model="auto"`` (capped below the training rows and pixels, so
+    that variance is left for the noise level), none otherwise."""
+    if config.model != "auto" or not continuous_images(dataset.image_shape, dataset.binary):
+        return []
+    k = min(IMAGE_PPCA_DIMS, dataset.train.shape[0] - 2, dataset.dim - 1)
+    return [k] if k >= 1 else []
 
 
 def poc_plan(config, dataset, log=lambda m: None):

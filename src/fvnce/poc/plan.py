@@ -13,6 +13,7 @@ from ..criteria import VAE_RUN
 from ..data import DataSpec
 from ..errors import ConfigError
 from ..evaluate import check_alarm_rate
+from ..image_plan import IMAGE_SIMPLE_LR, IMAGE_SIMPLE_NOISE, continuous_images, linear_plan
 from ..rules import RULES, scoring_rule
 from ..runs import BASE_NOISE, RunConfig, default_noise, check_model_sizes
 from ..runs.config import check_noise_name
@@ -70,14 +71,17 @@ def default_noises(binary: bool, tilted: bool = True) -> list[str]:
 
 def mixture_plan(config: "PocConfig", dataset) -> list[int]:
     """Component counts of the diagonal Gaussian mixtures (``gaussian_mixture``) that the
-    poc trains beside the VAE family: on continuous tabular data with ``model="auto"``.
+    poc trains beside the VAE family: on continuous data (tables and continuous images)
+    with ``model="auto"``.
 
     Why: a VAE (like a full-covariance Gaussian) learns the correlations of the features
     and then explains away a row that is extreme along them; a mixture of diagonal
     Gaussians does not.  On ADBench wbc and cardiotocography that decides detection
     (validation-chosen FVNCE 0.85 / 0.66 test AUROC without the mixtures, IsolationForest
-    0.98 / 0.81; docs/benchmarks.md, "ADBench").  They are small (seconds per run)."""
-    if config.model != "auto" or dataset.binary or dataset.image_shape is not None:
+    0.98 / 0.81; docs/benchmarks.md, "ADBench"), and on ELPV poly cells the independent
+    pixels of one component rank defects as well as IsolationForest (docs/images.md).  They
+    are small (seconds per run)."""
+    if config.model != "auto" or dataset.binary:
         return []
     return list(dict.fromkeys(config.mixtures))
 
@@ -173,7 +177,10 @@ def make_plan(config: PocConfig, rules: list[tuple[str, dict]], noises: list[str
     run starts from its weights (an energy-tilted VAE whose tilt starts at zero), so the
     noise-contrastive rules spend their budget on what the VAE got wrong.  Then one FVNCE
     run per noise x rule, and per rule one diagonal mixture for each count of
-    :func:`mixture_plan`, trained from scratch against the first fitted noise."""
+    :func:`mixture_plan`, trained from scratch against the first fitted noise; on continuous
+    images the mixtures start from the data's moments, probabilistic PCA
+    (:func:`fvnce.image_plan.linear_plan`) joins them, and both train against
+    ``IMAGE_SIMPLE_NOISE`` with a learning rate of at most ``IMAGE_SIMPLE_LR``."""
     base_dir = out_dir / "runs" / VAE_RUN
     vae_options = {k: v for k, v in config.model_options.items() if k not in TILT_OPTIONS}
     fitted_noises = fitted_noise_names(noises, dataset.binary)
@@ -185,20 +192,30 @@ def make_plan(config: PocConfig, rules: list[tuple[str, dict]], noises: list[str
         plan.append((VAE_FINETUNED_RUN, copy.deepcopy(plan[0][1])))
         plan[-1][1].train = train_config(config.train, config.vae_finetune)
 
-    def add_fvnce(noise_name: str, model: str, model_options: dict, init_from: str | None, suffix: str = "") -> None:
-        """One FVNCE run per rule against ``noise_name``, appended to the plan."""
+    def add_fvnce(noise_name: str, model: str, model_options: dict, init_from: str | None, suffix: str = "",
+                  lr: float | None = None) -> None:
+        """One FVNCE run per rule against ``noise_name``, appended to the plan (``lr``: a
+        cap on the learning rate)."""
         for rule_name, params in rules:
             name = f"fvnce-{rule_label(rule_name, params)}-{noise_name.replace(':', '.')}{suffix}"
+            train = train_config(config.train, steps)
+            if lr is not None:
+                train.lr = min(train.lr, lr)
             plan.append((name, RunConfig(
                 data=config.data, objective="fvnce",
                 objective_options={"rule": rule_name, **params, **config.objective_options},
                 model=model, model_options=dict(model_options), noise=noise_name,
-                train=train_config(config.train, steps), eval_k=config.eval_k, init_from=init_from,
+                train=train, eval_k=config.eval_k, init_from=init_from,
                 alarm_rate=config.alarm_rate, vae=None if model == "gaussian_mixture" else config.vae)))
 
     warm = config.model == "auto"
     for noise_name in noises:
         add_fvnce(noise_name, config.model, config.model_options, str(base_dir) if warm else None)
+    images = continuous_images(dataset.image_shape, dataset.binary)
+    simple_noise, simple_lr = (IMAGE_SIMPLE_NOISE, IMAGE_SIMPLE_LR) if images else (fitted_noises[0], None)
     for k in mixture_plan(config, dataset):
-        add_fvnce(fitted_noises[0], "gaussian_mixture", {"components": k}, None, f"-mix{k}")
+        add_fvnce(simple_noise, "gaussian_mixture", {"components": k, **({"init": "data"} if images else {})},
+                  None, f"-mix{k}", simple_lr)
+    for k in linear_plan(config, dataset):
+        add_fvnce(simple_noise, "linear_gaussian", {"z_dim": k, "init": "pca"}, None, f"-ppca{k}", simple_lr)
     return plan

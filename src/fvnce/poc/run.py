@@ -13,7 +13,7 @@ from ..checkpoint import atomic_write_json
 from ..criteria import criteria_record
 from ..data import load_dataset
 from ..errors import ConfigError
-from ..image_plan import poc_plan
+from ..image_plan import linear_plan, poc_plan
 from ..noise import make_noise
 from ..report import build_report
 from ..fileio import finite_json
@@ -102,6 +102,7 @@ def _run_poc_into(config: PocConfig, rules: list, out_dir: Path, final: Path, t0
         "noises": noises,
         "rules": config.rules,
         "mixtures": mixture_plan(config, dataset),
+        "ppca": linear_plan(config, dataset),
         "runs": runs,
         "baselines": baselines,
         "recommended": recommended,
