@@ -93,6 +93,14 @@ class DiagonalGaussianMixture(LatentVariableModel):
         comps = comps.expand(*z.shape, self.components)
         return comps.gather(-1, z.long().unsqueeze(-1)).squeeze(-1) - self._shift()
 
+    def pixel_log_probs(self, x: Tensor, z: Tensor) -> Tensor:
+        """``log N(x_d; mu_zd, sigma_zd^2)`` per feature, shape ``(*z.shape, D)``: the terms
+        whose sum over ``d`` is ``log_joint`` less ``log pi_z - c`` (per-pixel maps,
+        :mod:`fvnce.maps`)."""
+        idx = z.long()
+        u = (x - self.means[idx]) * torch.exp(-self.log_scales[idx])
+        return -0.5 * u.pow(2) - self.log_scales[idx] - _HALF_LOG_2PI
+
     def log_unnormalised_marginal(self, x: Tensor) -> Tensor:
         return self.log_marginal(x) - self._shift()
 

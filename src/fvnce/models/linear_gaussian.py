@@ -61,6 +61,11 @@ class LinearGaussian(LatentVariableModel):
         lik = Normal(mean, sigma).log_prob(x).sum(-1)
         return prior + lik - self._shift()
 
+    def pixel_log_probs(self, x: Tensor, z: Tensor) -> Tensor:
+        """``log N(x_d; (W z + b)_d, sigma^2)`` per feature, shape ``(*S, B, D)``: the terms
+        whose sum over ``d`` is ``log p(x | z)`` (per-pixel maps, :mod:`fvnce.maps`)."""
+        return Normal(z @ self.W.T + self.b, self.log_sigma.exp()).log_prob(x)
+
     def marginal(self) -> MultivariateNormal:
         d = self.W.shape[0]
         cov = self.W @ self.W.T + self.log_sigma.exp() ** 2 * torch.eye(d, dtype=self.W.dtype, device=self.W.device)
