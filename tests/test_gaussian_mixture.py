@@ -109,13 +109,16 @@ def test_fvnce_kl_recovers_a_two_component_mixture():
     assert fits[1] < best - 0.2
 
 
-def test_the_poc_trains_mixtures_on_continuous_tables_only():
+def test_the_poc_trains_mixtures_on_continuous_tables_and_images_only():
     table = SimpleNamespace(binary=False, image_shape=None)
     assert mixture_plan(PocConfig(), table) == list(MIXTURES) == [1, 4]
     assert mixture_plan(PocConfig(mixtures=(4, 4, 2)), table) == [4, 2]
     assert mixture_plan(PocConfig(mixtures=()), table) == []
     assert mixture_plan(PocConfig(), SimpleNamespace(binary=True, image_shape=None)) == []
     assert mixture_plan(PocConfig(), SimpleNamespace(binary=False, image_shape=(8, 8))) == []
+    # continuous images given as (C, H, W) take them, started from the data (fvnce.image_plan)
+    assert mixture_plan(PocConfig(), SimpleNamespace(binary=False, image_shape=(1, 8, 8))) == [1, 4]
+    assert mixture_plan(PocConfig(), SimpleNamespace(binary=True, image_shape=(1, 8, 8))) == []
     assert mixture_plan(PocConfig(model="tilted_vae"), table) == []
     with pytest.raises(ConfigError, match="--mixtures"):
         PocConfig(mixtures=(0,)).validate()

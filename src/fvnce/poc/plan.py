@@ -71,8 +71,9 @@ def default_noises(binary: bool, tilted: bool = True) -> list[str]:
 
 def mixture_plan(config: "PocConfig", dataset) -> list[int]:
     """Component counts of the diagonal Gaussian mixtures (``gaussian_mixture``) that the
-    poc trains beside the VAE family: on continuous data (tables and continuous images)
-    with ``model="auto"``.
+    poc trains beside the VAE family: on continuous tables and continuous ``(C, H, W)``
+    images with ``model="auto"`` (the built-in image sets given as ``(H, W)`` keep the VAE
+    family alone).
 
     Why: a VAE (like a full-covariance Gaussian) learns the correlations of the features
     and then explains away a row that is extreme along them; a mixture of diagonal
@@ -81,7 +82,8 @@ def mixture_plan(config: "PocConfig", dataset) -> list[int]:
     0.98 / 0.81; docs/benchmarks.md, "ADBench"), and on ELPV poly cells the independent
     pixels of one component rank defects as well as IsolationForest (docs/images.md).  They
     are small (seconds per run)."""
-    if config.model != "auto" or dataset.binary:
+    tabular = dataset.image_shape is None
+    if config.model != "auto" or dataset.binary or not (tabular or continuous_images(dataset.image_shape, False)):
         return []
     return list(dict.fromkeys(config.mixtures))
 
