@@ -146,3 +146,18 @@ def test_poc_command_on_an_image_folder(folder, tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["noises"] == ["base"] and summary["learning_curve"] == []
     assert (out / "report.html").exists()
+
+
+def test_the_simple_families_never_take_your_own_vae(tmp_path):
+    """With --vae the tilted runs sit over your VAE; the mixtures and PPCA are models of
+    their own and must not be built from it."""
+    from fvnce.poc.plan import make_plan, parse_rule
+
+    vae = {"file": "m.py", "function": "build", "weights": "w.pt"}
+    cfg = PocConfig(data=DataSpec(source="parts", image_size=8), rules=["kl"], vae=vae)
+    ds = SimpleNamespace(image_shape=(1, 8, 8), binary=False, dim=64, train=np.zeros((40, 64)))
+    plan = dict(make_plan(cfg, [parse_rule("kl")], ["base"], ds, 10, tmp_path))
+    assert list(plan) == ["elbo-vae", "fvnce-kl-base", "fvnce-kl-diag_gaussian-mix1", "fvnce-kl-diag_gaussian-mix4",
+                          "fvnce-kl-diag_gaussian-ppca38"]
+    assert plan["elbo-vae"].vae == vae and plan["fvnce-kl-base"].vae == vae
+    assert all(plan[n].vae is None for n in list(plan)[2:])

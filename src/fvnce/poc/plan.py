@@ -28,6 +28,8 @@ BUDGETS = {"quick": 150, "default": 800, "long": 4000}
 TILT_OPTIONS = ("tilt_bound", "freeze_base", "tilt_hidden", "tilt_channels")
 #: default component counts of the poc's diagonal mixtures: 1 (independent features) and 4
 MIXTURES = (1, 4)
+#: the models the poc trains beside the VAE family (never over your own VAE)
+SIMPLE_MODELS = ("gaussian_mixture", "linear_gaussian")
 #: your own VAE fine-tuned by the ELBO (``--vae-finetune``)
 VAE_FINETUNED_RUN = "elbo-vae-finetuned"
 
@@ -208,7 +210,7 @@ def make_plan(config: PocConfig, rules: list[tuple[str, dict]], noises: list[str
                 objective_options={"rule": rule_name, **params, **config.objective_options},
                 model=model, model_options=dict(model_options), noise=noise_name,
                 train=train, eval_k=config.eval_k, init_from=init_from,
-                alarm_rate=config.alarm_rate, vae=None if model == "gaussian_mixture" else config.vae)))
+                alarm_rate=config.alarm_rate, vae=None if model in SIMPLE_MODELS else config.vae)))
 
     warm = config.model == "auto"
     for noise_name in noises:
