@@ -230,23 +230,40 @@ def heldout_ll(run, x, seed: int, k: int, logz_n: int) -> dict:
     """Mean log-likelihood (nats per image) of the rows ``x``: the IWAE estimate with ``k``
     samples for the VAE; for the tilted model the same estimate of ``log p~`` minus an
     estimated ``log Z`` (:func:`fvnce.evaluate.estimate_log_partition`, its ``n`` =
-    ``logz_n``), reported with the estimate's k-hat, ESS fraction and reliability."""
+    ``logz_n``), reported with the estimate's k-hat, ESS fraction and reliability.
+
+    The IWAE latents are drawn first, from the same seed for every run: a tilted run whose
+    base is its VAE, frozen, with the VAE's encoder (the ``base`` noise), draws the very
+    latents the VAE drew, so ``base_mean`` (its base's IWAE) equals the VAE's ``mean`` and
+    the gain over the VAE is exactly ``tilt_mean - log_z`` (``tilt_mean``: the exact mean of
+    ``g(x) - c``); no Monte Carlo difference between two IWAE estimates enters it.  With
+    ``|g| <= B`` that gain is at most ``2B`` whatever the test images.  ``log Z`` is
+    drawn afterwards, from its own seed."""
     import torch
 
     from fvnce import evaluate as ev
 
-    torch.manual_seed(seed + 5)
+    model = run.model
+    x = x.to(next(model.parameters()).dtype)
     rec: dict = {"n": int(len(x)), "k": k}
-    log_z = None
-    if not run.model.normalised:
-        est = ev.estimate_log_partition(run.model, run.encoder, noise=run.noise, n=logz_n)
-        log_z = est
+    torch.manual_seed(seed + 5)
+    lp = ev.log_likelihood(model, run.encoder, x, k=k, log_z=0.0).double()  # log p~(x), -c included
+    if model.normalised:
+        rec.update(log_z=0.0, khat=None, ess_fraction=None, reliable=True, proposal="normalised")
+        ll = lp
+    else:
+        if hasattr(model, "base") and hasattr(model, "log_ratio_to_base"):
+            torch.manual_seed(seed + 5)  # the same latents again: log p~ = log p_base + g - c exactly
+            base = ev.log_likelihood(model.base, run.encoder, x, k=k).double()
+            with torch.no_grad():
+                tilt = model.log_ratio_to_base(x).double()
+            rec.update(base_mean=float(base.mean()), tilt_mean=float(tilt.mean()),
+                       tilt_bound=getattr(model, "tilt_bound", None))
+        torch.manual_seed(seed + 6)
+        est = ev.estimate_log_partition(model, run.encoder, noise=run.noise, n=logz_n)
         rec.update(log_z=float(est.log_z), khat=float(est.khat), ess_fraction=float(est.ess_fraction),
                    reliable=bool(est.reliable), proposal=est.proposal, logz_n=logz_n)
-    else:
-        rec.update(log_z=0.0, khat=None, ess_fraction=None, reliable=True, proposal="normalised")
-    x = x.to(next(run.model.parameters()).dtype)
-    ll = ev.log_likelihood(run.model, run.encoder, x, k=k, log_z=log_z)
+        ll = lp - float(est.log_z)
     rec["mean"] = float(ll.mean())
     rec["se"] = float(ll.std() / max(1, len(ll)) ** 0.5)
     return rec
@@ -398,10 +415,14 @@ def ll_rows(raw: list[dict], rules: list[str]) -> list[dict]:
             h = (res.get(f"fvnce {rule_label(rule)}") or {}).get("heldout")
             if not h or not vae:
                 continue
+            # gain = base_gain + tilt_gain; base_gain is 0 when the tilted run's base and encoder are its VAE's
+            base_gain = h["base_mean"] - vae["mean"] if "base_mean" in h else None
+            tilt_gain = h["tilt_mean"] - h["log_z"] if "tilt_mean" in h else None
             rows.append({"cells": r["cell_type"], "size": r["size"], "seed": r["seed"], "rule": rule_label(rule),
                          "vae_ll": vae["mean"], "fvnce_ll": h["mean"], "gain": h["mean"] - vae["mean"],
-                         "khat": h["khat"], "ess_fraction": h["ess_fraction"], "reliable": h["reliable"],
-                         "beats_vae_reliably": bool(h["reliable"] and h["mean"] > vae["mean"])})
+                         "base_gain": base_gain, "tilt_gain": tilt_gain, "log_z": h["log_z"],
+                         "proposal": h.get("proposal"), "khat": h["khat"], "ess_fraction": h["ess_fraction"],
+                         "reliable": h["reliable"], "beats_vae_reliably": bool(h["reliable"] and h["mean"] > vae["mean"])})
     return rows
 
 
@@ -512,8 +533,8 @@ def elpv_tables(raw: list[dict], methods: list[str], rules: list[str]) -> dict:
                          "margin", "fvnce_wins"], "ELPV: recommended FVNCE against the best baseline")
     lls = ll_rows(raw, rules)
     if lls:
-        md += md_table(lls, ["cells", "size", "seed", "rule", "vae_ll", "fvnce_ll", "gain", "khat", "ess_fraction",
-                             "reliable", "beats_vae_reliably"], "ELPV: held-out log-likelihood of test normals "
+        md += md_table(lls, ["cells", "size", "seed", "rule", "vae_ll", "fvnce_ll", "gain", "base_gain", "tilt_gain",
+                             "proposal", "khat", "ess_fraction", "reliable", "beats_vae_reliably"], "ELPV: held-out log-likelihood of test normals "
                        "(nats per image)")
     return {"rows": rows, "verdicts": ver, "heldout_ll": lls, "markdown": md}
 
