@@ -31,7 +31,10 @@ over a threshold are exceedances ``w > u``).  A generalised Pareto distribution 
 continuous; weights tied with ``u`` (an atom, e.g. a bounded tilt saturating at its
 floor, or weights rounded to a grid) are not exceedances, and fitting them as exceedances
 of size zero makes a bounded, tied tail look heavy (k-hat above 1 for weights confined
-to an interval).  Without ties the two readings coincide.
+to an interval).  Without ties the two readings coincide.  Bounded weights that pile up
+just above a floor without being tied (a saturated ``tanh``) can still give a large
+k-hat while the ``M`` largest lie on the edge of the pile; more draws (a smaller share
+``M / n``) move the tail above it (``docs/images.md``, "Held-out log-likelihood").
 """
 
 from __future__ import annotations
@@ -116,8 +119,8 @@ def pareto_khat(log_w) -> float:
     * all weights equal (up to round-off), or the largest ones all tied (no weight
       between the threshold and the maximum): ``-inf`` (no tail at all; counts as
       reliable);
-    * 1 to 4 distinct-from-the-threshold exceedances above an atom that fills the rest
-      of the tail: ``inf`` (too few to fit; cannot tell).
+    * 1 to 4 weights above the threshold, the rest of the tail tied with it: ``inf``
+      (too few exceedances to fit; cannot tell).
 
     The result is never NaN.
     """
