@@ -37,7 +37,7 @@ def test_pareto_weights_give_k_one_over_a(a):
 
 def test_sign_convention_right_tail_of_the_weights():
     # Pareto weights: a heavy right tail, and the reciprocal weights are bounded by 1.
-    # (arviz's psislw takes log-likelihoods, i.e. -log w; a sign slip swaps the two)
+    # (a sign slip, e.g. handing -log w to arviz's psislw, which negates its input, swaps the two)
     lw = np.log1p(np.random.default_rng(1).pareto(1.0, 20000))
     assert pareto_khat(lw) > 0.8
     assert pareto_khat(-lw) < 0.0
@@ -73,6 +73,50 @@ def test_invariances_and_input_types():
     assert pareto_khat(torch.tensor(lw, requires_grad=True)) == k
     assert pareto_khat(lw.tolist()) == k
     assert pareto_khat(torch.tensor(lw, dtype=torch.float32)) == pytest.approx(k, abs=1e-3)
+
+
+def test_agrees_with_arviz_psislw_on_weights_without_ties():
+    # an independent implementation of the same PSIS fit (arviz-stats; it takes -log w)
+    from arviz_stats.base import array_stats
+
+    rng = np.random.default_rng(11)
+    for lw in (np.log1p(rng.pareto(1.25, 4000)), rng.normal(0.0, 2.0, 3000), rng.normal(0.0, 0.3, 100),
+               norm.logpdf(x := rng.normal(0.0, 2.0, 5000)) - norm.logpdf(x, 0.0, 2.0)):
+        assert len(np.unique(lw)) == lw.size
+        _, want = array_stats.psislw(-lw)
+        assert pareto_khat(lw) == pytest.approx(float(want), abs=1e-10)
+
+
+def test_bounded_weights_with_tied_tails_have_no_heavy_tail():
+    # Bounded weights have k < 0 (a finite upper end point).  Ties at the threshold are not
+    # exceedances: counted as exceedances of size zero they made these k-hats positive.
+    rng = np.random.default_rng(12)
+    n = 2000
+    u = rng.random(n)
+    cases = {
+        # log-weights clipped to [-1, 1]: 30 % tied at each end, the largest M all at the max
+        "clipped": np.clip(rng.normal(0.0, 2.0, n), -1.0, 1.0),
+        # 95 % tied at the floor (a saturated tilt), 5 % uniform on [-1, 1]: the floor
+        # reaches into the 134-draw tail
+        "floor": np.where(u < 0.95, -1.0, rng.uniform(-1.0, 1.0, n)),
+        # 93 % at the floor, 2 % at the maximum, uniform in between
+        "floor and max": np.where(u < 0.93, -1.0, np.where(u > 0.98, 1.0, rng.uniform(-1.0, 1.0, n))),
+        # a discrete uniform distribution on 21 values
+        "grid": np.round(rng.uniform(-1.0, 1.0, n), 1),
+    }
+    for name, lw in cases.items():
+        assert pareto_khat(lw) <= 0.0, name
+    assert pareto_khat(cases["clipped"]) == -math.inf  # the largest weights all tied
+    # ties elsewhere do not touch the fit: the uniform part's k-hat is that of its own
+    # exceedances over the floor, about -1 (uniform: k = -1), shrunk towards 0.5 by the prior
+    assert -1.2 < pareto_khat(cases["floor"]) < -0.1
+
+
+def test_too_few_weights_above_a_tied_threshold():
+    # 1,996 weights tied, 4 above them: too few exceedances to fit (cannot tell)
+    lw = np.r_[np.zeros(1996), [0.5, 1.0, 1.5, 2.0]]
+    assert pareto_khat(lw) == math.inf
+    assert pareto_khat(np.r_[np.zeros(1995), [0.5, 1.0, 1.5, 2.0, 2.5]]) < math.inf
 
 
 # --------------------------------------------------------------------------- edge cases

@@ -137,3 +137,37 @@ def test_quick_run_writes_well_formed_output(tmp_path):
         (row,) = data["fashion"]["per_class"]
         assert row["class"] == 0 and row["n_test"] == 400 and 0 <= row["vae"] <= 1
         assert data["fashion"]["published_mean"]
+
+
+def test_heldout_ll_gain_over_the_vae_is_exactly_mean_tilt_minus_log_z():
+    # A tilted model whose base and encoder are its VAE's, frozen, with a tilt bounded by
+    # B = 1: the IWAE latents of both runs are the same draws, so the tilted run's base
+    # estimate equals the VAE's and the gain is exactly mean(g - c) - log Z (at most 2B),
+    # with no Monte Carlo difference of two IWAE estimates in it.
+    import copy
+    from types import SimpleNamespace
+
+    import torch
+
+    from fvnce.models import EnergyTiltedVAE, make_model
+    from fvnce.noise.frozen_base import BaseModelNoise
+
+    torch.manual_seed(0)
+    vae, enc = make_model("vae", 12, z_dim=3, hidden=(16,), likelihood="gaussian")
+    vae, enc = vae.double(), enc.double()
+    tilted = EnergyTiltedVAE(copy.deepcopy(vae), 12, hidden=(8,), tilt_bound=1.0, freeze_base=True).double()
+    torch.nn.init.normal_([m for m in tilted.tilt.modules() if isinstance(m, torch.nn.Linear)][-1].weight, std=3.0)
+    x = torch.randn(40, 12, dtype=torch.float64)
+    h_vae = B.heldout_ll(SimpleNamespace(model=vae, encoder=enc, noise=None), x, seed=3, k=4, logz_n=300)
+    run = SimpleNamespace(model=tilted, encoder=enc, noise=BaseModelNoise.from_model(tilted))
+    h = B.heldout_ll(run, x, seed=3, k=4, logz_n=300)
+    with torch.no_grad():
+        tilt = (tilted.g(x) - tilted.log_normaliser).mean().item()
+    assert h["base_mean"] == pytest.approx(h_vae["mean"], abs=1e-10)
+    assert h["tilt_mean"] == pytest.approx(tilt, abs=1e-12)
+    assert h["mean"] - h_vae["mean"] == pytest.approx(tilt - h["log_z"], abs=1e-9)
+    assert h["mean"] - h_vae["mean"] <= 2.0
+    (row,) = B.ll_rows([{"cell_type": "mono", "size": 8, "seed": 3,
+                         "results": {"vae": {"heldout": h_vae}, "fvnce kl": {"heldout": h}}}], ["kl"])
+    assert row["base_gain"] == pytest.approx(0.0, abs=1e-10)
+    assert row["gain"] == pytest.approx(row["base_gain"] + row["tilt_gain"], abs=1e-9)

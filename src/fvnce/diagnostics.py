@@ -20,17 +20,26 @@ pre-asymptotic convergence is still practical for the sample sizes used here),
 the ESS itself is then a noisy, over-optimistic number.  The ESS alone cannot detect
 this, which is why both are reported.
 
-The k-hat comes from ``arviz_stats.base.array_stats.psislw``.  That function follows
-the LOO convention and takes *log-likelihood* values, whose importance ratios are
-``exp(-value)``; it is therefore given ``-log w`` here.  (With a symmetric log-weight
-distribution, e.g. log-normal weights, the sign makes no difference, which is how the
-mistake hides; Pareto-distributed weights in ``tests/test_diagnostics.py`` catch it.)
+The fit is the PSIS one: the tail is the ``M`` largest weights, the threshold ``u`` the
+largest weight below them, and the shape is the Zhang and Stephens (2009, Technometrics
+51(3)) empirical-Bayes estimate with the weakly informative prior of Vehtari et al.
+(2024), ``k <- (M k + 10 * 0.5) / (M + 10)``.  On weights without ties it agrees with
+``arviz_stats``' ``psislw`` to round-off (``tests/test_diagnostics.py`` checks it).
+
+One difference, for tied weights: the tail is the weights *strictly above* ``u`` (peaks
+over a threshold are exceedances ``w > u``).  A generalised Pareto distribution is
+continuous; weights tied with ``u`` (an atom, e.g. a bounded tilt saturating at its
+floor, or weights rounded to a grid) are not exceedances, and fitting them as exceedances
+of size zero makes a bounded, tied tail look heavy (k-hat above 1 for weights confined
+to an interval).  Without ties the two readings coincide.  Bounded weights that pile up
+just above a floor without being tied (a saturated ``tanh``) can still give a large
+k-hat while the ``M`` largest lie on the edge of the pile; more draws (a smaller share
+``M / n``) move the tail above it (``docs/images.md``, "Held-out log-likelihood").
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import numpy as np
@@ -69,21 +78,51 @@ def _flat_float64(log_w) -> np.ndarray:
     return np.asarray(log_w, dtype=np.float64).reshape(-1)
 
 
+def _tail_length(n: int) -> int:
+    """PSIS tail size for ``n`` independent draws: ``3 sqrt(n)``, or ``n / 5`` for ``n <= 225``."""
+    return int(3 * math.sqrt(n)) if n > 225 else n // 5
+
+
+def _gpd_shape(x: np.ndarray) -> float:
+    """Shape ``k`` of a generalised Pareto distribution (location 0) fitted to the sorted,
+    positive exceedances ``x``: the Zhang-Stephens estimate (the profile likelihood of
+    ``theta = -k / sigma`` averaged over a grid of ``30 + sqrt(M)`` quantile-based values,
+    ``k(theta) = mean log(1 - theta x)``), then shrunk towards 0.5 by the prior of
+    Vehtari et al. (2024), worth 10 observations."""
+    m = x.size
+    grid = 30 + int(math.sqrt(m))
+    quartile = x[int(m / 4 + 0.5) - 1]
+    theta = 1.0 / x[-1] + (1.0 - np.sqrt(grid / (np.arange(1, grid + 1) - 0.5))) / (3.0 * quartile)
+    k = np.log1p(-theta[:, None] * x[None, :]).mean(axis=1)
+    profile = m * (np.log(-theta / k) - k - 1.0)
+    post = np.exp(profile - profile.max())
+    post /= post.sum()
+    keep = post >= 10 * np.finfo(float).eps  # grid points of negligible weight are dropped
+    post, theta = post[keep] / post[keep].sum(), theta[keep]
+    k_hat = float(np.log1p(-float(np.dot(theta, post)) * x).mean())
+    return (m * k_hat + 10 * 0.5) / (m + 10)
+
+
 def pareto_khat(log_w) -> float:
     """PSIS Pareto k-hat of the weights ``exp(log_w)`` (a flat set; any shape is flattened).
 
     ``k`` is the shape of the generalised Pareto distribution
-    ``F(t) = 1 - (1 + k t / sigma)^(-1/k)`` fitted to the largest weights; weights drawn
-    from a Pareto distribution with tail index ``a`` (``P(w > t) = t^(-a)``) have
-    ``k = 1/a``.  Edge cases:
+    ``F(t) = 1 - (1 + k t / sigma)^(-1/k)`` fitted to the exceedances ``w - u`` of the
+    largest weights over the threshold ``u`` (the module docstring); weights drawn from a
+    Pareto distribution with tail index ``a`` (``P(w > t) = t^(-a)``) have ``k = 1/a``,
+    bounded weights ``k < 0``.  Only weights strictly above ``u`` are exceedances: weights
+    tied with the threshold are left out of the fit.  Edge cases:
 
     * ``-inf`` log-weights are zero weights: they are dropped before the fit;
     * any NaN or ``+inf`` log-weight: ``inf`` (nothing can be trusted);
     * fewer than :data:`MIN_WEIGHTS` non-zero weights: ``inf`` (cannot tell);
-    * all weights equal (up to round-off), or the largest ones all tied: ``-inf`` (no
-      tail at all; counts as reliable).
+    * all weights equal (up to round-off), or the largest ones all tied (no weight
+      between the threshold and the maximum): ``-inf`` (no tail at all; counts as
+      reliable);
+    * 1 to 4 weights above the threshold, the rest of the tail tied with it: ``inf``
+      (too few exceedances to fit; cannot tell).
 
-    Warnings from the fit are suppressed; the result is never NaN.
+    The result is never NaN.
     """
     a = _flat_float64(log_w)
     if np.isnan(a).any() or np.isposinf(a).any():
@@ -91,18 +130,20 @@ def pareto_khat(log_w) -> float:
     a = a[np.isfinite(a)]
     if a.size < MIN_WEIGHTS:
         return math.inf
-    a = a - a.max()
-    if -a.min() <= _EQUAL_SPREAD:
+    a = np.sort(a - a.max())
+    if -a[0] <= _EQUAL_SPREAD:
         return -math.inf
-    from arviz_stats.base import array_stats
-
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        try:
-            _, khat = array_stats.psislw(-a)  # psislw takes log-likelihoods: ratios exp(-value)
-        except ValueError:  # "All tail values are the same": the largest weights are tied
-            return -math.inf
-    khat = float(khat)
+    n = a.size
+    m = _tail_length(n)
+    u = a[n - m - 1]
+    tail = a[n - m:]
+    tail = tail[tail > u]
+    if tail.size == 0 or tail[-1] - tail[0] <= _EQUAL_SPREAD:
+        return -math.inf  # an atom at the maximum: the largest weights are tied
+    if tail.size < 5:
+        return math.inf
+    with np.errstate(all="ignore"):
+        khat = _gpd_shape(np.expm1(tail - u))  # exceedances w - u in units of u (k is scale-free)
     return math.inf if math.isnan(khat) else khat
 
 

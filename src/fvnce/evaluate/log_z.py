@@ -104,7 +104,8 @@ def estimate_log_partition(model, encoder=None, noise=None, n: int = 20000, k: i
       ``log_unnormalised_marginal`` is used the same way.
     * ``"model_proposal"`` -- when ``model.proposal()`` returns a normalised model with
       ``sample_joint``: ``(x, z) ~ p_prop``, weight ``p~(x, z) / p_prop(x, z)`` (for an
-      :class:`~fvnce.models.EnergyTiltedVAE` that is ``exp(g(x) - c)``).
+      :class:`~fvnce.models.EnergyTiltedVAE` that is ``exp(g(x) - c)``, computed as such
+      rather than as the difference of two log-joints).
 
     Each candidate's estimate is ``logsumexp(log w) - log(#w)``, reported with its Kish
     effective sample size, the PSIS Pareto k-hat of its weights and whether it is
@@ -139,7 +140,12 @@ def estimate_log_partition(model, encoder=None, noise=None, n: int = 20000, k: i
     if "model_proposal" in wanted:
         prop = joint_proposal(model)
         if prop is not None:
-            _, lw = proposal_log_weights(model, prop, n, batch_size)
+            xs, lw = proposal_log_weights(model, prop, n, batch_size)
+            if prop is getattr(model, "base", None) and hasattr(model, "log_ratio_to_base"):
+                # a tilted model over its own base: the weight is exp(g(x) - c) exactly; the
+                # difference of the two log-joints (hundreds of nats in float32) would round
+                # it to a grid of ~1e-4 nats and tie draws that differ
+                lw = torch.cat([model.log_ratio_to_base(chunk) for chunk in xs.split(batch_size)])
             candidates["model_proposal"] = weight_summary(lw)
     if not candidates:
         intractable = model.has("log_partition") and not getattr(model, "log_partition_tractable", True)
