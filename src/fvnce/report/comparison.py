@@ -97,7 +97,7 @@ def _comparison_explain(c: dict, has_labels: bool) -> str:
             f"&amp; McNeil 1982, combined as the square root of the sum of squares), or, for a run "
             f"that started from the VAE and when both log-likelihoods are reliable, its validation "
             f"log-likelihood is lower by more than {k:g} standard errors of the difference (the "
-            f"diagonal mixtures, trained from scratch, have a lower log-likelihood by design). "
+            f"diagonal mixtures, not started from the VAE, have a lower log-likelihood by design). "
             "<b>unreliable</b>: the log-likelihood rests on a log Z estimate whose importance weights "
             f"have a Pareto k-hat above {c['khat_max']:g} or an effective sample size (ESS) below "
             f"{100 * c['ess_fraction_min']:g}% of the samples; such a figure may be off by many nats, "

@@ -56,10 +56,17 @@ def glossary() -> str:
          "log-likelihood is compared only for runs that started from the VAE. It is never recommended."),
         ("Mixture runs (names ending in -mix1, -mix4)",
          "A mixture of 1 or 4 Gaussians that treats the features as independent within each component, "
-         "trained from scratch by the same rule. It cannot learn how the features move together, so a row "
+         "trained by the same rule, not started from the VAE (on images it starts at the pixels' means "
+         "and spreads). It cannot learn how the features move together, so a row "
          "that is extreme in one feature stays improbable even when it follows the normal rows' "
          "correlations; on some tables that makes it the better detector, though its log-likelihood is "
          "lower."),
+        ("PPCA runs (names ending in -ppca and a number, images)",
+         "Probabilistic PCA: each image is a point of a low-dimensional linear space (the number of "
+         "dimensions in the name) plus pixel noise. It starts at the best fit of that kind to the "
+         "training images and is then trained by the same rule. It scores an image by how far it lies "
+         "from that space and how unusual its place in it is: the likelihood counterpart of PCA "
+         "reconstruction error, strong on aligned images such as solar cells of one type."),
         ("Union of runs (the recommendation without labels)",
          "One detector made of two runs: the most probable model of the features together and the most "
          "probable one-component mixture (independent features). Each run's score is put in units of its "
