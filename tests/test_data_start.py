@@ -135,3 +135,17 @@ def test_per_pixel_terms_sum_to_the_decoders_log_likelihood():
     for m, enc in ((model, encoder), (mix, CategoricalEncoder(12, 3).double())):
         maps = pixel_anomaly_maps(m, enc, x, (1, 3, 4), k=4)
         assert maps.shape == (20, 3, 4) and torch.isfinite(maps).all()
+
+
+def test_ppca_density_and_samples_in_low_rank_form_match_the_full_covariance():
+    """The marginal never builds the D x D covariance (Woodbury); it must equal the full one."""
+    x = _rows()
+    model, _ = _ppca(x, 3)
+    w, s2 = model.W.detach(), float(model.log_sigma.detach().exp() ** 2)
+    full = torch.distributions.MultivariateNormal(model.b.detach(), w @ w.T + s2 * torch.eye(12, dtype=torch.float64))
+    assert torch.allclose(model.log_marginal(x), full.log_prob(x), rtol=1e-10)
+    torch.manual_seed(0)
+    y = model.sample(200_000)
+    assert y.shape == (200_000, 12)
+    assert torch.allclose(y.mean(0), model.b.detach(), atol=0.02)
+    assert torch.allclose(torch.cov(y.T), full.covariance_matrix, atol=0.05 * float(full.covariance_matrix.abs().max()))

@@ -22,7 +22,7 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, MultivariateNormal, Normal
+from torch.distributions import Distribution, LowRankMultivariateNormal, MultivariateNormal, Normal
 
 from ..encoders import MIN_SCALE
 from .base import LatentVariableModel
@@ -66,10 +66,12 @@ class LinearGaussian(LatentVariableModel):
         whose sum over ``d`` is ``log p(x | z)`` (per-pixel maps, :mod:`fvnce.maps`)."""
         return Normal(z @ self.W.T + self.b, self.log_sigma.exp()).log_prob(x)
 
-    def marginal(self) -> MultivariateNormal:
-        d = self.W.shape[0]
-        cov = self.W @ self.W.T + self.log_sigma.exp() ** 2 * torch.eye(d, dtype=self.W.dtype, device=self.W.device)
-        return MultivariateNormal(self.b, covariance_matrix=cov)
+    def marginal(self) -> LowRankMultivariateNormal:
+        """``N(b, W W^T + sigma^2 I)`` in low-rank form: its density and samples cost
+        ``O(D k^2)`` (Woodbury), never a ``D x D`` matrix, which at 128 x 128 RGB pixels
+        would need 19 GB."""
+        diag = (self.log_sigma.exp() ** 2).expand(self.W.shape[0])
+        return LowRankMultivariateNormal(self.b, self.W, diag, validate_args=False)
 
     def log_marginal(self, x: Tensor) -> Tensor:
         return self.marginal().log_prob(x)
