@@ -149,3 +149,20 @@ def test_ppca_density_and_samples_in_low_rank_form_match_the_full_covariance():
     assert y.shape == (200_000, 12)
     assert torch.allclose(y.mean(0), model.b.detach(), atol=0.02)
     assert torch.allclose(torch.cov(y.T), full.covariance_matrix, atol=0.05 * float(full.covariance_matrix.abs().max()))
+
+
+def test_ppca_runs_keep_the_exact_posterior_as_encoder_through_training():
+    """A learned encoder drifts off the posterior at thousands of pixels; PPCA's run keeps
+    the exact one, so every importance weight stays p(x) after any step."""
+    from fvnce.encoders import ExactPosterior
+
+    x = _rows().float()
+    model, encoder = make_model("linear_gaussian", 12, z_dim=3, init="pca")
+    assert isinstance(encoder, ExactPosterior) and not list(encoder.parameters())
+    model.start_from_data(x, encoder)
+    with torch.no_grad():
+        model.W.add_(0.05 * torch.randn_like(model.W))  # any training step
+    torch.manual_seed(0)
+    assert torch.allclose(log_likelihood(model, encoder, x, k=1), model.log_marginal(x), atol=1e-3)
+    _, plain = make_model("linear_gaussian", 12, z_dim=3)
+    assert isinstance(plain, GaussianEncoder)

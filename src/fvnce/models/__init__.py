@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 from torch import nn
 
-from ..encoders import BernoulliEncoder, CategoricalEncoder, ConvGaussianEncoder, GaussianEncoder
+from ..encoders import BernoulliEncoder, CategoricalEncoder, ConvGaussianEncoder, ExactPosterior, GaussianEncoder
 from ..errors import ConfigError
 from .base import LatentVariableModel
 from .discretized import DiscretizedLogistic
@@ -137,7 +137,9 @@ def _linear_gaussian(x_dim: int, z_dim: int = 2, sigma: float = 0.5, normalised:
         model = LinearGaussian(x_dim, z_dim, sigma, normalised, init=init)
     except ValueError as exc:
         raise ConfigError(f"model 'linear_gaussian': {exc}") from None
-    return model, GaussianEncoder(x_dim, z_dim, ())
+    # probabilistic PCA keeps the exact posterior as its encoder: a learned one drifts off it
+    # at thousands of pixels (each Adam step moves a linear encoder's mean by about lr x D)
+    return model, (ExactPosterior(model) if init == "pca" else GaussianEncoder(x_dim, z_dim, ()))
 
 
 def _gaussian_mixture(x_dim: int, components: int = 4, normalised: bool = True, hidden: Sequence[int] = (64,),

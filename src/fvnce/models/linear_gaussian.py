@@ -12,7 +12,8 @@ With ``init="pca"`` the model is probabilistic PCA: training starts from the max
 likelihood solution of Tipping & Bishop (1999) on the training rows
 (:meth:`LinearGaussian.start_from_data`), ``W = U_k (L_k - sigma^2 I)^(1/2)`` from the
 leading ``k`` eigenpairs of the sample covariance and ``sigma^2`` the mean of the others,
-and a linear Gaussian encoder starts at the exact posterior.  On images this is the
+and its run's encoder is the exact posterior (:class:`~fvnce.encoders.ExactPosterior`;
+a learned linear encoder passed to ``start_from_data`` is set to it).  On images this is the
 latent-variable counterpart of the PCA reconstruction error that inspection engineers use.
 """
 
