@@ -256,9 +256,10 @@ def test_log_likelihood_unnormalised_imperfect_encoder_is_consistent():
     assert gap[1] < gap[8] < gap[2000]
     # k = 1: the expected gap is exactly -KL(q || p(z|x)), the same for every x here (q has
     # the posterior's mean and inflated marginal sds); checked within 4 standard errors
-    q, post = enc(x[:1]), model.posterior(x[:1])
-    kl = float(torch.distributions.kl_divergence(
-        torch.distributions.MultivariateNormal(q.mean, torch.diag_embed(q.base_dist.scale ** 2)), post))
+    with torch.no_grad():
+        q, post = enc(x[:1]), model.posterior(x[:1])
+        kl = float(torch.distributions.kl_divergence(
+            torch.distributions.MultivariateNormal(q.mean, torch.diag_embed(q.base_dist.scale ** 2)), post))
     assert kl > 0.15
     assert abs(gap[1] + kl) < 4 * float(err[1].std()) / len(x) ** 0.5
     assert gap[8] < -0.005  # still clearly below the truth: biased low, not noise
