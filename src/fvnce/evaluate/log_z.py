@@ -140,12 +140,7 @@ def estimate_log_partition(model, encoder=None, noise=None, n: int = 20000, k: i
     if "model_proposal" in wanted:
         prop = joint_proposal(model)
         if prop is not None:
-            xs, lw = proposal_log_weights(model, prop, n, batch_size)
-            if prop is getattr(model, "base", None) and hasattr(model, "log_ratio_to_base"):
-                # a tilted model over its own base: the weight is exp(g(x) - c) exactly; the
-                # difference of the two log-joints (hundreds of nats in float32) would round
-                # it to a grid of ~1e-4 nats and tie draws that differ
-                lw = torch.cat([model.log_ratio_to_base(chunk) for chunk in xs.split(batch_size)])
+            _, lw = proposal_log_weights(model, prop, n, batch_size, exact_base=True)
             candidates["model_proposal"] = weight_summary(lw)
     if not candidates:
         intractable = model.has("log_partition") and not getattr(model, "log_partition_tractable", True)

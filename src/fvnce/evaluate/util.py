@@ -126,14 +126,20 @@ def joint_proposal(model):
     return prop
 
 
-def proposal_log_weights(model, prop, n: int, batch_size: int) -> tuple[Tensor, Tensor]:
-    """``n`` joint samples ``(x, z) ~ p_prop`` and ``log p~(x, z) - log p_prop(x, z)``."""
+def proposal_log_weights(model, prop, n: int, batch_size: int, exact_base: bool = False) -> tuple[Tensor, Tensor]:
+    """``n`` joint samples ``(x, z) ~ p_prop`` and ``log p~(x, z) - log p_prop(x, z)``.
+
+    ``exact_base``: when ``prop`` is the model's own base (an energy-tilted model), the
+    weight is computed as ``g(x) - c`` itself (``log_ratio_to_base``); the difference of
+    the two log-joints (hundreds of nats in float32) would round it to a grid of ~1e-4
+    nats and tie draws that differ."""
+    exact = exact_base and prop is getattr(model, "base", None) and hasattr(model, "log_ratio_to_base")
     xs, lws = [], []
     for start in range(0, n, batch_size):
         m = min(batch_size, n - start)
         x, z = prop.sample_joint(m)
         xs.append(x)
-        lws.append(model.log_joint(x, z) - prop.log_joint(x, z))
+        lws.append(model.log_ratio_to_base(x) if exact else model.log_joint(x, z) - prop.log_joint(x, z))
     return torch.cat(xs), torch.cat(lws)
 
 
