@@ -219,6 +219,7 @@ def fvnce_runs(ds, work: Path, seed: int, rules: list[str], args) -> dict:
     # the poc's simple families on continuous images (fvnce.poc.plan.make_plan): from the data,
     # against fvnce.image_plan.IMAGE_SIMPLE_NOISE, one run per rule
     from fvnce.image_plan import IMAGE_PPCA_DIMS, IMAGE_SIMPLE_LR, IMAGE_SIMPLE_NOISE
+    from fvnce.poc import PocConfig
 
     simple = []
     if "mix1" in args.families:
@@ -230,7 +231,7 @@ def fvnce_runs(ds, work: Path, seed: int, rules: list[str], args) -> dict:
         for rule in rules:
             plan.append((f"fvnce {rule_label(rule)} {label}",
                          RunConfig(data=ds.spec, objective="fvnce",
-                                   objective_options={**parse_rule(rule), "exp_mode": "linear", "tau": 10.0},
+                                   objective_options={**parse_rule(rule), **PocConfig().objective_options},
                                    model=model, model_options=dict(opts), noise=IMAGE_SIMPLE_NOISE,
                                    train=TrainConfig(steps=args.tilt_steps, lr=IMAGE_SIMPLE_LR, **tc),
                                    eval_k=args.score_k), None))

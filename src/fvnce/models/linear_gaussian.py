@@ -126,19 +126,16 @@ class LinearGaussian(LatentVariableModel):
         if not float(rest) > 1e-9 * float(eig.sum()) / d:  # round-off of the rank's last eigenvalue
             raise ValueError(f"probabilistic PCA with {k} latent dimensions leaves no variance in the other "
                              f"directions of {n} training rows; use fewer latent dimensions (z_dim)")
+        # past the check k < rank: the k leading eigenpairs exist
         jitter = (quantum or 0.0) ** 2 / 12
         eig, rest = eig + jitter, rest + jitter
-        lead = torch.zeros(k, dtype=torch.float64)
-        lead[: min(k, eig.numel())] = eig[:k]
-        w = torch.zeros(d, k, dtype=torch.float64)
-        m = min(k, u.shape[1])
-        w[:, :m] = u[:, :m] * (lead[:m] - rest).clamp_min(0).sqrt()
+        w = u[:, :k] * (eig[:k] - rest).clamp_min(0).sqrt()
         self.W.copy_(w)
         self.b.copy_(mean)
         self.log_sigma.copy_(0.5 * rest.log())
         if encoder is not None:
             _set_exact_posterior(encoder, w, mean, rest)
-        kept = float((eig[:k].sum() - jitter * min(k, eig.numel())) / (eig.sum() - jitter * eig.numel()))
+        kept = float((eig[:k].sum() - jitter * k) / (eig.sum() - jitter * eig.numel()))
         return f"probabilistic PCA start: {k} latent dimensions keep {kept:.1%} of the variance, sigma {float(rest.sqrt()):.3g}"
 
 
